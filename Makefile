@@ -1,0 +1,39 @@
+# Two entry points for a fresh Debian/Ubuntu machine with Python 3.11:
+#   make demo   set up .venv and run the end-to-end demo
+#   make test   set up .venv and run every test (lint included)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py | cksum | cut -d' ' -f1)
+
+# DDS discovery stays on this machine for everything started from here; each target its own domain.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export ROS_DOMAIN_ID ?= 57
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup test lint demo bench clean
+
+$(STAMP): requirements.txt setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+setup: $(STAMP)
+
+lint: setup
+	$(PY) -m flake8 dbmr_ros test benchmarks launch setup.py
+
+test: setup
+	$(PY) -m pytest -q -rs test
+
+demo: setup
+	$(PY) -m dbmr_ros.demo
+
+bench: setup
+	$(PY) benchmarks/bench_model.py
+
+clean:
+	rm -rf build install log demo_output

@@ -1,0 +1,220 @@
+"""Point cloud and image preprocessing as the field does it (BTF / M3DM / CFM), plus resizing.
+
+The order follows the reference scripts: remove the support plane (RANSAC on the border strip),
+pad to a square whose side is rounded up to the next 100, keep the largest DBSCAN cluster, then
+resize to the model's input size. Unlike the reference scripts nothing is written back into the
+dataset: `PreprocessCache` stores results in a cache directory of its own.
+"""
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+import cv2
+import numpy as np
+from sklearn.cluster import DBSCAN
+
+from dbmr_ros.data.sample import valid_mask
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Everything that turns a raw (rgb, xyz) pair into model input. Saved in checkpoints."""
+
+    image_size: int = 224
+    remove_plane: bool = True
+    plane_border: int = 10            # pixels of the border strip the plane is fitted on
+    plane_ransac_threshold: float = 0.004  # m, inlier distance while fitting
+    plane_ransac_points: int = 50     # points per RANSAC hypothesis (least-squares fit)
+    plane_ransac_iterations: int = 1000
+    plane_clear_distance: float = 0.005  # m, points this close to the plane are removed
+    pad_to_square: bool = True
+    keep_largest_cluster: bool = True
+    dbscan_eps: float = 0.006         # m
+    dbscan_min_points: int = 30
+    max_depth: float = 0.0            # m; > 0 drops points farther than this (working volume)
+    seed: int = 0                     # RANSAC sampling, so results are reproducible
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> 'PreprocessConfig':
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f'unknown preprocessing options: {sorted(unknown)}')
+        return cls(**values)
+
+
+def fit_plane_ransac(points: np.ndarray, threshold: float, points_per_hypothesis: int,
+                     iterations: int, rng: np.random.Generator) -> np.ndarray:
+    """Plane (a, b, c, d) with unit normal, a*x + b*y + c*z + d = 0, by RANSAC.
+
+    points: (N, 3). Each hypothesis is the least-squares plane of `points_per_hypothesis` random
+    points (as Open3D's segment_plane with ransac_n > 3); the best one by inlier count is refitted
+    on its inliers. All hypotheses are scored at once.
+    """
+    n = len(points)
+    if n < 3:
+        raise ValueError(f'plane fit needs at least 3 points, got {n}')
+    k = min(points_per_hypothesis, n)
+    samples = points[rng.integers(0, n, size=(iterations, k))]           # (I, k, 3)
+    normals, offsets = _least_squares_planes(samples)                     # (I, 3), (I,)
+    # Score in chunks so memory stays small for large strips.
+    best_count, best = -1, 0
+    for start in range(0, iterations, 128):
+        distances = np.abs(points @ normals[start:start + 128].T + offsets[start:start + 128])
+        counts = (distances < threshold).sum(axis=0)
+        i = int(np.argmax(counts))
+        if counts[i] > best_count:
+            best_count, best = int(counts[i]), start + i
+    inliers = np.abs(points @ normals[best] + offsets[best]) < threshold
+    normal, offset = _least_squares_planes(points[inliers][None])
+    return np.concatenate([normal[0], offset]).astype(np.float64)
+
+
+def _least_squares_planes(points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """points: (P, k, 3) -> unit normals (P, 3) and offsets (P,) of the best-fit planes."""
+    centroid = points.mean(axis=1, keepdims=True)
+    _, _, vt = np.linalg.svd(points - centroid, full_matrices=False)
+    normals = vt[:, -1, :]
+    offsets = -np.einsum('pc,pc->p', normals, centroid[:, 0, :])
+    return normals, offsets
+
+
+def border_strip(xyz: np.ndarray, width: int) -> np.ndarray:
+    """(M, 3) valid points within `width` pixels of the image border."""
+    strip = np.zeros(xyz.shape[:2], dtype=bool)
+    strip[:width, :] = strip[-width:, :] = True
+    strip[:, :width] = strip[:, -width:] = True
+    return xyz[strip & valid_mask(xyz)]
+
+
+def remove_support_plane(xyz: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Copy of xyz with the support plane (fitted on the border strip) zeroed."""
+    edge_points = border_strip(xyz, cfg.plane_border).astype(np.float64)
+    out = xyz.copy()
+    if len(edge_points) < 3:
+        return out  # nothing visible on the border: no plane to remove
+    plane = fit_plane_ransac(edge_points, cfg.plane_ransac_threshold, cfg.plane_ransac_points,
+                             cfg.plane_ransac_iterations, np.random.default_rng(cfg.seed))
+    distance = np.abs(xyz.astype(np.float64) @ plane[:3] + plane[3])
+    out[(distance < cfg.plane_clear_distance) & valid_mask(xyz)] = 0.0
+    return out
+
+
+def square_padding(height: int, width: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """((top, bottom), (left, right)) padding to a square with side rounded up to the next 100."""
+    side = max(int(math.ceil(height / 100.0)) * 100, int(math.ceil(width / 100.0)) * 100)
+    top, left = (side - height) // 2, (side - width) // 2
+    return (top, side - height - top), (left, side - width - left)
+
+
+def keep_largest_cluster(xyz: np.ndarray, eps: float, min_points: int) -> np.ndarray:
+    """Copy of xyz keeping only the largest DBSCAN cluster of the valid points."""
+    valid = valid_mask(xyz)
+    out = np.zeros_like(xyz)
+    points = xyz[valid]
+    if len(points) < min_points:
+        return out
+    labels = DBSCAN(eps=eps, min_samples=min_points).fit_predict(points)
+    clustered = labels >= 0
+    if not clustered.any():
+        return out
+    largest = np.argmax(np.bincount(labels[clustered]))
+    keep = np.zeros(valid.shape, dtype=bool)
+    keep[valid] = labels == largest
+    out[keep] = xyz[keep]
+    return out
+
+
+def clean_point_cloud(xyz: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Background removal at the sensor's resolution (before padding): plane, range, cluster."""
+    xyz = np.where(np.isfinite(xyz), xyz, 0.0).astype(np.float32)
+    if cfg.max_depth > 0:
+        xyz[xyz[..., 2] > cfg.max_depth] = 0.0
+    if cfg.remove_plane:
+        xyz = remove_support_plane(xyz, cfg)
+    if cfg.keep_largest_cluster:
+        xyz = keep_largest_cluster(xyz, cfg.dbscan_eps, cfg.dbscan_min_points)
+    return xyz
+
+
+def pad_square(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Zero-pad (H, W[, C]) to the square of `square_padding` (identity when disabled)."""
+    if not cfg.pad_to_square:
+        return image
+    pads = square_padding(*image.shape[:2])
+    return np.pad(image, pads + ((0, 0),) * (image.ndim - 2))
+
+
+def resize_pair(rgb: np.ndarray, xyz: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """RGB bicubic, organized xyz nearest (never blends points across depth edges)."""
+    rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_CUBIC)
+    xyz = cv2.resize(xyz, (size, size), interpolation=cv2.INTER_NEAREST)
+    return rgb, xyz
+
+
+def preprocess(rgb: np.ndarray, xyz: np.ndarray, cfg: PreprocessConfig,
+               cleaned_xyz: Optional[np.ndarray] = None) -> Tuple[np.ndarray, np.ndarray]:
+    """Raw (H, W, 3) uint8 rgb and float32 xyz -> model-size (S, S, 3) uint8 and float32.
+
+    cleaned_xyz: the output of `clean_point_cloud` if already computed (for example cached).
+    The same function serves training, evaluation and the live Detector.
+    """
+    if cleaned_xyz is None:
+        cleaned_xyz = clean_point_cloud(xyz, cfg)
+    return resize_pair(pad_square(rgb, cfg), pad_square(cleaned_xyz, cfg), cfg.image_size)
+
+
+def resize_mask(mask: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """gt mask -> model-size bool mask (padded like the images, nearest resize)."""
+    mask = pad_square(mask.astype(np.uint8), cfg)
+    return cv2.resize(mask, (cfg.image_size,) * 2, interpolation=cv2.INTER_NEAREST) > 0
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get('DBMR_CACHE_DIR') or os.path.join(
+        os.environ.get('XDG_CACHE_HOME', os.path.expanduser('~/.cache')), 'dbmr_ros')
+    return Path(base) / 'preprocessed'
+
+
+class PreprocessCache:
+    """Caches `clean_point_cloud` results per source file and config, never touching the source.
+
+    The key hashes the file's absolute path, size, modification time and the cleaning options, so
+    an edited file or a changed option is recomputed. Writes are atomic (temp file + rename).
+    """
+
+    def __init__(self, cfg: PreprocessConfig, directory: Optional[os.PathLike] = None):
+        self.cfg = cfg
+        self.directory = Path(directory) if directory else default_cache_dir()
+
+    def _key(self, source: Path) -> str:
+        stat = source.stat()
+        options = {k: v for k, v in self.cfg.to_dict().items() if k != 'image_size'}
+        text = json.dumps([str(source.resolve()), stat.st_size, stat.st_mtime_ns, options],
+                          sort_keys=True)
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def cleaned(self, source: os.PathLike, xyz: np.ndarray) -> np.ndarray:
+        source = Path(source)
+        path = self.directory / (self._key(source) + '.npy')
+        if path.exists():
+            try:
+                cached = np.load(path, allow_pickle=False)
+                if cached.shape == xyz.shape:
+                    return cached
+            except (OSError, ValueError):
+                pass  # a damaged cache entry is recomputed below
+        result = clean_point_cloud(xyz, self.cfg)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f'.{os.getpid()}.tmp.npy')
+        np.save(tmp, result)
+        os.replace(tmp, path)
+        return result

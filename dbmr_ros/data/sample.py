@@ -1,0 +1,41 @@
+"""One RGB-D sample as every reader returns it."""
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass
+class Sample:
+    """A registered RGB image and organized point cloud, with its label.
+
+    rgb: (H, W, 3) uint8. xyz: (H, W, 3) float32 in metres, invalid pixels exactly (0, 0, 0).
+    gt: (H, W) bool anomaly mask, None where the split has no masks (train / validation).
+    """
+
+    rgb: np.ndarray
+    xyz: np.ndarray
+    gt: Optional[np.ndarray] = None
+    label: int = 0
+    defect: str = 'good'
+    name: str = ''
+    intrinsics: Optional[np.ndarray] = None  # (3, 3) pinhole K, where the dataset has one
+    extras: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.rgb.ndim != 3 or self.rgb.shape[2] != 3 or self.rgb.dtype != np.uint8:
+            raise ValueError(f'{self.name}: rgb must be (H, W, 3) uint8, got '
+                             f'{self.rgb.shape} {self.rgb.dtype}')
+        if self.xyz.shape != self.rgb.shape:
+            raise ValueError(f'{self.name}: xyz {self.xyz.shape} does not match rgb '
+                             f'{self.rgb.shape}')
+        if self.gt is not None and self.gt.shape != self.rgb.shape[:2]:
+            raise ValueError(f'{self.name}: gt {self.gt.shape} does not match rgb '
+                             f'{self.rgb.shape[:2]}')
+
+
+def valid_mask(xyz: np.ndarray) -> np.ndarray:
+    """(..., H, W) bool: pixels with a finite, non-zero 3D point."""
+    finite = np.isfinite(xyz).all(axis=-1)
+    nonzero = np.any(xyz != 0, axis=-1)
+    return finite & nonzero

@@ -1,0 +1,193 @@
+"""Dataset readers, preprocessing (on the real cable_gland files) and the synthetic generator."""
+import os
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+
+from dbmr_ros.data import open_dataset, PreprocessConfig, preprocess
+from dbmr_ros.data.datasets import DatasetError, eyescandies_depth_to_xyz
+from dbmr_ros.data.io import read_xyz
+from dbmr_ros.data.preprocess import (clean_point_cloud, fit_plane_ransac, PreprocessCache,
+                                      resize_mask, square_padding)
+from dbmr_ros.data.sample import valid_mask
+from dbmr_ros.data.synthetic import DEFECTS, render_sample, write_dataset
+
+
+def test_mvtec3d_reader_real_layout(mvtec_root):
+    train = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'train')
+    test = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'test')
+    assert len(train) == 40 and len(test) == 21
+    assert [r.label for r in test[:5]] == [0] * 5 and all(r.label == 1 for r in test[5:])
+    sample = test[6].load()
+    assert sample.rgb.shape == (400, 400, 3) and sample.rgb.dtype == np.uint8
+    assert sample.xyz.dtype == np.float32 and sample.gt.dtype == bool
+    assert sample.gt.any()  # gt values are 252..255, any > 0 counts
+    assert not test[0].load().gt.any()
+    assert train[0].load().gt is None
+
+
+def test_preprocessing_removes_plane_and_keeps_object(mvtec_root):
+    cfg = PreprocessConfig()
+    for ref in open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'test')[4:7]:
+        sample = ref.load()
+        raw_valid = valid_mask(sample.xyz)
+        cleaned = clean_point_cloud(sample.xyz, cfg)
+        kept = valid_mask(cleaned)
+        fraction = kept.sum() / raw_valid.sum()
+        print(f'{ref.name}: kept {fraction:.1%} of {raw_valid.sum()} valid points')
+        assert 0.05 < fraction < 0.8
+        assert not (kept & ~raw_valid).any()
+        # The background: the border strip is entirely removed.
+        assert not kept[:10].any() and not kept[-10:].any()
+        # The object: the kept points form one blob around the image centre, and the anomaly
+        # (which lies on the object) is kept.
+        ys, xs = np.nonzero(kept)
+        assert 100 < ys.mean() < 300 and 100 < xs.mean() < 300
+        if sample.gt is not None and sample.gt.any():
+            assert (kept & sample.gt).sum() > 0.5 * (raw_valid & sample.gt).sum()
+        rgb, xyz = preprocess(sample.rgb, sample.xyz, cfg, cleaned)
+        assert rgb.shape == (224, 224, 3) and xyz.shape == (224, 224, 3)
+        # Nearest resizing never invents points: every output point is an input point.
+        assert set(map(tuple, xyz[valid_mask(xyz)][:50])) <= set(map(tuple, cleaned[kept]))
+
+
+def test_cache_never_touches_source(mvtec_root, tmp_path):
+    ref = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'validation')[0]
+    before = ref.xyz_path.stat().st_mtime_ns
+    cache = PreprocessCache(PreprocessConfig(), tmp_path)
+    first = cache.cleaned(ref.xyz_path, read_xyz(ref.xyz_path))
+    second = cache.cleaned(ref.xyz_path, read_xyz(ref.xyz_path))
+    np.testing.assert_array_equal(first, second)
+    assert len(list(tmp_path.glob('*.npy'))) == 1
+    assert ref.xyz_path.stat().st_mtime_ns == before
+    # A damaged cache entry is recomputed, not trusted.
+    next(tmp_path.glob('*.npy')).write_bytes(b'garbage')
+    np.testing.assert_array_equal(cache.cleaned(ref.xyz_path, read_xyz(ref.xyz_path)), first)
+
+
+def test_ransac_recovers_noisy_plane():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(-0.1, 0.1, size=(2000, 2))
+    z = 0.3 + 0.05 * xy[:, 0] - 0.02 * xy[:, 1] + rng.normal(0, 0.0005, 2000)
+    points = np.c_[xy, z]
+    points[:300, 2] -= 0.03  # outliers: an object above the plane
+    plane = fit_plane_ransac(points, 0.004, 50, 200, rng)
+    distances = np.abs(points[300:] @ plane[:3] + plane[3])
+    assert np.median(distances) < 0.001 and np.linalg.norm(plane[:3]) == pytest.approx(1.0)
+
+
+def test_square_padding_rounds_up_to_100():
+    assert square_padding(400, 400) == ((0, 0), (0, 0))
+    assert square_padding(480, 640) == ((110, 110), (30, 30))  # side 700
+    assert square_padding(301, 250) == ((49, 50), (75, 75))  # side 400
+    mask = resize_mask(np.ones((480, 640), dtype=bool), PreprocessConfig())
+    assert mask.shape == (224, 224) and not mask[0].any() and not mask[112, :5].any()
+    assert mask[112, 15:-15].all()
+
+
+def _write_eyescandies_sample(directory, prefix, rng, anomalous):
+    height = width = 64
+    depth = np.full((height, width), 0.45) + rng.normal(0, 0.0005, (height, width))
+    depth[20:44, 20:44] -= 0.05  # the candy above the support
+    lo, hi = 0.3, 0.6
+    png = np.round((depth - lo) / (hi - lo) * 65535).astype(np.uint16)
+    png[0, 0] = 0  # an invalid pixel
+    cv2.imwrite(str(directory / f'{prefix}_depth.png'), png)
+    (directory / f'{prefix}_info_depth.yaml').write_text(
+        yaml.safe_dump({'normalization': {'min': lo, 'max': hi}}))
+    cv2.imwrite(str(directory / f'{prefix}_image_4.png'),
+                rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    np.savetxt(directory / f'{prefix}_pose.txt', np.eye(4))
+    if anomalous is not None:
+        mask = np.zeros((height, width), dtype=np.uint8)
+        if anomalous:
+            mask[30:34, 30:34] = 255
+        cv2.imwrite(str(directory / f'{prefix}_mask.png'), mask)
+    return png, depth
+
+
+def test_eyescandies_reader_round_trip(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, folder in (('train', 'train'), ('test', 'test_public')):
+        directory = tmp_path / 'CandyCane' / folder / 'data'
+        directory.mkdir(parents=True)
+        for i in range(3):
+            png, depth = _write_eyescandies_sample(
+                directory, f'{i:03d}', rng, None if split == 'train' else i == 2)
+    refs = open_dataset('eyescandies', tmp_path, 'CandyCane', 'test')
+    assert [r.label for r in refs] == [0, 0, 1]
+    sample = refs[2].load()
+    assert sample.gt.sum() == 16 and sample.rgb.shape == (64, 64, 3)
+    assert np.allclose(sample.extras['pose'], np.eye(4))
+    # Depth decodes to metres within one quantisation step, back-projection is a pinhole at
+    # the image centre, and the zero PNG value is invalid.
+    step = 0.3 / 65535
+    assert np.abs(sample.xyz[1:, 1:, 2] - depth[1:, 1:]).max() <= step
+    assert tuple(sample.xyz[0, 0]) == (0.0, 0.0, 0.0)
+    u = 50
+    assert sample.xyz[10, u, 0] == pytest.approx((u - 31.5) * sample.xyz[10, u, 2] / 711.11,
+                                                 rel=1e-5)
+    # Background removal: the support plane goes, the candy stays.
+    cfg = PreprocessConfig(plane_border=4, dbscan_min_points=5, dbscan_eps=0.01)
+    cleaned = clean_point_cloud(sample.xyz, cfg)
+    kept = valid_mask(cleaned)
+    assert kept[22:42, 22:42].all() and not kept[:15].any()
+    assert len(open_dataset('eyescandies', tmp_path, 'CandyCane', 'train')) == 3
+
+
+def test_eyescandies_helper_matches_formula():
+    png = np.array([[0, 65535]], dtype=np.uint16)
+    xyz = eyescandies_depth_to_xyz(png, 0.2, 0.8, focal=100.0)
+    assert xyz[0, 1, 2] == pytest.approx(0.8)
+    assert (xyz[0, 0] == 0).all()
+
+
+def test_missing_paths_give_clear_errors(tmp_path, synthetic_root):
+    with pytest.raises(DatasetError, match='does not exist'):
+        open_dataset('mvtec3d', tmp_path / 'nope', 'x', 'train')
+    with pytest.raises(DatasetError, match='validation'):
+        open_dataset('mvtec3d', tmp_path, 'puck', 'validation')
+    with pytest.raises(DatasetError, match='unknown dataset'):
+        open_dataset('kitti', tmp_path, 'puck', 'train')
+
+
+def test_synthetic_round_trip(synthetic_root, tmp_path):
+    refs = open_dataset('synthetic', synthetic_root, 'puck', 'test')
+    assert {r.defect for r in refs} == {'good', *DEFECTS}
+    # Regenerating with the same seed gives the same arrays as read back from disk.
+    rng = np.random.default_rng(3)
+    for _ in range(6 + 3):  # the train and validation draws come first
+        render_sample(rng, 'puck', 96)
+    fresh = render_sample(rng, 'puck', 96, None)
+    loaded = refs[0].load()
+    np.testing.assert_array_equal(loaded.rgb, fresh.rgb)
+    np.testing.assert_array_equal(loaded.xyz, fresh.xyz)
+    assert loaded.intrinsics[0, 0] == pytest.approx(1.4 * 96)
+    for ref in refs[3:]:
+        sample = ref.load()
+        assert sample.label == 1 and sample.gt.any(), ref.name
+    with pytest.raises(FileExistsError):
+        write_dataset(synthetic_root, 'puck', size=32, n_train=1)
+
+
+def test_synthetic_defects_change_the_right_modality():
+    for defect, geometric, colour in (('bump', True, False), ('stain', False, True),
+                                      ('combined', True, True)):
+        good = render_sample(np.random.default_rng(5), 'puck', 128)
+        bad = render_sample(np.random.default_rng(5), 'puck', 128, defect)
+        region = bad.gt & valid_mask(bad.xyz) & valid_mask(good.xyz)
+        depth_change = np.abs(bad.xyz[..., 2] - good.xyz[..., 2])[region].max()
+        assert (depth_change > 0.001) == geometric, defect
+        colour_change = np.abs(bad.rgb.astype(int) - good.rgb.astype(int))[region].max()
+        assert (colour_change > 40) == colour, defect
+
+
+def test_cli_writes_dataset(tmp_path):
+    from dbmr_ros.data.synthetic import main
+    assert main(['--output', str(tmp_path), '--size', '48', '--train', '2', '--validation', '1',
+                 '--test-good', '1', '--test-per-defect', '1']) == 0
+    assert (tmp_path / 'puck' / 'test' / 'hole' / 'gt' / '000.png').exists()
+    assert main(['--output', str(tmp_path), '--size', '48']) == 2  # never overwrites
+    assert os.path.exists(tmp_path / 'puck' / 'calibration' / 'camera_parameters.json')
