@@ -1,0 +1,153 @@
+"""The Detector: raw RGB + organized point cloud arrays in, anomaly result out.
+
+The single inference path of the package: the ROS node, the CLIs and the bag evaluation all call
+it, so preprocessing and scoring exist once. No ROS, no framework types.
+"""
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import cv2
+import numpy as np
+import torch
+
+from dbmr_ros.checkpoint import build_model, CheckpointMeta
+from dbmr_ros.data.preprocess import clean_point_cloud, preprocess, square_padding
+from dbmr_ros.model.dbmrnet import DBMRNet
+from dbmr_ros.model.inputs import group_points, prepare
+from dbmr_ros.model.scoring import anomaly_maps, AnomalyMaps
+
+
+@dataclass
+class AnomalyResult:
+    score: float                  # image score: max of the fused map
+    anomaly_map: np.ndarray       # (H, W) float32 fused map at the input resolution
+    is_anomalous: bool            # score > threshold (False when there is no threshold)
+    map_2d: np.ndarray            # (H, W) float32 RGB-only map
+    map_3d: np.ndarray            # (H, W) float32 geometry-only map
+    threshold: Optional[float] = None
+    timings_ms: Dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str = 'auto') -> torch.device:
+    if device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise RuntimeError(f'device {device!r} requested but CUDA is not available')
+    return torch.device(device)
+
+
+class Detector:
+    """Scores registered (rgb, xyz) pairs with a trained DBMRNet.
+
+    rgb: (H, W, 3) uint8; xyz: (H, W, 3) float32 in metres, invalid pixels 0 or NaN. Any
+    resolution; a list (or a 4-D array) of pairs is scored as one batch.
+    """
+
+    def __init__(self, model: DBMRNet, meta: CheckpointMeta, device='cpu',
+                 mixed_precision: bool = True):
+        self.model = model.to(device).eval()
+        self.meta = meta
+        self.device = torch.device(device)
+        self.threshold = meta.threshold
+        # bf16 autocast on CUDA only; CPU stays float32 (see README for the tolerance).
+        self.mixed_precision = mixed_precision and self.device.type == 'cuda'
+
+    @classmethod
+    def from_checkpoint(cls, path, device: str = 'auto', mixed_precision: bool = True):
+        target = resolve_device(device)
+        model, meta = build_model(path, target)
+        return cls(model, meta, target, mixed_precision)
+
+    @property
+    def image_size(self) -> int:
+        return self.meta.preprocess.image_size
+
+    # --- public API ----------------------------------------------------------------------
+
+    def __call__(self, rgb, xyz, cleaned_xyz=None) -> Union[AnomalyResult, List[AnomalyResult]]:
+        batched = isinstance(rgb, (list, tuple)) or np.ndim(rgb) == 4
+        rgbs = list(rgb) if batched else [rgb]
+        xyzs = list(xyz) if batched else [xyz]
+        cleaned = list(cleaned_xyz) if batched and cleaned_xyz is not None else (
+            [cleaned_xyz] * len(rgbs))
+        if len(rgbs) != len(xyzs):
+            raise ValueError(f'{len(rgbs)} images but {len(xyzs)} point clouds')
+        for image, cloud in zip(rgbs, xyzs):
+            self._check(image, cloud)
+        start = time.perf_counter()
+        prepared = [preprocess(image, cloud, self.meta.preprocess, c)
+                    for image, cloud, c in zip(rgbs, xyzs, cleaned)]
+        rgb_s = np.stack([p[0] for p in prepared])
+        xyz_s = np.stack([p[1] for p in prepared])
+        timings = {'preprocess': (time.perf_counter() - start) * 1e3}
+        maps = self.score_prepared(rgb_s, xyz_s, timings=timings)
+        results = [self._result(maps, i, rgbs[i].shape[:2], timings) for i in range(len(rgbs))]
+        return results if batched else results[0]
+
+    def clean(self, xyz: np.ndarray) -> np.ndarray:
+        """The background removal step alone (cacheable by callers)."""
+        return clean_point_cloud(xyz, self.meta.preprocess)
+
+    @torch.no_grad()
+    def score_prepared(self, rgb_s: np.ndarray, xyz_s: np.ndarray, normalise: bool = True,
+                       timings: Optional[dict] = None) -> AnomalyMaps:
+        """Model-size arrays (B, S, S, 3) -> AnomalyMaps (model size, on the CPU)."""
+        timings = {} if timings is None else timings
+        cfg = self.model.cfg
+        clock = self._clock()
+        inp = prepare(torch.from_numpy(rgb_s).to(self.device),
+                      torch.from_numpy(xyz_s).to(self.device), cfg.num_points, cfg.group_size)
+        groups = group_points(inp, cfg.num_groups, cfg.group_size)
+        timings['grouping'] = clock()
+        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.mixed_precision):
+            tokens = self.model.score_tokens(inp.images, groups)
+        timings['network'] = clock()
+        maps = anomaly_maps(tokens.patch.float(), tokens.group.float(), inp, groups,
+                            self.meta.stats if normalise else None, cfg.smoothing_sigma)
+        maps = AnomalyMaps(*(m.float().cpu() for m in maps))
+        timings['scoring'] = clock()
+        return maps
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _clock(self):
+        last = [time.perf_counter()]
+
+        def lap():
+            if self.device.type == 'cuda':
+                torch.cuda.synchronize(self.device)
+            now = time.perf_counter()
+            elapsed, last[0] = (now - last[0]) * 1e3, now
+            return elapsed
+        return lap
+
+    @staticmethod
+    def _check(rgb: np.ndarray, xyz: np.ndarray) -> None:
+        rgb, xyz = np.asarray(rgb), np.asarray(xyz)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f'rgb must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}')
+        if xyz.ndim != 3 or xyz.shape[2] != 3 or not np.issubdtype(xyz.dtype, np.floating):
+            raise ValueError(f'xyz must be (H, W, 3) float, got {xyz.shape} {xyz.dtype}')
+        if rgb.shape[:2] != xyz.shape[:2]:
+            raise ValueError(f'rgb {rgb.shape[:2]} and xyz {xyz.shape[:2]} sizes differ')
+
+    def to_input_resolution(self, model_map: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        """(S, S) map -> (H, W): undo the resize and the square padding."""
+        height, width = shape
+        if not self.meta.preprocess.pad_to_square:
+            return cv2.resize(model_map, (width, height), interpolation=cv2.INTER_LINEAR)
+        (top, bottom), (left, right) = square_padding(height, width)
+        side = height + top + bottom
+        full = cv2.resize(model_map, (side, side), interpolation=cv2.INTER_LINEAR)
+        return np.ascontiguousarray(full[top:top + height, left:left + width])
+
+    def _result(self, maps: AnomalyMaps, i: int, shape, timings) -> AnomalyResult:
+        score = float(maps.score[i])
+        fused, map_2d, map_3d = (self.to_input_resolution(m[i].numpy(), shape).astype(np.float32)
+                                 for m in (maps.fused, maps.map_2d, maps.map_3d))
+        threshold = self.threshold
+        return AnomalyResult(score=score, anomaly_map=fused,
+                             is_anomalous=threshold is not None and score > threshold,
+                             map_2d=map_2d, map_3d=map_3d, threshold=threshold,
+                             timings_ms=dict(timings))

@@ -1,0 +1,69 @@
+"""Model configuration and presets; saved inside every checkpoint."""
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DBMRConfig:
+    image_size: int = 224
+    patch_size: int = 16
+    num_points: int = 4096        # valid points kept per cloud (even raster subsample) for grouping
+    num_groups: int = 128         # FPS centres G
+    group_size: int = 32          # kNN points per group k
+    embed_dim: int = 128
+    depth: int = 4                # joint encoder blocks
+    num_heads: int = 4
+    decoder_dim: int = 128
+    shared_decoder_depth: int = 1
+    modality_decoder_depth: int = 1
+    decoder_heads: int = 4
+    mlp_ratio: float = 4.0
+    mask_ratio_2d: float = 0.5
+    mask_ratio_3d: float = 0.5
+    alignment_radius: int = 1     # local alignment window, in patches (1: the 3x3 around a centre)
+    loss_weight_2d: float = 1.0
+    loss_weight_3d: float = 1.0
+    loss_weight_cross: float = 0.5
+    smoothing_sigma: float = 4.0  # Gaussian smoothing of the fused map, pixels at image_size
+
+    def __post_init__(self):
+        if self.image_size % self.patch_size:
+            raise ValueError(f'image_size {self.image_size} is not a multiple of patch_size '
+                             f'{self.patch_size}')
+        if self.group_size > self.num_points or self.num_groups > self.num_points:
+            raise ValueError('num_groups and group_size must not exceed num_points')
+        for name in ('mask_ratio_2d', 'mask_ratio_3d'):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f'{name} must be in [0, 1)')
+        if self.embed_dim % self.num_heads or self.decoder_dim % self.decoder_heads:
+            raise ValueError('embedding dims must be divisible by the head counts')
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size ** 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> 'DBMRConfig':
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f'unknown model options: {sorted(unknown)}')
+        return cls(**values)
+
+
+PRESETS = {
+    # Real time on a 2-core CPU.
+    'tiny': DBMRConfig(),
+    # Paper-sized (MAE/Point-MAE-like widths) for a GPU.
+    'base': DBMRConfig(patch_size=8, num_points=16384, num_groups=512, group_size=32,
+                       embed_dim=384, depth=12, num_heads=6, decoder_dim=256,
+                       shared_decoder_depth=4, modality_decoder_depth=2, decoder_heads=8,
+                       mask_ratio_2d=0.5, mask_ratio_3d=0.5),
+}

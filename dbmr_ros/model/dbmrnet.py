@@ -1,0 +1,261 @@
+"""DBMRNet: dual-branch self-supervised masked reconstruction of RGB patches and point groups.
+
+Training (framework figure, a): both token sets are randomly masked and tagged with a learned
+modality token; a 2D-3D joint encoder with local alignment attention sees the visible tokens; a
+modality-shared decoder adds mask tokens; a 2D and a 3D decoder cross-attend to the visible
+encoder tokens of their own modality (E^v_2D, E^v_3D as key and value) and reconstruct masked
+patches (MSE) and masked point groups (Chamfer). The cross-modal loss predicts each masked
+group's points from the 2D decoder token of the patch its centre lies on, which ties the
+reconstructed geometry to the image.
+
+Inference (b): both modalities are reconstructed from fixed complementary maskings (every token
+is predicted once while hidden), then the input and its reconstruction pass through the frozen
+network unmasked; per-token distances of the 2D and 3D decoder features are the anomaly scores.
+"""
+from typing import Dict, NamedTuple
+
+import torch
+from torch import nn
+
+from dbmr_ros.model.config import DBMRConfig
+from dbmr_ros.model.embedding import PatchEmbedding, PointEmbedding, sincos_2d
+from dbmr_ros.model.inputs import Groups
+from dbmr_ros.model.masking import Masking, masking_from_noise, no_masking, random_masking, select
+from dbmr_ros.model.point_ops import chamfer_l2
+from dbmr_ros.model.transformer import Block, local_alignment_mask
+
+
+class TrainOutput(NamedTuple):
+    loss: torch.Tensor                  # () weighted sum
+    losses: Dict[str, torch.Tensor]     # 'loss_2d', 'loss_3d', 'loss_cross'
+    pred_patches: torch.Tensor          # (B, L, p*p*3)
+    pred_groups: torch.Tensor           # (B, G, k, 3)
+    mask_2d: torch.Tensor               # (B, L) 1 = masked
+    mask_3d: torch.Tensor               # (B, G)
+
+
+class TokenScores(NamedTuple):
+    patch: torch.Tensor                 # (B, L) feature distance per image patch
+    group: torch.Tensor                 # (B, G) feature distance per point group
+    reconstruction: torch.Tensor        # (B, 3, S, S) reconstructed image (normalised)
+    reconstructed_groups: torch.Tensor  # (B, G, k, 3) reconstructed neighbourhoods
+
+
+class DBMRNet(nn.Module):
+    def __init__(self, cfg: DBMRConfig):
+        super().__init__()
+        self.cfg = cfg
+        dim, ddim = cfg.embed_dim, cfg.decoder_dim
+        # Embeddings and modality tokens.
+        self.patch_embed = PatchEmbedding(cfg.patch_size, dim)
+        self.point_embed = PointEmbedding(dim)
+        self.register_buffer('pos_2d', sincos_2d(dim, cfg.grid_size)[None], persistent=False)
+        self.modality_2d = nn.Parameter(torch.zeros(1, 1, dim))
+        self.modality_3d = nn.Parameter(torch.zeros(1, 1, dim))
+        # Joint encoder.
+        self.encoder = nn.ModuleList(Block(dim, cfg.num_heads, cfg.mlp_ratio)
+                                     for _ in range(cfg.depth))
+        self.encoder_norm = nn.LayerNorm(dim)
+        # Modality-shared decoder.
+        self.decoder_embed = nn.Linear(dim, ddim)
+        self.mask_token_2d = nn.Parameter(torch.zeros(1, 1, ddim))
+        self.mask_token_3d = nn.Parameter(torch.zeros(1, 1, ddim))
+        self.register_buffer('decoder_pos_2d', sincos_2d(ddim, cfg.grid_size)[None],
+                             persistent=False)
+        self.decoder_pos_3d = nn.Sequential(nn.Linear(3, ddim), nn.GELU(), nn.Linear(ddim, ddim))
+        self.shared_decoder = nn.ModuleList(Block(ddim, cfg.decoder_heads, cfg.mlp_ratio)
+                                            for _ in range(cfg.shared_decoder_depth))
+        # Modality-specific decoders with cross-attention to their own visible encoder tokens.
+        self.memory_2d = nn.Linear(dim, ddim)
+        self.memory_3d = nn.Linear(dim, ddim)
+        self.decoder_2d = nn.ModuleList(Block(ddim, cfg.decoder_heads, cfg.mlp_ratio, cross=True)
+                                        for _ in range(cfg.modality_decoder_depth))
+        self.decoder_3d = nn.ModuleList(Block(ddim, cfg.decoder_heads, cfg.mlp_ratio, cross=True)
+                                        for _ in range(cfg.modality_decoder_depth))
+        self.norm_2d = nn.LayerNorm(ddim)
+        self.norm_3d = nn.LayerNorm(ddim)
+        self.head_2d = nn.Linear(ddim, cfg.patch_size ** 2 * 3)
+        self.head_3d = nn.Linear(ddim, cfg.group_size * 3)
+        self.head_cross = nn.Linear(ddim, cfg.group_size * 3)
+        self._init_weights()
+
+    def _init_weights(self):
+        for p in (self.modality_2d, self.modality_3d, self.mask_token_2d, self.mask_token_3d):
+            nn.init.normal_(p, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # --- tensors <-> patches -------------------------------------------------------------
+
+    def patchify(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, L, p*p*3)."""
+        p, g = self.cfg.patch_size, self.cfg.grid_size
+        x = images.reshape(images.shape[0], 3, g, p, g, p)
+        return torch.einsum('nchpwq->nhwpqc', x).reshape(images.shape[0], g * g, p * p * 3)
+
+    def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, L, p*p*3) -> (B, 3, S, S)."""
+        p, g = self.cfg.patch_size, self.cfg.grid_size
+        x = patches.reshape(patches.shape[0], g, g, p, p, 3)
+        return torch.einsum('nhwpqc->nchpwq', x).reshape(patches.shape[0], 3, g * p, g * p)
+
+    def cells(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Flat pixel indices (B, M) in the S x S image -> (B, M, 2) (row, col) patch cells."""
+        size, p = self.cfg.image_size, self.cfg.patch_size
+        return torch.stack([pixels // size // p, pixels % size // p], dim=-1)
+
+    # --- the network ---------------------------------------------------------------------
+
+    def encode(self, images: torch.Tensor, groups: Groups, masking_2d: Masking,
+               masking_3d: Masking):
+        """Embed, keep the visible tokens, tag modalities, run the joint encoder.
+
+        Returns visible encoder tokens E^v_2D (B, L_vis, D) and E^v_3D (B, G_vis, D).
+        """
+        batch = images.shape[0]
+        tokens_2d = self.patch_embed(images) + self.pos_2d                    # (B, L, D)
+        tokens_3d, pos_3d = self.point_embed(groups.neighborhoods, groups.centers)
+        visible_2d = select(tokens_2d, masking_2d.keep) + self.modality_2d
+        visible_3d = select(tokens_3d + pos_3d, masking_3d.keep) + self.modality_3d
+        grid = torch.arange(self.cfg.num_patches, device=images.device).expand(batch, -1)
+        patch_cells = select(torch.stack([grid // self.cfg.grid_size, grid % self.cfg.grid_size],
+                                         dim=-1), masking_2d.keep)
+        group_cells = select(self.cells(groups.center_pixels), masking_3d.keep)
+        mask = local_alignment_mask(patch_cells, group_cells, self.cfg.alignment_radius)
+        x = torch.cat([visible_2d, visible_3d], dim=1)
+        for block in self.encoder:
+            x = block(x, mask=mask)
+        x = self.encoder_norm(x)
+        return x[:, :visible_2d.shape[1]], x[:, visible_2d.shape[1]:]
+
+    def decode(self, encoded_2d: torch.Tensor, encoded_3d: torch.Tensor, groups: Groups,
+               masking_2d: Masking, masking_3d: Masking):
+        """Shared decoder over visible tokens + mask tokens, then the modality decoders.
+
+        Returns decoder features F_2D (B, L, Dd) and F_3D (B, G, Dd), in original token order.
+        """
+        def with_mask_tokens(visible, token, masking):
+            hidden = token.expand(visible.shape[0], masking.restore.shape[1] - visible.shape[1],
+                                  -1)
+            return select(torch.cat([visible, hidden], dim=1), masking.restore)
+
+        full_2d = with_mask_tokens(self.decoder_embed(encoded_2d), self.mask_token_2d,
+                                   masking_2d) + self.decoder_pos_2d
+        full_3d = with_mask_tokens(self.decoder_embed(encoded_3d), self.mask_token_3d,
+                                   masking_3d) + self.decoder_pos_3d(groups.centers)
+        x = torch.cat([full_2d, full_3d], dim=1)
+        for block in self.shared_decoder:
+            x = block(x)
+        x_2d, x_3d = x[:, :full_2d.shape[1]], x[:, full_2d.shape[1]:]
+        memory_2d, memory_3d = self.memory_2d(encoded_2d), self.memory_3d(encoded_3d)
+        for block in self.decoder_2d:
+            x_2d = block(x_2d, memory=memory_2d)
+        for block in self.decoder_3d:
+            x_3d = block(x_3d, memory=memory_3d)
+        return self.norm_2d(x_2d), self.norm_3d(x_3d)
+
+    def predict(self, features_2d: torch.Tensor, features_3d: torch.Tensor):
+        """Decoder features -> patches (B, L, p*p*3) and group points (B, G, k, 3)."""
+        groups = self.head_3d(features_3d)
+        return self.head_2d(features_2d), groups.view(*groups.shape[:2], self.cfg.group_size, 3)
+
+    # --- training ------------------------------------------------------------------------
+
+    def forward(self, images: torch.Tensor, groups: Groups,
+                generator: torch.Generator = None) -> TrainOutput:
+        """Masked reconstruction with the model's own losses. images: (B, 3, S, S)."""
+        batch, device = images.shape[0], images.device
+        masking_2d = random_masking(batch, self.cfg.num_patches, self.cfg.mask_ratio_2d, device,
+                                    generator)
+        masking_3d = random_masking(batch, self.cfg.num_groups, self.cfg.mask_ratio_3d, device,
+                                    generator)
+        encoded = self.encode(images, groups, masking_2d, masking_3d)
+        features_2d, features_3d = self.decode(*encoded, groups, masking_2d, masking_3d)
+        pred_patches, pred_groups = self.predict(features_2d, features_3d)
+        losses = self.losses(images, groups, features_2d, pred_patches, pred_groups,
+                             masking_2d.mask, masking_3d.mask)
+        cfg = self.cfg
+        loss = (cfg.loss_weight_2d * losses['loss_2d'] + cfg.loss_weight_3d * losses['loss_3d']
+                + cfg.loss_weight_cross * losses['loss_cross'])
+        return TrainOutput(loss, losses, pred_patches, pred_groups, masking_2d.mask,
+                           masking_3d.mask)
+
+    def losses(self, images, groups: Groups, features_2d, pred_patches, pred_groups,
+               mask_2d, mask_3d) -> Dict[str, torch.Tensor]:
+        """2D MSE on masked patches, 3D Chamfer-L2 on masked groups, and the cross-modal loss:
+        masked groups' points predicted from the 2D decoder token at their centre's patch."""
+        per_patch = ((pred_patches - self.patchify(images)) ** 2).mean(-1)    # (B, L)
+        loss_2d = (per_patch * mask_2d).sum() / mask_2d.sum().clamp_min(1)
+        hidden = mask_3d.bool()                                               # (B, G)
+        target = groups.neighborhoods[hidden]                                 # (M, k, 3)
+        loss_3d = chamfer_l2(pred_groups[hidden], target).mean()
+        cells = self.cells(groups.center_pixels)
+        center_patch = cells[..., 0] * self.cfg.grid_size + cells[..., 1]    # (B, G)
+        image_tokens = select(features_2d, center_patch)                     # (B, G, Dd)
+        cross = self.head_cross(image_tokens).view(*center_patch.shape, self.cfg.group_size, 3)
+        loss_cross = chamfer_l2(cross[hidden], target).mean()
+        if not hidden.any():
+            loss_3d = loss_cross = pred_groups.sum() * 0.0
+        return {'loss_2d': loss_2d, 'loss_3d': loss_3d, 'loss_cross': loss_cross}
+
+    # --- inference -----------------------------------------------------------------------
+
+    def fixed_maskings(self, batch: int, device):
+        """Two complementary maskings per modality: image patches as a checkerboard, groups as
+        a fixed random half (the same for every sample, so scores never depend on the batch)."""
+        g = self.cfg.grid_size
+        rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing='ij')
+        parity = ((rows + cols) % 2).flatten().float()
+        order = torch.randperm(self.cfg.num_groups, generator=torch.Generator().manual_seed(0))
+        half = torch.zeros(self.cfg.num_groups)
+        half[order[: self.cfg.num_groups // 2]] = 1.0
+        tie = torch.linspace(0, 0.5, g * g)  # stable order among equal parities
+        tie_3d = torch.linspace(0, 0.5, self.cfg.num_groups)
+        for hidden_2d, hidden_3d in ((parity, half), (1 - parity, 1 - half)):
+            noise_2d = (hidden_2d + tie).expand(batch, -1).to(device)
+            noise_3d = (hidden_3d + tie_3d).expand(batch, -1).to(device)
+            yield (masking_from_noise(noise_2d, int((hidden_2d == 0).sum())),
+                   masking_from_noise(noise_3d, int((hidden_3d == 0).sum())))
+
+    @torch.no_grad()
+    def reconstruct(self, images: torch.Tensor, groups: Groups):
+        """Every patch and group predicted while hidden: (B, 3, S, S), (B, G, k, 3)."""
+        patches = torch.zeros_like(self.patchify(images))
+        points = torch.zeros_like(groups.neighborhoods)
+        for masking_2d, masking_3d in self.fixed_maskings(images.shape[0], images.device):
+            features = self.decode(*self.encode(images, groups, masking_2d, masking_3d), groups,
+                                   masking_2d, masking_3d)
+            pred_patches, pred_groups = self.predict(*features)
+            hidden_2d, hidden_3d = masking_2d.mask.bool(), masking_3d.mask.bool()
+            patches[hidden_2d] = pred_patches[hidden_2d].to(patches.dtype)
+            points[hidden_3d] = pred_groups[hidden_3d].to(points.dtype)
+        return self.unpatchify(patches), points
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor, groups: Groups):
+        """Unmasked pass through the frozen network: F_2D (B, L, Dd), F_3D (B, G, Dd)."""
+        batch, device = images.shape[0], images.device
+        masking_2d = no_masking(batch, self.cfg.num_patches, device)
+        masking_3d = no_masking(batch, self.cfg.num_groups, device)
+        return self.decode(*self.encode(images, groups, masking_2d, masking_3d), groups,
+                           masking_2d, masking_3d)
+
+    @torch.no_grad()
+    def score_tokens(self, images: torch.Tensor, groups: Groups) -> TokenScores:
+        """Reconstruct, then compare input and reconstruction in decoder feature space."""
+        rec_images, rec_points = self.reconstruct(images, groups)
+        both = Groups(torch.cat([groups.neighborhoods, rec_points]),
+                      groups.centers.repeat(2, 1, 1), groups.center_pixels.repeat(2, 1))
+        features_2d, features_3d = self.features(torch.cat([images, rec_images]), both)
+        batch = images.shape[0]
+        patch = (features_2d[:batch] - features_2d[batch:]).norm(dim=-1)
+        group = (features_3d[:batch] - features_3d[batch:]).norm(dim=-1)
+        return TokenScores(patch.float(), group.float(), rec_images, rec_points)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+

@@ -1,0 +1,81 @@
+"""The two hierarchical embeddings: point groups -> tokens (3D), image patches -> tokens (2D)."""
+import numpy as np
+import torch
+from torch import nn
+
+
+class GroupingBlock(nn.Module):
+    """Mini-PointNet step over the points of each group: a shared MLP, max-pool over the group,
+    the pooled feature concatenated back to every point, a second MLP."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.point_mlp = nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim),
+                                       nn.GELU())
+        self.fuse_mlp = nn.Sequential(nn.Linear(2 * out_dim, out_dim), nn.LayerNorm(out_dim),
+                                      nn.GELU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, G, k, C_in) -> (B, G, k, C_out)."""
+        h = self.point_mlp(x)
+        pooled = h.max(dim=2, keepdim=True).values.expand_as(h)
+        return self.fuse_mlp(torch.cat([h, pooled], dim=-1))
+
+
+class PointEmbedding(nn.Module):
+    """Linear projection of relative coordinates, two grouping blocks, max-pool: a token per
+    group, plus a learned positional embedding of the group centre."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.projection = nn.Linear(3, dim // 2)
+        self.blocks = nn.Sequential(GroupingBlock(dim // 2, dim // 2), GroupingBlock(dim // 2, dim))
+        self.position = nn.Sequential(nn.Linear(3, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def forward(self, neighborhoods: torch.Tensor, centers: torch.Tensor):
+        """neighborhoods: (B, G, k, 3) relative to centers (B, G, 3).
+        Returns tokens (B, G, D) and positional embeddings (B, G, D)."""
+        tokens = self.blocks(self.projection(neighborhoods)).max(dim=2).values
+        return tokens, self.position(centers)
+
+
+class ConvBlock(nn.Module):
+    """Residual convolution over the patch grid: depthwise 3x3, LayerNorm, pointwise MLP."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.depthwise = nn.Conv2d(dim, dim, kernel_size=3, padding=1, groups=dim)
+        self.norm = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, D, h, w) -> (B, D, h, w)."""
+        y = self.depthwise(x).permute(0, 2, 3, 1)
+        return x + self.mlp(self.norm(y)).permute(0, 3, 1, 2)
+
+
+class PatchEmbedding(nn.Module):
+    """Linear projection of p x p patches (a strided convolution), two convolution blocks over
+    the patch grid: a token per patch."""
+
+    def __init__(self, patch_size: int, dim: int):
+        super().__init__()
+        self.projection = nn.Conv2d(3, dim, kernel_size=patch_size, stride=patch_size)
+        self.blocks = nn.Sequential(ConvBlock(dim), ConvBlock(dim))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images: (B, 3, H, W) -> tokens (B, L, D), L = (H / p) * (W / p), row-major."""
+        return self.blocks(self.projection(images)).flatten(2).transpose(1, 2)
+
+
+def sincos_2d(dim: int, grid_size: int) -> torch.Tensor:
+    """Fixed 2D sine-cosine positional embedding (MAE), (grid_size ** 2, dim), row-major."""
+    rows, cols = np.meshgrid(np.arange(grid_size, dtype=np.float64),
+                             np.arange(grid_size, dtype=np.float64), indexing='ij')
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
+
+    def encode(positions):
+        angles = positions.reshape(-1)[:, None] * omega[None]
+        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+    return torch.from_numpy(np.concatenate([encode(rows), encode(cols)], axis=1)).float()

@@ -1,0 +1,77 @@
+"""Model-size arrays -> network tensors: image normalisation, point selection and grouping.
+
+Shared by training and inference so both see exactly the same input.
+"""
+from typing import NamedTuple, Optional
+
+import torch
+
+from dbmr_ros.model.point_ops import fps, gather, knn
+
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
+
+
+class ModelInput(NamedTuple):
+    images: torch.Tensor        # (B, 3, S, S) float, normalised
+    xyz: torch.Tensor           # (B, S, S, 3) float, centred and scaled per sample; 0 = invalid
+    valid: torch.Tensor         # (B, S, S) bool, pixels with a 3D point
+    points: torch.Tensor        # (B, N, 3) float, the subsample that is grouped
+    point_pixels: torch.Tensor  # (B, N) long, flat pixel index of each point in the S x S grid
+
+
+class Groups(NamedTuple):
+    neighborhoods: torch.Tensor  # (B, G, k, 3) coordinates relative to their centre
+    centers: torch.Tensor        # (B, G, 3)
+    center_pixels: torch.Tensor  # (B, G) long, flat pixel index of each centre
+
+
+def normalise_images(rgb: torch.Tensor) -> torch.Tensor:
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) float."""
+    return (rgb.permute(0, 3, 1, 2).float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
+
+
+def denormalise_images(images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, S, S) float -> (B, S, S, 3) float in [0, 255]."""
+    return ((images * PIXEL_STD + PIXEL_MEAN) * 255.0).clamp(0, 255).permute(0, 2, 3, 1)
+
+
+def prepare(rgb: torch.Tensor, xyz: torch.Tensor, num_points: int, min_points: int,
+            generator: Optional[torch.Generator] = None) -> ModelInput:
+    """rgb (B, S, S, 3) uint8 and xyz (B, S, S, 3) float (0 = invalid) -> ModelInput.
+
+    Points are centred on their centroid and scaled by their RMS radius, per sample. `num_points`
+    of the valid pixels are kept, evenly spaced in raster order (deterministic); with a
+    generator the spacing gets a random offset per sample (training augmentation).
+    """
+    batch, size = xyz.shape[0], xyz.shape[1]
+    valid = torch.isfinite(xyz).all(-1) & (xyz != 0).any(-1)
+    counts = valid.flatten(1).sum(1)
+    if int(counts.min()) < min_points:
+        raise ValueError(f'a cloud has {int(counts.min())} valid points after preprocessing; '
+                         f'at least {min_points} are needed')
+    xyz = torch.where(valid[..., None], xyz, torch.zeros((), dtype=xyz.dtype,
+                                                         device=xyz.device)).float()
+    weights = valid[..., None].float()
+    centroid = (xyz * weights).sum((1, 2)) / counts[:, None]                 # (B, 3)
+    centred = (xyz - centroid[:, None, None]) * weights
+    scale = ((centred ** 2).sum(-1).sum((1, 2)) / counts).sqrt().clamp_min(1e-6)  # (B,)
+    xyz = centred / scale[:, None, None, None]
+
+    offset = torch.zeros(batch, 1, device=xyz.device) if generator is None else torch.rand(
+        batch, 1, generator=generator).to(xyz.device)
+    ranks = ((torch.arange(num_points, device=xyz.device)[None] + offset)
+             * counts[:, None] / num_points).floor().long()                 # (B, N)
+    cumulative = valid.flatten(1).long().cumsum(1)                           # (B, S*S)
+    point_pixels = torch.searchsorted(cumulative, ranks + 1)                 # first with rank
+    points = gather(xyz.reshape(batch, size * size, 3), point_pixels)
+    return ModelInput(normalise_images(rgb), xyz, valid, points, point_pixels)
+
+
+def group_points(inp: ModelInput, num_groups: int, group_size: int) -> Groups:
+    """Farthest point sampling of centres, kNN neighbourhoods relative to each centre."""
+    center_idx = fps(inp.points, num_groups)                                # (B, G)
+    centers = gather(inp.points, center_idx)                                # (B, G, 3)
+    neighbor_idx = knn(inp.points, centers, group_size)                     # (B, G, k)
+    neighborhoods = gather(inp.points, neighbor_idx) - centers.unsqueeze(2)
+    center_pixels = torch.gather(inp.point_pixels, 1, center_idx)
+    return Groups(neighborhoods, centers, center_pixels)

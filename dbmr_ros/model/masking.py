@@ -1,0 +1,39 @@
+"""Random token masking as in MAE: argsort of noise, vectorised over the batch."""
+from typing import NamedTuple
+
+import torch
+
+
+class Masking(NamedTuple):
+    keep: torch.Tensor     # (B, L_keep) long: indices of visible tokens, in shuffled order
+    mask: torch.Tensor     # (B, L) float: 1 masked, 0 visible, in original order
+    restore: torch.Tensor  # (B, L) long: undoes the shuffle (ids_restore)
+
+
+def masking_from_noise(noise: torch.Tensor, num_keep: int) -> Masking:
+    """noise: (B, L); the `num_keep` tokens of smallest noise stay visible."""
+    shuffle = torch.argsort(noise, dim=1)
+    restore = torch.argsort(shuffle, dim=1)
+    mask = torch.ones_like(noise)
+    mask[:, :num_keep] = 0
+    return Masking(shuffle[:, :num_keep], torch.gather(mask, 1, restore), restore)
+
+
+def random_masking(batch: int, length: int, ratio: float, device=None,
+                   generator: torch.Generator = None) -> Masking:
+    """Mask round(length * ratio) tokens per sample, independently per sample."""
+    num_keep = length - int(round(length * ratio))
+    noise = torch.rand(batch, length, device=device, generator=generator)
+    return masking_from_noise(noise, num_keep)
+
+
+def no_masking(batch: int, length: int, device=None) -> Masking:
+    order = torch.arange(length, device=device).expand(batch, length)
+    return Masking(order, torch.zeros(batch, length, device=device), order)
+
+
+def select(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """tokens (B, L, ...), indices (B, L') -> (B, L', ...)."""
+    shape = indices.shape + tokens.shape[2:]
+    index = indices.reshape(*indices.shape, *([1] * (tokens.dim() - 2))).expand(shape)
+    return torch.gather(tokens, 1, index)

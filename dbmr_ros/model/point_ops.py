@@ -1,0 +1,76 @@
+"""Point cloud primitives: farthest point sampling, k nearest neighbours, Chamfer distance.
+
+The CUDA kernels of pointnet2_ops and knn_cuda are used when importable and the tensors are on
+CUDA; otherwise pure torch. Importing this module never requires CUDA or the extensions.
+"""
+import torch
+
+try:  # optional CUDA extensions
+    from pointnet2_ops.pointnet2_utils import furthest_point_sample as _fps_cuda
+except ImportError:
+    _fps_cuda = None
+try:
+    from knn_cuda import KNN as _KnnCuda
+except ImportError:
+    _KnnCuda = None
+
+
+def fps(points: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Farthest point sampling.
+
+    points: (B, N, 3). Returns indices (B, S) long, starting at index 0 like the CUDA kernel.
+    """
+    if _fps_cuda is not None and points.is_cuda:
+        return _fps_cuda(points.float().contiguous(), num_samples).long()
+    return fps_torch(points, num_samples)
+
+
+def fps_torch(points: torch.Tensor, num_samples: int) -> torch.Tensor:
+    batch, n, _ = points.shape
+    indices = torch.zeros(batch, num_samples, dtype=torch.long, device=points.device)
+    min_dist = torch.full((batch, n), float('inf'), device=points.device, dtype=points.dtype)
+    farthest = torch.zeros(batch, dtype=torch.long, device=points.device)
+    rows = torch.arange(batch, device=points.device)
+    for i in range(num_samples):  # a loop over samples, never over the batch
+        indices[:, i] = farthest
+        centre = points[rows, farthest].unsqueeze(1)                      # (B, 1, 3)
+        min_dist = torch.minimum(min_dist, ((points - centre) ** 2).sum(-1))
+        farthest = min_dist.argmax(-1)
+    return indices
+
+
+def knn(points: torch.Tensor, queries: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (B, S, k) of the k nearest `points` (B, N, 3) of each query (B, S, 3), nearest
+    first."""
+    if _KnnCuda is not None and points.is_cuda:
+        _, idx = _KnnCuda(k=k, transpose_mode=True)(points.float(), queries.float())
+        return idx.long()
+    return knn_torch(points, queries, k)
+
+
+def knn_torch(points: torch.Tensor, queries: torch.Tensor, k: int) -> torch.Tensor:
+    distances = torch.cdist(queries, points)                              # (B, S, N)
+    return distances.topk(k, dim=-1, largest=False).indices
+
+
+def gather(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """values (B, N, C), indices (B, ...) -> (B, ..., C)."""
+    batch = values.shape[0]
+    flat = indices.reshape(batch, -1)
+    out = torch.gather(values, 1, flat.unsqueeze(-1).expand(-1, -1, values.shape[-1]))
+    return out.reshape(*indices.shape, values.shape[-1])
+
+
+def chamfer_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Point-MAE's L2 Chamfer distance per set: mean squared distance to the nearest point of the
+    other set, both ways, summed. a: (M, P, 3), b: (M, Q, 3) -> (M,)."""
+    d = torch.cdist(a, b) ** 2
+    return d.min(dim=2).values.mean(dim=1) + d.min(dim=1).values.mean(dim=1)
+
+
+def chamfer_l1(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """L1 Chamfer (mean Euclidean distances) with a sqrt that has a finite gradient at 0."""
+    d = torch.cdist(a, b) ** 2
+    dist_ab = torch.sqrt(d.min(dim=2).values + eps)
+    dist_ba = torch.sqrt(d.min(dim=1).values + eps)
+    return (dist_ab.mean(dim=1) + dist_ba.mean(dim=1)) / 2

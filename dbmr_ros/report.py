@@ -1,0 +1,133 @@
+"""Evaluation reports: metrics over collected results, metrics.json, a Markdown table laid out
+like the paper's (classes as columns, mean last), ROC / PRO plots and heatmap overlays. Shared by
+dbmr-eval and the rosbag evaluation."""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from dbmr_ros import metrics
+from dbmr_ros.visualize import report_panel
+
+METRIC_KEYS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1', 'aupro@0.05', 'aupro@0.01')
+MAP_VARIANTS = (('fused', 'RGB+3D'), ('2d', 'RGB only'), ('3d', '3D only'))
+
+
+@dataclass
+class CategoryResults:
+    """What a category's evaluation collects, one entry per test sample."""
+
+    labels: List[int] = field(default_factory=list)
+    scores: Dict[str, List[float]] = field(default_factory=lambda: {k: [] for k, _ in
+                                                                     MAP_VARIANTS})
+    maps: Dict[str, List[np.ndarray]] = field(default_factory=lambda: {k: [] for k, _ in
+                                                                       MAP_VARIANTS})
+    gts: List[np.ndarray] = field(default_factory=list)
+
+    def add(self, label: int, gt: np.ndarray, fused, map_2d, map_3d, score: float) -> None:
+        self.labels.append(int(label))
+        self.gts.append(np.asarray(gt) > 0)
+        for key, value in (('fused', fused), ('2d', map_2d), ('3d', map_3d)):
+            self.maps[key].append(value.astype(np.float32))
+            self.scores[key].append(score if key == 'fused' else float(value.max()))
+
+    def compute(self) -> dict:
+        """{'i_auroc': .., ..., '2d': {...}, '3d': {...}} (None where undefined)."""
+        out = {}
+        for key, _ in MAP_VARIANTS:
+            values = _safe(self.labels, self.scores[key], self.gts, self.maps[key])
+            if key == 'fused':
+                out.update(values)
+            else:
+                out[key] = values
+        out['num_samples'] = len(self.labels)
+        out['num_anomalous'] = int(sum(self.labels))
+        return out
+
+
+def _safe(labels, scores, gts, maps) -> dict:
+    values = dict.fromkeys(METRIC_KEYS)
+    if 0 < sum(labels) < len(labels):
+        values['i_auroc'] = metrics.image_auroc(labels, scores)
+    if any(g.any() for g in gts):
+        values['p_auroc'] = metrics.pixel_auroc(gts, maps)
+        fprs, pros = metrics.pro_curve(gts, maps)
+        for limit in metrics.AUPRO_LIMITS:
+            values[f'aupro@{limit}'] = metrics.trapezoid_area(fprs, pros, limit) / limit
+    return values
+
+
+def mean_over(per_category: Dict[str, dict]) -> dict:
+    def mean(rows, key):
+        vals = [r[key] for r in rows if r.get(key) is not None]
+        return float(np.mean(vals)) if vals else None
+    rows = list(per_category.values())
+    out = {k: mean(rows, k) for k in METRIC_KEYS}
+    for variant in ('2d', '3d'):
+        out[variant] = {k: mean([r[variant] for r in rows], k) for k in METRIC_KEYS}
+    return out
+
+
+def markdown_table(per_category: Dict[str, dict], title: str = '') -> str:
+    classes = list(per_category)
+    mean = mean_over(per_category)
+    header = '| Metric | ' + ' | '.join(classes) + ' | Mean |'
+    lines = [f'### {title}', ''] if title else []
+    lines += [header, '|' + '---|' * (len(classes) + 2)]
+    for variant, label in MAP_VARIANTS:
+        for key in METRIC_KEYS:
+            def cell(row):
+                value = row.get(key) if variant == 'fused' else row[variant].get(key)
+                return '-' if value is None else f'{value:.3f}'
+            lines.append(f'| {key.upper().replace("_", "-")} ({label}) | '
+                         + ' | '.join(cell(per_category[c]) for c in classes)
+                         + f' | {cell(mean)} |')
+    return '\n'.join(lines) + '\n'
+
+
+def write_plots(results: Dict[str, CategoryResults], directory: Path) -> List[Path]:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    paths = []
+    for name, res in results.items():
+        figure, (roc_axis, pro_axis) = plt.subplots(1, 2, figsize=(10, 4.5))
+        for key, label in MAP_VARIANTS:
+            if 0 < sum(res.labels) < len(res.labels):
+                fpr, tpr = metrics.roc_curve(res.labels, res.scores[key])
+                roc_axis.plot(fpr, tpr, label=f'{label} ({metrics.image_auroc(res.labels, res.scores[key]):.3f})')  # noqa: E501
+            if any(g.any() for g in res.gts):
+                fprs, pros = metrics.pro_curve(res.gts, res.maps[key])
+                pro_axis.plot(fprs, pros, label=label)
+        roc_axis.set(title=f'{name}: image ROC', xlabel='FPR', ylabel='TPR')
+        pro_axis.set(title=f'{name}: PRO curve', xlabel='FPR', ylabel='PRO', xlim=(0, 0.3))
+        pro_axis.axvline(0.3, color='grey', lw=0.5)
+        for axis in (roc_axis, pro_axis):
+            axis.legend(loc='lower right')
+            axis.grid(alpha=0.3)
+        path = directory / f'curves_{name.replace("/", "_")}.png'
+        figure.tight_layout()
+        figure.savefig(path, dpi=90)
+        plt.close(figure)
+        paths.append(path)
+    return paths
+
+
+def write_overlay(directory: Path, name: str, rgb, xyz, gt, anomaly_map, vmax: float,
+                  score: float, threshold: Optional[float]) -> Path:
+    from dbmr_ros.data.io import write_rgb
+    verdict = '' if threshold is None else (' ANOMALOUS' if score > threshold else ' good')
+    panel = report_panel(rgb, xyz, gt, anomaly_map, vmax, f'{name} score {score:.3f}{verdict}')
+    path = directory / f'{name.replace("/", "_")}.png'
+    write_rgb(path, panel)
+    return path
+
+
+def write_metrics(path: Path, per_category: Dict[str, dict], extra: dict) -> dict:
+    document = {**extra, 'per_category': per_category, 'mean': mean_over(per_category)}
+    tmp = path.with_suffix('.tmp')
+    tmp.write_text(json.dumps(document, indent=2))
+    tmp.replace(path)
+    return document
