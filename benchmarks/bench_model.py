@@ -1,0 +1,93 @@
+"""Per-frame cost of the Detector for each preset on this machine (not a test).
+
+Prints, per preset: parameters, FLOPs per frame (network), median latency per frame split into
+preprocessing / grouping / network / scoring, frames per second, and peak resident memory.
+Input: a real MVTec 3D-AD cable_gland test frame (400x400, all valid points) from ../shared, or a
+synthetic 400x400 frame where ../shared is absent.
+
+    .venv/bin/python benchmarks/bench_model.py [--presets tiny base] [--frames 30]
+"""
+import argparse
+import resource
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from dbmr_ros.checkpoint import CheckpointMeta
+from dbmr_ros.data.preprocess import preprocess, PreprocessConfig
+from dbmr_ros.detector import Detector
+from dbmr_ros.model import DBMRNet, PRESETS
+from dbmr_ros.model.dbmrnet import count_parameters
+from dbmr_ros.model.inputs import group_points, prepare
+
+SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'mvtec3d'
+
+
+def load_frame():
+    if (SHARED / 'cable_gland').exists():
+        from dbmr_ros.data import open_dataset
+        sample = open_dataset('mvtec3d', SHARED, 'cable_gland', 'test')[6].load()
+        return sample.rgb, sample.xyz, 'cable_gland test/bent/001 (400x400)'
+    from dbmr_ros.data.synthetic import render_sample
+    sample = render_sample(np.random.default_rng(0), 'puck', 400, 'bump')
+    return sample.rgb, sample.xyz, 'synthetic puck (400x400)'
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench(preset: str, rgb, xyz, frames: int, device: str) -> dict:
+    cfg = PRESETS[preset]
+    torch.manual_seed(0)
+    meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(image_size=cfg.image_size),
+                          stats={'mean_2d': 1.0, 'mean_3d': 1.0}, threshold=1.0)
+    detector = Detector(DBMRNet(cfg), meta, device)
+    # FLOPs of the network for one frame.
+    rgb_s, xyz_s = (a[None] for a in preprocess(rgb, xyz, meta.preprocess))
+    inp = prepare(torch.from_numpy(rgb_s).to(device), torch.from_numpy(xyz_s).to(device),
+                  cfg.num_points, cfg.group_size)
+    groups = group_points(inp, cfg.num_groups, cfg.group_size)
+    with FlopCounterMode(display=False) as counter:
+        detector.model.score_tokens(inp.images, groups)
+    flops = counter.get_total_flops()
+    for _ in range(2):  # warm-up
+        detector(rgb, xyz)
+    timings = {k: [] for k in ('preprocess', 'grouping', 'network', 'scoring', 'total')}
+    for _ in range(frames):
+        result = detector(rgb, xyz)
+        for key, value in result.timings_ms.items():
+            timings[key].append(value)
+        timings['total'].append(sum(result.timings_ms.values()))
+    median = {k: statistics.median(v) for k, v in timings.items()}
+    return {'preset': preset, 'params_m': count_parameters(detector.model) / 1e6,
+            'gflops': flops / 1e9, **median, 'fps': 1000.0 / median['total'],
+            'peak_rss_mb': peak_rss_mb(), 'valid_points': int(inp.valid.sum())}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--presets', nargs='+', default=['tiny', 'base'], choices=list(PRESETS))
+    parser.add_argument('--frames', type=int, default=30)
+    parser.add_argument('--device', default='cpu')
+    args = parser.parse_args(argv)
+    rgb, xyz, source = load_frame()
+    print(f'input: {source}; device {args.device}; torch threads {torch.get_num_threads()}')
+    rows = [bench(p, rgb, xyz, args.frames, args.device) for p in args.presets]
+    print(f'| preset | params (M) | GFLOPs/frame | preprocess ms | grouping ms | network ms | '
+          f'scoring ms | total ms | frames/s | peak RSS MB |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    for r in rows:
+        print(f'| {r["preset"]} | {r["params_m"]:.2f} | {r["gflops"]:.2f} | '
+              f'{r["preprocess"]:.1f} | {r["grouping"]:.1f} | {r["network"]:.1f} | '
+              f'{r["scoring"]:.1f} | {r["total"]:.1f} | {r["fps"]:.1f} | '
+              f'{r["peak_rss_mb"]:.0f} |')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Everything that touches ROS 2 (the only package that imports rclpy)."""

@@ -1,0 +1,374 @@
+"""The dbmr_detector node: synchronised RGB + point cloud in, anomaly scores, maps, heatmaps,
+coloured clouds, markers and diagnostics out.
+
+Callbacks only convert stamps and hand the newest synchronised pair to one inference worker
+(latest wins); older pairs waiting there are dropped and counted, so latency stays bounded when
+inference is slower than the sensor. All inference goes through `dbmr_ros.detector.Detector`.
+"""
+import math
+import sys
+import threading
+import time
+from collections import deque
+from typing import Optional
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from scipy.ndimage import find_objects, label
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Bool, Float32
+from visualization_msgs.msg import Marker, MarkerArray
+
+from dbmr_ros.checkpoint import CheckpointError
+from dbmr_ros.detector import Detector
+from dbmr_ros.resources import default_model_path
+from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, ConversionError,
+                                      image_from_array, image_to_rgb,
+                                      intrinsics_from_camera_info, organize_cloud,
+                                      register_to_image)
+from dbmr_ros.ros.sync import ApproximateTimeSync
+from dbmr_ros.visualize import colorize, display_range, overlay
+
+NODE_NAME = 'dbmr_detector'
+QOS_CHOICES = ('sensor_data', 'default')
+DEVICES = ('auto', 'cpu', 'cuda')
+
+
+def stamp_ns(header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def _float_range(lo, hi):
+    return [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+
+
+class DetectorNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__(NODE_NAME, **kwargs)
+        self._declare_parameters()
+        self.stats = {'received': 0, 'processed': 0, 'dropped': 0, 'failed': 0,
+                      'skipped_rate': 0, 'last_error': ''}
+        self.processing_ms = deque(maxlen=50)
+        self.arrivals = deque(maxlen=50)
+        self._warned = set()
+        self._error_log = {}
+        self._camera_k: Optional[np.ndarray] = None
+        self._last_processed = 0.0
+        self._pending = None
+        self._condition = threading.Condition()
+        self._running = True
+
+        model_path = self.get_parameter('model_path').value or str(default_model_path())
+        device = self.get_parameter('device').value
+        try:
+            self.detector = Detector.from_checkpoint(model_path, device)
+        except (CheckpointError, RuntimeError, OSError) as error:
+            self.get_logger().fatal(f'cannot load the model: {error}')
+            raise
+        self.model_path = model_path
+        threshold = self.get_parameter('threshold').value
+        if threshold >= 0:
+            self.detector.threshold = threshold
+        self.get_logger().info(
+            f'model {model_path} ({self.detector.meta.dataset}/{self.detector.meta.category}, '
+            f'threshold {self.detector.threshold}) on {self.detector.device}')
+
+        qos = (qos_profile_sensor_data if self.get_parameter('input_qos').value == 'sensor_data'
+               else QoSProfile(depth=10))
+        self.sync = self._make_synchronizer(qos)
+        self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, qos)
+        self.pub_score = self.create_publisher(Float32, '~/anomaly_score', 10)
+        self.pub_flag = self.create_publisher(Bool, '~/is_anomalous', 10)
+        self.pub_map = self.create_publisher(Image, '~/anomaly_map', 10)
+        self.pub_heatmap = self.create_publisher(Image, '~/heatmap', 10)
+        self.pub_cloud = self.create_publisher(PointCloud2, '~/cloud', 10)
+        self.pub_markers = self.create_publisher(MarkerArray, '~/markers', 10)
+        self.pub_result = self.create_publisher(DiagnosticArray, '~/result', 10)
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.add_on_set_parameters_callback(self._validate_parameters)
+        self.create_timer(1.0, self._publish_diagnostics)
+        self.worker = threading.Thread(target=self._work, name='dbmr-inference', daemon=True)
+        self.worker.start()
+
+    # --- parameters ----------------------------------------------------------------------
+
+    def _declare_parameters(self):
+        def declare(name, default, description, read_only=False, **ranges):
+            self.declare_parameter(name, default, ParameterDescriptor(
+                description=description, read_only=read_only, **ranges))
+        declare('model_path', '', 'DBMRNet checkpoint (.safetensors); empty: the shipped '
+                'default model', read_only=True)
+        declare('device', 'auto', 'inference device: auto | cpu | cuda', read_only=True)
+        declare('threshold', -1.0, 'image score above which a frame is anomalous; negative: '
+                'the checkpoint\'s calibrated threshold. Changeable at run time.')
+        declare('sync_slop', 0.05, 'max stamp difference (s) of a synchronised image/cloud pair',
+                read_only=True, floating_point_range=_float_range(0.0, 10.0))
+        declare('sync_queue_size', 10, 'messages kept per input for synchronisation',
+                read_only=True, integer_range=[IntegerRange(from_value=1, to_value=1000,
+                                                            step=1)])
+        declare('input_qos', 'sensor_data', 'input QoS: sensor_data (best effort, camera '
+                'drivers) | default (reliable)', read_only=True)
+        declare('heatmap_alpha', 0.5, 'opacity of the colour map over the image in ~/heatmap',
+                floating_point_range=_float_range(0.0, 1.0))
+        declare('publish_cloud', True, 'publish ~/cloud (input points coloured by anomaly)')
+        declare('max_rate_hz', 0.0, 'process at most this many frames per second (0: as fast '
+                'as possible)', floating_point_range=_float_range(0.0, 1000.0))
+        declare('max_input_pixels', 16_777_216, 'larger images or clouds are rejected',
+                integer_range=[IntegerRange(from_value=1, to_value=1 << 30, step=1)])
+        for name, choices in (('device', DEVICES), ('input_qos', QOS_CHOICES)):
+            value = self.get_parameter(name).value
+            if value not in choices:
+                raise ValueError(f'parameter {name}={value!r}: choose one of {choices}')
+
+    def _validate_parameters(self, params) -> SetParametersResult:
+        for p in params:
+            if p.name == 'threshold' and not math.isfinite(p.value):
+                return SetParametersResult(successful=False,
+                                           reason='threshold must be a finite number')
+        for p in params:
+            if p.name == 'threshold':
+                self.detector.threshold = p.value if p.value >= 0 else \
+                    self.detector.meta.threshold
+                self.get_logger().info(f'threshold set to {self.detector.threshold}')
+        return SetParametersResult(successful=True)
+
+    # --- inputs --------------------------------------------------------------------------
+
+    def _make_synchronizer(self, qos):
+        slop = self.get_parameter('sync_slop').value
+        queue = self.get_parameter('sync_queue_size').value
+        try:
+            import message_filters
+        except ImportError:
+            message_filters = None
+        if message_filters is not None:
+            subs = [message_filters.Subscriber(self, Image, 'image', qos_profile=qos),
+                    message_filters.Subscriber(self, PointCloud2, 'points', qos_profile=qos)]
+            sync = message_filters.ApproximateTimeSynchronizer(subs, queue, slop)
+            sync.registerCallback(self._on_pair)
+            return sync
+        sync = ApproximateTimeSync(2, queue, slop, self._on_pair, on_reset=self._on_sync_reset)
+        self.create_subscription(Image, 'image', lambda m: self._offer(sync, 0, m), qos)
+        self.create_subscription(PointCloud2, 'points', lambda m: self._offer(sync, 1, m), qos)
+        return sync
+
+    def _offer(self, sync, index, msg):
+        sync.add(index, stamp_ns(msg.header), msg)
+
+    def _on_sync_reset(self):
+        self.get_logger().warning('input stamps went backwards (looping bag or restarted sensor): '
+                               'synchroniser reset', throttle_duration_sec=5.0)
+
+    def _on_camera_info(self, msg: CameraInfo):
+        self._camera_k = intrinsics_from_camera_info(msg)
+
+    def _on_pair(self, image: Image, cloud: PointCloud2):
+        """Latest wins: replace (and count) a pair the worker has not started yet."""
+        self.stats['received'] += 1
+        self.arrivals.append(time.monotonic())
+        with self._condition:
+            if self._pending is not None:
+                self.stats['dropped'] += 1
+            self._pending = (image, cloud)
+            self._condition.notify()
+
+    # --- inference worker ----------------------------------------------------------------
+
+    def _work(self):
+        while self._running:
+            with self._condition:
+                while self._pending is None and self._running:
+                    self._condition.wait(timeout=0.5)
+                if not self._running:
+                    return
+                image, cloud = self._pending
+                self._pending = None
+            rate = self.get_parameter('max_rate_hz').value
+            now = time.monotonic()
+            if rate > 0 and now - self._last_processed < 1.0 / rate:
+                self.stats['skipped_rate'] += 1
+                continue
+            self._last_processed = now
+            try:
+                self._process(image, cloud)
+                self.stats['processed'] += 1
+            except (ConversionError, ValueError, RuntimeError) as error:
+                self._fail(stamp_ns(image.header), 'skipped', error)
+            except Exception as error:  # noqa: BLE001 - one bad frame must not kill the node
+                self._fail(stamp_ns(image.header), f'failed ({type(error).__name__})', error)
+
+    def _fail(self, stamp: int, what: str, error: Exception, period: float = 2.0):
+        """Count and report a failed frame; each distinct fault is logged at most every
+        `period` seconds, so a stream of bad frames neither floods the log nor hides another
+        fault."""
+        self.stats['failed'] += 1
+        reason = f'{what}: {error}'
+        self.stats['last_error'] = f'frame {stamp} {reason}'
+        now = time.monotonic()
+        last, suppressed = self._error_log.get(reason, (-math.inf, 0))
+        if now - last < period:
+            self._error_log[reason] = (last, suppressed + 1)
+            return
+        repeats = f' ({suppressed} more since last report)' if suppressed else ''
+        self.get_logger().error(f'frame {stamp} {reason}{repeats}')
+        self._error_log[reason] = (now, 0)
+
+    def frame_arrays(self, image: Image, cloud: PointCloud2):
+        """Messages -> (rgb (H, W, 3) uint8, xyz (H, W, 3) float32 registered to the image)."""
+        limit = self.get_parameter('max_input_pixels').value
+        for what, msg in (('image', image), ('cloud', cloud)):
+            if msg.height * msg.width > limit:
+                raise ConversionError(f'{what} of {msg.width}x{msg.height} exceeds '
+                                      f'max_input_pixels {limit}')
+        rgb = image_to_rgb(image)
+        xyz = cloud_to_xyz(cloud)
+        if cloud.height > 1:
+            return rgb, register_to_image(xyz, rgb.shape[:2])
+        if self._camera_k is None:
+            if 'no_intrinsics' not in self._warned:
+                self._warned.add('no_intrinsics')
+                self.get_logger().warning('unorganized point cloud and no camera_info received: '
+                                       'frames are skipped until intrinsics arrive')
+            raise ConversionError('unorganized cloud without camera intrinsics')
+        return rgb, organize_cloud(xyz, self._camera_k, rgb.shape[:2])
+
+    def _process(self, image: Image, cloud: PointCloud2):
+        started = time.perf_counter()
+        rgb, xyz = self.frame_arrays(image, cloud)
+        if not np.isfinite(xyz).all(axis=2).any():
+            raise ConversionError('the point cloud has no finite point')
+        result = self.detector(rgb, xyz)
+        header = image.header
+        self.pub_result.publish(self.result_message(header, result, started))
+        self.pub_score.publish(Float32(data=float(result.score)))
+        self.pub_flag.publish(Bool(data=bool(result.is_anomalous)))
+        if self.pub_map.get_subscription_count():
+            self.pub_map.publish(image_from_array(result.anomaly_map, '32FC1', header))
+        vmax = display_range(self.detector.threshold, result.anomaly_map)
+        if self.pub_heatmap.get_subscription_count():
+            blended = overlay(rgb, result.anomaly_map, vmax,
+                              self.get_parameter('heatmap_alpha').value)
+            self.pub_heatmap.publish(image_from_array(blended[..., ::-1], 'bgr8', header))
+        if self.get_parameter('publish_cloud').value and self.pub_cloud.get_subscription_count():
+            points = np.where(np.isfinite(xyz) & (xyz != 0).any(2, keepdims=True), xyz, np.nan)
+            self.pub_cloud.publish(cloud_from_arrays(
+                points.astype(np.float32), colorize(result.anomaly_map, vmax),
+                result.anomaly_map, header))
+        if self.pub_markers.get_subscription_count():
+            self.pub_markers.publish(self.markers(header, xyz, result))
+        self.processing_ms.append((time.perf_counter() - started) * 1e3)
+
+    def result_message(self, header, result, started: float) -> DiagnosticArray:
+        """The frame's result with the input's header (Float32 has none): what bag evaluation
+        matches by stamp. The score is written with repr(), so it reads back bit-exact."""
+        status = DiagnosticStatus(name=self.get_name(), hardware_id=header.frame_id,
+                                  level=DiagnosticStatus.WARN if result.is_anomalous
+                                  else DiagnosticStatus.OK,
+                                  message='anomalous' if result.is_anomalous else 'good')
+        values = {'score': repr(float(result.score)),
+                  'is_anomalous': str(bool(result.is_anomalous)).lower(),
+                  'threshold': repr(self.detector.threshold),
+                  'processing_ms': f'{(time.perf_counter() - started) * 1e3:.2f}'}
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        return DiagnosticArray(header=header, status=[status])
+
+    def markers(self, header, xyz: np.ndarray, result) -> MarkerArray:
+        """Score text above the object and a box around every region above the threshold."""
+        array_ = MarkerArray()
+        array_.markers.append(Marker(header=header, ns='dbmr', id=0, action=Marker.DELETEALL))
+        valid = np.isfinite(xyz).all(2) & (xyz != 0).any(2)
+        if not valid.any():
+            return array_
+        anomalous = result.is_anomalous
+        text = Marker(header=header, ns='dbmr_score', id=1, type=Marker.TEXT_VIEW_FACING,
+                      action=Marker.ADD, text=f'{"ANOMALY " if anomalous else ""}'
+                      f'{result.score:.3f}')
+        centre = xyz[valid].mean(axis=0)
+        text.pose.position.x, text.pose.position.y = float(centre[0]), float(centre[1])
+        text.pose.position.z = float(xyz[valid][:, 2].min() - 0.02)
+        text.pose.orientation.w = 1.0
+        text.scale.z = 0.02
+        text.color.r, text.color.g, text.color.b, text.color.a = (
+            (1.0, 0.2, 0.2, 1.0) if anomalous else (0.2, 1.0, 0.2, 1.0))
+        array_.markers.append(text)
+        if self.detector.threshold is None:
+            return array_
+        regions, _ = label(result.anomaly_map > self.detector.threshold)
+        for i, window in enumerate(find_objects(regions)[:20]):
+            inside = (regions[window] == i + 1) & valid[window]
+            if inside.sum() < 4:
+                continue
+            points = xyz[window][inside]
+            lo, hi = points.min(axis=0), points.max(axis=0)
+            box = Marker(header=header, ns='dbmr_regions', id=10 + i, type=Marker.CUBE,
+                         action=Marker.ADD)
+            box.pose.position.x, box.pose.position.y, box.pose.position.z = (
+                float(v) for v in (lo + hi) / 2)
+            box.pose.orientation.w = 1.0
+            box.scale.x, box.scale.y, box.scale.z = (float(max(v, 0.002)) for v in hi - lo)
+            box.color.r, box.color.a = 1.0, 0.4
+            array_.markers.append(box)
+        return array_
+
+    # --- diagnostics ---------------------------------------------------------------------
+
+    def _publish_diagnostics(self):
+        arrivals = list(self.arrivals)
+        rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 and \
+            arrivals[-1] > arrivals[0] else 0.0
+        timings = list(self.processing_ms)
+        status = DiagnosticStatus(name=f'{self.get_name()}: anomaly detection',
+                                  hardware_id=str(self.detector.device))
+        recent_error = self.stats['last_error'] and self.stats['failed'] > 0
+        status.level = DiagnosticStatus.WARN if recent_error else DiagnosticStatus.OK
+        status.message = 'running' if not recent_error else 'frames failing'
+        values = {'model_loaded': 'true', 'model_path': self.model_path,
+                  'device': str(self.detector.device),
+                  'threshold': str(self.detector.threshold),
+                  'input_rate_hz': f'{rate:.2f}',
+                  'processing_time_ms': f'{np.mean(timings):.1f}' if timings else 'n/a',
+                  'frames_received': str(self.stats['received']),
+                  'frames_processed': str(self.stats['processed']),
+                  'frames_dropped': str(self.stats['dropped']),
+                  'frames_rate_limited': str(self.stats['skipped_rate']),
+                  'frames_failed': str(self.stats['failed']),
+                  'last_error': self.stats['last_error']}
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.pub_diagnostics.publish(msg)
+
+    def destroy_node(self):
+        self._running = False
+        with self._condition:
+            self._condition.notify_all()
+        if self.worker.is_alive():
+            self.worker.join(timeout=5.0)
+        return super().destroy_node()
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    try:
+        node = DetectorNode()
+    except (CheckpointError, RuntimeError, OSError, ValueError) as error:
+        print(f'{NODE_NAME}: startup failed: {error}', file=sys.stderr)
+        rclpy.try_shutdown()
+        return 1
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, rclpy.executors.ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,252 @@
+"""DBMRNet: shapes, masking, local alignment attention, losses, point ops, checkpoints, Detector."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from dbmr_ros.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
+from dbmr_ros.data.preprocess import PreprocessConfig, preprocess
+from dbmr_ros.data.synthetic import render_sample
+from dbmr_ros.detector import Detector
+from dbmr_ros.model import DBMRConfig, DBMRNet, PRESETS
+from dbmr_ros.model.inputs import group_points, prepare
+from dbmr_ros.model.masking import no_masking, random_masking
+from dbmr_ros.model.point_ops import chamfer_l1, chamfer_l2, fps, fps_torch, knn, knn_torch
+from dbmr_ros.model.transformer import local_alignment_mask
+
+SMALL = DBMRConfig(image_size=64, patch_size=8, num_points=400, num_groups=24, group_size=12,
+                   embed_dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_heads=2)
+# Tiny test images are sparser than real scans: DBSCAN needs fewer points per core.
+PCFG = PreprocessConfig(image_size=64, dbscan_min_points=8)
+
+
+def synthetic_batch(n=2, size=96, cfg=SMALL, pcfg=PCFG, defect=None, seed=0):
+    rgbs, xyzs, gts = [], [], []
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        s = render_sample(rng, 'puck', size, defect)
+        rgb, xyz = preprocess(s.rgb, s.xyz, pcfg)
+        rgbs.append(rgb)
+        xyzs.append(xyz)
+        gts.append(s.gt)
+    return np.stack(rgbs), np.stack(xyzs), gts
+
+
+def model_input(rgb, xyz, cfg=SMALL):
+    inp = prepare(torch.from_numpy(rgb), torch.from_numpy(xyz), cfg.num_points, cfg.group_size)
+    return inp, group_points(inp, cfg.num_groups, cfg.group_size)
+
+
+@pytest.mark.parametrize('image_size,patch,points,groups,k', [(48, 16, 301, 17, 7),
+                                                              (72, 8, 555, 33, 9)])
+def test_token_shapes_for_odd_sizes(image_size, patch, points, groups, k):
+    cfg = dataclasses.replace(SMALL, image_size=image_size, patch_size=patch, num_points=points,
+                              num_groups=groups, group_size=k)
+    rgb, xyz, _ = synthetic_batch(3, 80, cfg, dataclasses.replace(PCFG, image_size=image_size))
+    xyz[1, : image_size // 2] = 0  # fewer valid points in one sample than in the others
+    inp, grp = model_input(rgb, xyz, cfg)
+    assert inp.points.shape == (3, points, 3) and grp.neighborhoods.shape == (3, groups, k, 3)
+    assert inp.valid.reshape(3, -1).gather(1, inp.point_pixels).all()  # only valid pixels
+    model = DBMRNet(cfg)
+    out = model(inp.images, grp)
+    grid = image_size // patch
+    assert out.pred_patches.shape == (3, grid * grid, patch * patch * 3)
+    assert out.pred_groups.shape == (3, groups, k, 3)
+    model.eval()
+    scores = model.score_tokens(inp.images, grp)
+    assert scores.patch.shape == (3, grid * grid) and scores.group.shape == (3, groups)
+    assert scores.reconstruction.shape == inp.images.shape
+
+
+def test_too_few_points_is_a_clear_error():
+    rgb, xyz, _ = synthetic_batch(1)
+    xyz[:] = 0
+    with pytest.raises(ValueError, match='valid points'):
+        model_input(rgb, xyz)
+
+
+def test_masking_ratio_and_restore():
+    m = random_masking(4, 50, 0.6, generator=torch.Generator().manual_seed(0))
+    assert (m.mask.sum(1) == 30).all() and m.keep.shape == (4, 20)
+    tokens = torch.arange(50).float().expand(4, 50)
+    visible = torch.gather(tokens, 1, m.keep)
+    assert (m.mask.gather(1, m.keep) == 0).all()  # kept tokens are the unmasked ones
+    shuffled = torch.gather(tokens, 1, torch.argsort(m.restore, 1))
+    assert torch.equal(torch.gather(shuffled, 1, m.restore), tokens)  # restore undoes the shuffle
+    assert torch.equal(visible, shuffled[:, :20])
+    assert not torch.equal(m.keep[0], m.keep[1])  # independent per sample
+    assert no_masking(2, 5).mask.sum() == 0
+
+
+def test_local_alignment_mask_window():
+    patch_cells = torch.tensor([[[0, 0], [0, 5], [3, 3]]])
+    group_cells = torch.tensor([[[0, 1], [4, 4]]])
+    mask = local_alignment_mask(patch_cells, group_cells, radius=1)[0]
+    assert mask.shape == (5, 5) and mask[:3, :3].all() and mask[3:, 3:].all()
+    assert mask[0, 3] and not mask[1, 3] and not mask[2, 3]     # group (0,1): patch (0,0) only
+    assert not mask[0, 4] and not mask[1, 4] and mask[2, 4]     # group (4,4): patch (3,3) only
+    assert torch.equal(mask[:3, 3:], mask[3:, :3].T)
+
+
+def test_group_tokens_see_only_near_patches():
+    """One encoder layer: a group token changes with a near patch, never with a far one."""
+    cfg = dataclasses.replace(SMALL, depth=1)
+    torch.manual_seed(0)
+    model = DBMRNet(cfg).eval()
+    rgb, xyz, _ = synthetic_batch(1)
+    inp, grp = model_input(rgb, xyz, cfg)
+    # Put every group centre in the top-left corner cell (0, 0).
+    grp = grp._replace(center_pixels=torch.zeros_like(grp.center_pixels))
+    m2d, m3d = no_masking(1, cfg.num_patches), no_masking(1, cfg.num_groups)
+    base = model.encode(inp.images, grp, m2d, m3d)[1]
+    p = cfg.patch_size
+    far, near = inp.images.clone(), inp.images.clone()
+    far[..., -p:, -p:] += 1.0   # bottom-right patch: beyond window + conv receptive field
+    near[..., :p, :p] += 1.0    # the centres' own patch
+    assert torch.allclose(model.encode(far, grp, m2d, m3d)[1], base, atol=1e-6)
+    assert not torch.allclose(model.encode(near, grp, m2d, m3d)[1], base, atol=1e-4)
+
+
+def test_losses_finite_and_decrease_when_overfitting():
+    torch.manual_seed(0)
+    rgb, xyz, _ = synthetic_batch(2)
+    inp, grp = model_input(rgb, xyz)
+    model = DBMRNet(SMALL)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    first = None
+    for step in range(40):
+        out = model(inp.images, grp, torch.Generator().manual_seed(step % 2))
+        assert all(torch.isfinite(v) for v in out.losses.values())
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        if first is None:
+            first = {k: float(v) for k, v in out.losses.items()}
+    last = {k: float(v) for k, v in out.losses.items()}
+    for key in first:
+        assert last[key] < 0.7 * first[key], (key, first[key], last[key])
+
+
+def test_fps_and_knn_against_brute_force():
+    torch.manual_seed(0)
+    points = torch.rand(2, 200, 3)
+    idx = fps_torch(points, 10)
+    assert (idx[:, 0] == 0).all() and idx.unique(dim=1).shape[1] == 10
+    # The second sample is the farthest point from the first.
+    far = (points - points[:, :1]).norm(dim=-1).argmax(1)
+    assert torch.equal(idx[:, 1], far)
+    queries = points[:, :5]
+    nn_idx = knn_torch(points, queries, 4)
+    brute = torch.cdist(queries, points).argsort(-1)[..., :4]
+    assert torch.equal(nn_idx.sort(-1).values, brute.sort(-1).values)
+    assert torch.equal(fps(points, 10), idx) and torch.equal(knn(points, queries, 4), nn_idx)
+
+
+def test_chamfer_known_values():
+    a = torch.tensor([[[0.0, 0, 0], [1, 0, 0]]])
+    b = torch.tensor([[[0.0, 0, 0], [1, 0, 0]]])
+    assert float(chamfer_l2(a, b)) == 0.0
+    c = torch.tensor([[[0.0, 0, 2]]])
+    # a -> c: squared distances 4 and 5 (mean 4.5); c -> a: 4.
+    assert float(chamfer_l2(a, c)) == pytest.approx(8.5)
+    a.requires_grad_(True)
+    chamfer_l1(a, b).backward()  # identical sets: finite gradient at distance 0
+    assert torch.isfinite(a.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA for the extension kernels')
+def test_cuda_extension_parity():
+    from dbmr_ros.model import point_ops
+    if point_ops._fps_cuda is None and point_ops._KnnCuda is None:
+        pytest.skip('pointnet2_ops / knn_cuda are not installed')
+    points = torch.rand(2, 500, 3, device='cuda')
+    assert torch.equal(fps(points, 32).cpu(), fps_torch(points.cpu(), 32))
+    queries = points[:, :16]
+    assert torch.equal(knn(points, queries, 8).sort(-1).values.cpu(),
+                       knn_torch(points.cpu(), queries.cpu(), 8).sort(-1).values)
+
+
+def _meta(cfg=SMALL):
+    return CheckpointMeta(model=cfg, preprocess=PCFG, stats={'mean_2d': 1.0, 'mean_3d': 1.0},
+                          threshold=2.0, dataset='synthetic', category='puck')
+
+
+def test_checkpoint_round_trip_identical_outputs(tmp_path):
+    torch.manual_seed(1)
+    model = DBMRNet(SMALL).eval()
+    path = save_checkpoint(tmp_path / 'm.safetensors', model.state_dict(), _meta())
+    detector = Detector(model, _meta())
+    loaded = Detector.from_checkpoint(path, 'cpu')
+    assert loaded.meta.model == SMALL and loaded.threshold == 2.0
+    rng = np.random.default_rng(0)
+    s = render_sample(rng, 'puck', 90, 'bump')
+    a, b = detector(s.rgb, s.xyz), loaded(s.rgb, s.xyz)
+    assert a.score == b.score
+    np.testing.assert_array_equal(a.anomaly_map, b.anomaly_map)
+    assert list(tmp_path.iterdir()) == [path]  # no temp files left behind
+
+
+def test_corrupt_checkpoints_give_clear_errors(tmp_path):
+    model = DBMRNet(SMALL)
+    path = save_checkpoint(tmp_path / 'm.safetensors', model.state_dict(), _meta())
+    with pytest.raises(CheckpointError, match='does not exist'):
+        load_checkpoint(tmp_path / 'missing.safetensors')
+    truncated = tmp_path / 'truncated.safetensors'
+    truncated.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match='truncated.safetensors.*truncated'):
+        Detector.from_checkpoint(truncated, 'cpu')
+    garbage = tmp_path / 'garbage.safetensors'
+    garbage.write_bytes(b'\x00' * 64)
+    with pytest.raises(CheckpointError, match='garbage.safetensors'):
+        Detector.from_checkpoint(garbage, 'cpu')
+    other = dataclasses.replace(SMALL, embed_dim=48, num_heads=2)
+    mismatched = save_checkpoint(tmp_path / 'mismatch.safetensors', model.state_dict(),
+                                 _meta(other))
+    with pytest.raises(CheckpointError, match='does not match'):
+        Detector.from_checkpoint(mismatched, 'cpu')
+
+
+def test_detector_any_resolution_batch_and_bad_input():
+    torch.manual_seed(2)
+    detector = Detector(DBMRNet(SMALL).eval(), _meta())
+    rng = np.random.default_rng(0)
+    s = render_sample(rng, 'puck', 128)
+    rgb, xyz = s.rgb[:100, :120].copy(), s.xyz[:100, :120].copy()   # non-square input
+    xyz[5, 5] = np.nan  # NaN is treated as an invalid pixel
+    result = detector(rgb, xyz)
+    assert result.anomaly_map.shape == (100, 120) and result.anomaly_map.dtype == np.float32
+    assert result.map_2d.shape == result.map_3d.shape == (100, 120)
+    assert result.score == pytest.approx(float(result.anomaly_map.max()), rel=0.05)
+    assert result.is_anomalous == (result.score > 2.0)
+    assert set(result.timings_ms) == {'preprocess', 'grouping', 'network', 'scoring'}
+    batch = detector([rgb, s.rgb], [xyz, s.xyz])
+    assert batch[0].score == pytest.approx(result.score, abs=1e-5)
+    assert batch[1].anomaly_map.shape == (128, 128)
+    # Background (no 3D point after preprocessing) scores zero.
+    cleaned = detector.clean(s.xyz)
+    assert (batch[1].anomaly_map[cleaned[..., 2] == 0] < 1e-3 * batch[1].score + 1e-9).mean() \
+        > 0.95
+    with pytest.raises(ValueError, match='sizes differ'):
+        detector(rgb, xyz[:50])
+    with pytest.raises(ValueError, match='uint8'):
+        detector(rgb.astype(np.float32), xyz)
+
+
+def test_presets_are_valid():
+    assert PRESETS['tiny'].image_size == 224 and PRESETS['base'].embed_dim > \
+        PRESETS['tiny'].embed_dim
+    with pytest.raises(ValueError, match='multiple'):
+        DBMRConfig(image_size=100, patch_size=16)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='mixed precision is tested on CUDA only')
+def test_cuda_mixed_precision_within_tolerance(tmp_path):
+    torch.manual_seed(3)
+    model = DBMRNet(SMALL).eval()
+    path = save_checkpoint(tmp_path / 'm.safetensors', model.state_dict(), _meta())
+    s = render_sample(np.random.default_rng(0), 'puck', 96, 'bump')
+    cpu = Detector.from_checkpoint(path, 'cpu')(s.rgb, s.xyz)
+    amp = Detector.from_checkpoint(path, 'cuda', mixed_precision=True)(s.rgb, s.xyz)
+    # The stated tolerance (README): image scores within 5 % relative of float32 on the CPU.
+    assert amp.score == pytest.approx(cpu.score, rel=0.05)
