@@ -78,8 +78,8 @@ def main(argv=None) -> int:
     rgb, xyz, source = load_frame()
     print(f'input: {source}; device {args.device}; torch threads {torch.get_num_threads()}')
     rows = [bench(p, rgb, xyz, args.frames, args.device) for p in args.presets]
-    print(f'| preset | params (M) | GFLOPs/frame | preprocess ms | grouping ms | network ms | '
-          f'scoring ms | total ms | frames/s | peak RSS MB |')
+    print('| preset | params (M) | GFLOPs/frame | preprocess ms | grouping ms | network ms | '
+          'scoring ms | total ms | frames/s | peak RSS MB |')
     print('|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         print(f'| {r["preset"]} | {r["params_m"]:.2f} | {r["gflops"]:.2f} | '

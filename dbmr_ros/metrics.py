@@ -104,7 +104,8 @@ def trapezoid_area(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
         ins = int(np.searchsorted(x, x_max, side='right'))
         if not 0 < ins < len(x):
             raise ValueError(f'integration limit {x_max} outside the curve [{x[0]}, {x[-1]}]')
-        y_interp = y[ins - 1] + (y[ins] - y[ins - 1]) * (x_max - x[ins - 1]) / (x[ins] - x[ins - 1])
+        slope = (y[ins] - y[ins - 1]) / (x[ins] - x[ins - 1])
+        y_interp = y[ins - 1] + slope * (x_max - x[ins - 1])
         correction = 0.5 * (y_interp + y[ins - 1]) * (x_max - x[ins - 1])
     keep = x <= x_max
     x, y = x[keep], y[keep]

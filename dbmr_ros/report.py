@@ -20,10 +20,10 @@ class CategoryResults:
     """What a category's evaluation collects, one entry per test sample."""
 
     labels: List[int] = field(default_factory=list)
-    scores: Dict[str, List[float]] = field(default_factory=lambda: {k: [] for k, _ in
-                                                                     MAP_VARIANTS})
-    maps: Dict[str, List[np.ndarray]] = field(default_factory=lambda: {k: [] for k, _ in
-                                                                       MAP_VARIANTS})
+    scores: Dict[str, List[float]] = field(
+        default_factory=lambda: {k: [] for k, _ in MAP_VARIANTS})
+    maps: Dict[str, List[np.ndarray]] = field(
+        default_factory=lambda: {k: [] for k, _ in MAP_VARIANTS})
     gts: List[np.ndarray] = field(default_factory=list)
 
     def add(self, label: int, gt: np.ndarray, fused, map_2d, map_3d, score: float) -> None:

@@ -296,9 +296,20 @@ def train(args) -> Path:
         writer.close()
         LOG.info('wrote %s', final)
     if world > 1:
+        print(f'rank {rank} weights sha1 {weights_digest(model)}', file=sys.stderr, flush=True)
         dist.barrier()
         dist.destroy_process_group()
     return final
+
+
+def weights_digest(model) -> str:
+    """SHA-1 of all parameters (DDP ranks must agree on it)."""
+    import hashlib
+    digest = hashlib.sha1()
+    for name, value in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _log_reconstructions(writer, model, inp, groups, epoch):

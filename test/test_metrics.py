@@ -103,5 +103,5 @@ def test_evaluate_keys_and_shape_errors():
 def test_roc_curve_endpoints():
     fpr, tpr = metrics.roc_curve([0, 1, 0, 1], [0.1, 0.9, 0.4, 0.3])
     assert (fpr[0], tpr[0]) == (0.0, 0.0) and (fpr[-1], tpr[-1]) == (1.0, 1.0)
-    assert np.trapezoid(tpr, fpr) == pytest.approx(metrics.roc_auc([0, 1, 0, 1],
-                                                                    [0.1, 0.9, 0.4, 0.3]))
+    auc = metrics.roc_auc([0, 1, 0, 1], [0.1, 0.9, 0.4, 0.3])
+    assert np.trapezoid(tpr, fpr) == pytest.approx(auc)

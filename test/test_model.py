@@ -1,4 +1,4 @@
-"""DBMRNet: shapes, masking, local alignment attention, losses, point ops, checkpoints, Detector."""
+"""DBMRNet: shapes, masking, local alignment, losses, point ops, checkpoints, Detector."""
 import dataclasses
 
 import numpy as np

@@ -276,4 +276,3 @@ def test_startup_fails_fast_on_a_bad_model(tmp_path):
         finally:
             code = process.stop()
         assert code == 1 and reason in process.output() and str(model) in process.output()
-

@@ -41,7 +41,7 @@ class PreprocessConfig:
     # remaining points join the kept cluster when within eps of it: ~30x faster at n = 3 and the
     # same object mask to within 0.3 % of its points on cable_gland. 1 = the exact reference.
     dbscan_stride: int = 3
-    plane_max_points: int = 4000      # strip points RANSAC hypotheses are scored on (random subset)
+    plane_max_points: int = 4000      # strip points the RANSAC hypotheses are scored on
     max_depth: float = 0.0            # m; > 0 drops points farther than this (working volume)
     seed: int = 0                     # RANSAC sampling, so results are reproducible
 

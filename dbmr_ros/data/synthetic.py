@@ -113,8 +113,8 @@ def _defect_fields(defect: str, seed: int, x, y, category: str):
     if defect == 'cut':
         angle = rng.uniform(0, np.pi)
         half = rng.uniform(0.010, 0.015) * np.array([np.cos(angle), np.sin(angle)])
-        inside = _segment_distance(x, y, centre - half, centre + half) < rng.uniform(0.0012,
-                                                                                    0.002)
+        width = rng.uniform(0.0012, 0.002)
+        inside = _segment_distance(x, y, centre - half, centre + half) < width
         dh[inside] -= 0.003
         alpha[inside], colour = 0.5, np.array([40.0, 35.0, 30.0])
         footprint |= inside

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 class DBMRConfig:
     image_size: int = 224
     patch_size: int = 16
-    num_points: int = 4096        # valid points kept per cloud (even raster subsample) for grouping
+    num_points: int = 4096        # valid points grouped per cloud (even raster subsample)
     num_groups: int = 128         # FPS centres G
     group_size: int = 32          # kNN points per group k
     embed_dim: int = 128

@@ -29,7 +29,8 @@ class PointEmbedding(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
         self.projection = nn.Linear(3, dim // 2)
-        self.blocks = nn.Sequential(GroupingBlock(dim // 2, dim // 2), GroupingBlock(dim // 2, dim))
+        self.blocks = nn.Sequential(GroupingBlock(dim // 2, dim // 2),
+                                    GroupingBlock(dim // 2, dim))
         self.position = nn.Sequential(nn.Linear(3, dim), nn.GELU(), nn.Linear(dim, dim))
 
     def forward(self, neighborhoods: torch.Tensor, centers: torch.Tensor):

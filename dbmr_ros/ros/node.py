@@ -18,7 +18,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
 from rclpy.node import Node
-from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
+from rclpy.qos import qos_profile_sensor_data, QoSProfile
 from scipy.ndimage import find_objects, label
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Bool, Float32
@@ -161,8 +161,8 @@ class DetectorNode(Node):
         sync.add(index, stamp_ns(msg.header), msg)
 
     def _on_sync_reset(self):
-        self.get_logger().warning('input stamps went backwards (looping bag or restarted sensor): '
-                               'synchroniser reset', throttle_duration_sec=5.0)
+        self.get_logger().warning('input stamps went backwards (looping bag or restarted '
+                                  'sensor): synchroniser reset', throttle_duration_sec=5.0)
 
     def _on_camera_info(self, msg: CameraInfo):
         self._camera_k = intrinsics_from_camera_info(msg)
@@ -232,8 +232,9 @@ class DetectorNode(Node):
         if self._camera_k is None:
             if 'no_intrinsics' not in self._warned:
                 self._warned.add('no_intrinsics')
-                self.get_logger().warning('unorganized point cloud and no camera_info received: '
-                                       'frames are skipped until intrinsics arrive')
+                self.get_logger().warning('unorganized point cloud and no camera_info '
+                                          'received: frames are skipped until intrinsics '
+                                          'arrive')
             raise ConversionError('unorganized cloud without camera intrinsics')
         return rgb, organize_cloud(xyz, self._camera_k, rgb.shape[:2])
 

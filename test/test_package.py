@@ -1,0 +1,150 @@
+"""Package layout: lint, colcon build as an ament_python package, launch file and metadata."""
+import ast
+import os
+import re
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def test_flake8_at_ament_settings():
+    result = subprocess.run([sys.executable, '-m', 'flake8', 'dbmr_ros', 'test', 'benchmarks',
+                             'launch', 'setup.py'], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_the_ros_package_imports_rclpy():
+    offenders = []
+    for path in (REPO / 'dbmr_ros').rglob('*.py'):
+        if 'ros' in path.relative_to(REPO / 'dbmr_ros').parts[:1]:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ''] if isinstance(node, ast.ImportFrom) else [])
+            if any(n.split('.')[0] in ('rclpy', 'sensor_msgs', 'std_msgs') for n in names):
+                offenders.append(str(path))
+    assert not offenders
+
+
+def test_package_xml_format_3():
+    root = ElementTree.parse(REPO / 'package.xml').getroot()
+    assert root.get('format') == '3' and root.findtext('name') == 'dbmr_ros'
+    exec_deps = {e.text for e in root.findall('exec_depend')}
+    assert {'rclpy', 'sensor_msgs', 'std_msgs', 'visualization_msgs', 'diagnostic_msgs',
+            'python3-numpy', 'python3-opencv', 'python3-torch'} <= exec_deps
+    assert {e.text for e in root.findall('test_depend')} >= {'ament_flake8', 'ament_pep257',
+                                                             'python3-pytest'}
+    assert root.find('export/build_type').text == 'ament_python'
+
+
+def _console_scripts():
+    text = (REPO / 'setup.py').read_text()
+    return dict(re.findall(r"'([\w-]+) = ([\w.]+:\w+)'", text))
+
+
+def test_console_scripts_resolve():
+    import importlib
+    scripts = _console_scripts()
+    assert {'detect', 'dbmr-detect', 'train', 'dbmr-train', 'eval', 'dbmr-eval', 'bag',
+            'dbmr-bag', 'dbmr-infer'} <= set(scripts)
+    for name, target in scripts.items():
+        module, function = target.split(':')
+        assert callable(getattr(importlib.import_module(module), function)), name
+
+
+def test_launch_file_matches_setup_py():
+    """The launch file is parsed (launch_ros is not installable here) and its Node actions are
+    checked against the package's executables and parameters."""
+    source = (REPO / 'launch' / 'detect.launch.py').read_text()
+    tree = ast.parse(source)
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+             and getattr(n.func, 'id', '') == 'Node']
+    kwargs = [{k.arg: k.value for k in c.keywords} for c in calls]
+    detector = next(k for k in kwargs if ast.literal_eval(k['package']) == 'dbmr_ros')
+    assert ast.literal_eval(detector['executable']) in _console_scripts()
+    assert ast.literal_eval(detector['name']) == 'dbmr_detector'
+    assert 'node_executable' not in source and 'node_name' not in source
+    arguments = {ast.literal_eval(c.args[0]) for c in ast.walk(tree)
+                 if isinstance(c, ast.Call) and getattr(c.func, 'id', '') ==
+                 'DeclareLaunchArgument'}
+    assert {'model_path', 'device', 'params_file', 'image_topic', 'points_topic',
+            'camera_info_topic', 'use_sim_time', 'rviz'} <= arguments
+    remapped = {ast.literal_eval(t.elts[0]) for t in detector['remappings'].elts}
+    assert remapped == {'image', 'points', 'camera_info'}
+
+
+def test_launch_description_builds_where_launch_ros_exists():
+    pytest.importorskip('launch_ros', reason='launch_ros is not installable from PyPI here; '
+                        'the file is checked statically above')
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('detect_launch',
+                                                  REPO / 'launch' / 'detect.launch.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.generate_launch_description().entities
+
+
+def test_params_file_declares_every_node_parameter():
+    params = yaml.safe_load((REPO / 'config' / 'detect.yaml').read_text())
+    values = params['/**']['ros__parameters']
+    declared = set(re.findall(r"declare\('(\w+)'", (REPO / 'dbmr_ros' / 'ros' /
+                                                    'node.py').read_text()))
+    assert set(values) == declared
+    text = (REPO / 'config' / 'detect.yaml').read_text()
+    for name in values:  # every parameter has a comment right above it
+        lines = text.splitlines()
+        index = next(i for i, line in enumerate(lines) if line.strip().startswith(name + ':'))
+        assert lines[index - 1].strip().startswith('#'), name
+
+
+def test_rviz_config_displays():
+    config = yaml.safe_load((REPO / 'config' / 'dbmr.rviz').read_text())
+    displays = config['Visualization Manager']['Displays']
+    by_class = {}
+    for display in displays:
+        by_class.setdefault(display['Class'], []).append(display)
+    topics = {d['Topic']['Value'] for d in by_class['rviz_default_plugins/Image']}
+    assert '/dbmr_detector/heatmap' in topics and len(topics) == 2
+    cloud = by_class['rviz_default_plugins/PointCloud2'][0]
+    assert cloud['Topic']['Value'] == '/dbmr_detector/cloud'
+    assert cloud['Color Transformer'] == 'RGB8'
+    assert cloud['Topic']['Reliability Policy'] == 'Best Effort'
+    assert by_class['rviz_default_plugins/MarkerArray'][0]['Topic']['Value'] == \
+        '/dbmr_detector/markers'
+    assert config['Visualization Manager']['Global Options']['Fixed Frame']
+
+
+def test_colcon_build(tmp_path):
+    """colcon sees an ament_python ROS package, builds it, and setup.bash exports it."""
+    colcon = BIN / 'colcon'
+    source = tmp_path / 'src' / 'dbmr_ros'
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        '.venv', '.git', 'build', 'install', 'log', '__pycache__', '*.egg-info', 'demo_output'))
+    env = dict(os.environ, PATH=f'{BIN}:{os.environ["PATH"]}')
+    listed = subprocess.run([str(colcon), 'list'], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, check=True).stdout
+    assert '(ros.ament_python)' in listed, listed
+    build = subprocess.run([str(colcon), 'build', '--event-handlers', 'console_cohesion-'],
+                           cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert build.returncode == 0, build.stdout + build.stderr
+    install = tmp_path / 'install' / 'dbmr_ros'
+    assert (install / 'lib' / 'dbmr_ros' / 'detect').exists()
+    assert (install / 'share' / 'dbmr_ros' / 'launch' / 'detect.launch.py').exists()
+    assert (install / 'share' / 'dbmr_ros' / 'config' / 'detect.yaml').exists()
+    assert (install / 'share' / 'ament_index' / 'resource_index' / 'packages' /
+            'dbmr_ros').exists()
+    probe = subprocess.run(['bash', '-c', 'source install/setup.bash && echo $AMENT_PREFIX_PATH'
+                            ' && python -c "from dbmr_ros.resources import share_dir; '
+                            'print(share_dir())"'],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert str(install) in probe.stdout.splitlines()[0]
+    assert probe.stdout.splitlines()[1] == str(install / 'share' / 'dbmr_ros')

@@ -1,0 +1,162 @@
+"""dbmr-train / dbmr-eval / dbmr-infer on small synthetic data."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from dbmr_ros.detector import Detector
+from dbmr_ros.evaluate import main as eval_main
+from dbmr_ros.infer import main as infer_main
+from dbmr_ros.train import main as train_main, weights_digest
+
+BIN = Path(sys.executable).parent
+SMALL_MODEL = {'image_size': 64, 'patch_size': 8, 'num_points': 400, 'num_groups': 24,
+               'group_size': 12, 'embed_dim': 32, 'depth': 2, 'num_heads': 2,
+               'decoder_dim': 32, 'decoder_heads': 2}
+
+
+@pytest.fixture(scope='module')
+def config(tmp_path_factory):
+    path = tmp_path_factory.mktemp('config') / 'train_small.yaml'
+    path.write_text(yaml.safe_dump({'preset': 'tiny', 'model': SMALL_MODEL,
+                                    'preprocess': {'dbscan_min_points': 8}, 'epochs': 3,
+                                    'batch_size': 3, 'warmup_epochs': 1, 'lr': 0.002,
+                                    'log_images_every': 1}))
+    return path
+
+
+def _train_args(root, output, config, *extra):
+    return ['--dataset', 'synthetic', '--data-root', str(root), '--category', 'puck',
+            '--output', str(output), '--config', str(config), '--device', 'cpu', *extra]
+
+
+def test_train_eval_infer_end_to_end(synthetic_root, config, tmp_path):
+    run = tmp_path / 'run'
+    assert train_main(_train_args(synthetic_root, run, config)) == 0
+    for name in ('model.safetensors', 'checkpoint.safetensors', 'train_state.pt', 'train.log'):
+        assert (run / name).exists(), name
+    assert list((run / 'tensorboard').glob('events.out.tfevents.*'))
+    assert 'epoch 3/3' in (run / 'train.log').read_text()
+    detector = Detector.from_checkpoint(run / 'model.safetensors', 'cpu')
+    meta = detector.meta
+    assert meta.threshold is not None and 'validation' in meta.threshold_rule
+    assert set(meta.stats) == {'mean_2d', 'mean_3d'} and meta.epoch == 3
+    assert meta.dataset == 'synthetic' and meta.category == 'puck'
+
+    out = tmp_path / 'eval'
+    assert eval_main(['--checkpoint', str(run / 'model.safetensors'), '--dataset', 'synthetic',
+                      '--data-root', str(synthetic_root), '--category', 'puck', '--output',
+                      str(out), '--device', 'cpu', '--num-overlays', '3']) == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    row = metrics['per_category']['puck']
+    for key in ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1', 'aupro@0.05', 'aupro@0.01'):
+        assert 0.0 <= row[key] <= 1.0 and 0.0 <= row['2d'][key] <= 1.0
+        assert 0.0 <= row['3d'][key] <= 1.0 and key in metrics['mean']
+    table = (out / 'results.md').read_text()
+    assert '| Metric | puck | Mean |' in table and 'AUPRO@0.3 (RGB+3D)' in table
+    assert (out / 'curves_puck.png').stat().st_size > 1000
+    assert len(list((out / 'overlays').glob('*.png'))) == 3
+    # The output of an earlier run is never overwritten without --overwrite.
+    before = (out / 'metrics.json').read_bytes()
+    assert eval_main(['--checkpoint', str(run / 'model.safetensors'), '--dataset', 'synthetic',
+                      '--data-root', str(synthetic_root), '--category', 'puck', '--output',
+                      str(out)]) == 2
+    assert (out / 'metrics.json').read_bytes() == before
+
+    inferred = tmp_path / 'infer'
+    test_dir = synthetic_root / 'puck' / 'test'
+    assert infer_main(['--checkpoint', str(run / 'model.safetensors'), '--input',
+                       str(test_dir), '--output', str(inferred), '--device', 'cpu']) == 0
+    rows = (inferred / 'scores.csv').read_text().splitlines()
+    assert len(rows) == 1 + len(list(test_dir.glob('*/xyz/*.tiff')))
+    assert len(list(inferred.glob('*_map.npy'))) == len(rows) - 1
+
+
+def test_existing_run_is_not_overwritten_and_bad_paths_are_clear(synthetic_root, config,
+                                                                 tmp_path, capsys):
+    run = tmp_path / 'run'
+    run.mkdir()
+    (run / 'notes.txt').write_text('mine')
+    assert train_main(_train_args(synthetic_root, run, config)) == 2
+    assert 'already holds a run' in capsys.readouterr().err
+    assert (run / 'notes.txt').read_text() == 'mine'
+    assert train_main(_train_args(tmp_path / 'nowhere', tmp_path / 'r2', config)) == 2
+    assert 'does not exist' in capsys.readouterr().err
+    broken = tmp_path / 'broken'
+    (broken / 'puck' / 'train' / 'good' / 'xyz').mkdir(parents=True)
+    for source in (synthetic_root / 'puck' / 'train' / 'good').rglob('*'):
+        if source.is_file():
+            target = broken / source.relative_to(synthetic_root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    assert train_main(_train_args(broken, tmp_path / 'r3', config)) == 2
+    assert 'validation' in capsys.readouterr().err  # the missing split is named
+    assert eval_main(['--checkpoint', str(tmp_path / 'none.safetensors'), '--dataset',
+                      'synthetic', '--data-root', str(synthetic_root), '--category', 'puck',
+                      '--output', str(tmp_path / 'e')]) == 2
+    assert 'does not exist' in capsys.readouterr().err
+
+
+def test_deterministic_on_cpu(synthetic_root, config, tmp_path):
+    histories = []
+    for name in ('a', 'b'):
+        assert train_main(_train_args(synthetic_root, tmp_path / name, config)) == 0
+        state = torch.load(tmp_path / name / 'train_state.pt', weights_only=True)
+        histories.append(state['history'])
+    assert histories[0] == histories[1] and len(histories[0]) == 3
+
+
+def test_resume_after_kill_mid_epoch(synthetic_root, tmp_path, config):
+    """A run killed at any moment loses at most one epoch and, resumed, ends exactly where an
+    uninterrupted run ends (optimizer, scheduler and RNG state are restored)."""
+    slow = tmp_path / 'slow.yaml'
+    values = yaml.safe_load(config.read_text())
+    values.update(epochs=6, batch_size=1)
+    slow.write_text(yaml.safe_dump(values))
+    reference = tmp_path / 'reference'
+    assert train_main(_train_args(synthetic_root, reference, slow)) == 0
+
+    run = tmp_path / 'killed'
+    command = [str(BIN / 'dbmr-train'), *_train_args(synthetic_root, run, slow)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    state = run / 'train_state.pt'
+    while time.monotonic() < deadline and not (state.exists() and 'epoch 3/6' in (
+            run / 'train.log').read_text()):
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside epoch 4
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    saved = torch.load(state, weights_only=True)['epoch']
+    assert 3 <= saved < 6, saved
+    assert not (run / 'model.safetensors').exists()
+    assert train_main(_train_args(synthetic_root, run, slow, '--resume')) == 0
+    assert f'resumed from {state} at epoch {saved}' in (run / 'train.log').read_text()
+    expected = torch.load(reference / 'train_state.pt', weights_only=True)
+    resumed = torch.load(state, weights_only=True)
+    assert resumed['history'] == expected['history']
+    a = Detector.from_checkpoint(reference / 'model.safetensors', 'cpu').model
+    b = Detector.from_checkpoint(run / 'model.safetensors', 'cpu').model
+    assert weights_digest(a) == weights_digest(b)
+
+
+def test_ddp_two_processes_gloo(synthetic_root, config, tmp_path):
+    run = tmp_path / 'ddp'
+    env = dict(os.environ, DBMR_DIST_BACKEND='gloo', OMP_NUM_THREADS='1')
+    result = subprocess.run([str(BIN / 'torchrun'), '--standalone', '--nproc_per_node=2',
+                             str(BIN / 'dbmr-train'), *_train_args(synthetic_root, run, config)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    digests = dict(line.split(' weights sha1 ') for line in result.stderr.splitlines()
+                   if ' weights sha1 ' in line)
+    assert set(digests) == {'rank 0', 'rank 1'}, result.stderr
+    assert digests['rank 0'] == digests['rank 1']
+    assert (run / 'model.safetensors').exists()
+    assert '2 process(es)' in (run / 'train.log').read_text()
