@@ -27,17 +27,21 @@ class CategoryResults:
     gts: List[np.ndarray] = field(default_factory=list)
 
     def add(self, label: int, gt: np.ndarray, fused, map_2d, map_3d, score: float) -> None:
+        """map_2d / map_3d may be None (a results bag holds the fused map only)."""
         self.labels.append(int(label))
         self.gts.append(np.asarray(gt) > 0)
         for key, value in (('fused', fused), ('2d', map_2d), ('3d', map_3d)):
-            self.maps[key].append(value.astype(np.float32))
-            self.scores[key].append(score if key == 'fused' else float(value.max()))
+            if value is not None:
+                self.maps[key].append(value.astype(np.float32))
+                self.scores[key].append(score if key == 'fused' else float(value.max()))
 
     def compute(self) -> dict:
         """{'i_auroc': .., ..., '2d': {...}, '3d': {...}} (None where undefined)."""
         out = {}
         for key, _ in MAP_VARIANTS:
-            values = _safe(self.labels, self.scores[key], self.gts, self.maps[key])
+            values = dict.fromkeys(METRIC_KEYS)
+            if len(self.maps[key]) == len(self.labels):
+                values = _safe(self.labels, self.scores[key], self.gts, self.maps[key])
             if key == 'fused':
                 out.update(values)
             else:
@@ -95,6 +99,8 @@ def write_plots(results: Dict[str, CategoryResults], directory: Path) -> List[Pa
     for name, res in results.items():
         figure, (roc_axis, pro_axis) = plt.subplots(1, 2, figsize=(10, 4.5))
         for key, label in MAP_VARIANTS:
+            if len(res.maps[key]) != len(res.labels):
+                continue
             if 0 < sum(res.labels) < len(res.labels):
                 fpr, tpr = metrics.roc_curve(res.labels, res.scores[key])
                 roc_axis.plot(fpr, tpr, label=f'{label} ({metrics.image_auroc(res.labels, res.scores[key]):.3f})')  # noqa: E501
