@@ -12,7 +12,7 @@ def share_dir() -> Path:
                                                  PackageNotFoundError)
         try:
             return Path(get_package_share_directory('dbmr_ros'))
-        except PackageNotFoundError:
+        except (PackageNotFoundError, OSError):  # OSError: AMENT_PREFIX_PATH is unset
             pass
     except ImportError:
         pass

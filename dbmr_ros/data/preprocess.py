@@ -137,6 +137,7 @@ def keep_largest_cluster(xyz: np.ndarray, eps: float, min_points: int,
     """
     valid = valid_mask(xyz)
     out = np.zeros_like(xyz)
+    stride = min(stride, _max_stride(xyz, valid, eps))
     grid = np.zeros_like(valid)
     grid[::stride, ::stride] = True
     points = xyz[valid & grid]
@@ -156,6 +157,16 @@ def keep_largest_cluster(xyz: np.ndarray, eps: float, min_points: int,
         keep[valid] = np.isfinite(distance)
     out[keep] = xyz[keep]
     return out
+
+
+def _max_stride(xyz: np.ndarray, valid: np.ndarray, eps: float) -> int:
+    """Largest grid stride whose point spacing stays under eps / 2 (median spacing of
+    horizontally adjacent valid points), so subsampling never splits a DBSCAN cluster."""
+    both = valid[:, 1:] & valid[:, :-1]
+    if not both.any():
+        return 1
+    spacing = float(np.median(np.linalg.norm(xyz[:, 1:][both] - xyz[:, :-1][both], axis=1)))
+    return max(1, int(eps / 2 / max(spacing, 1e-9)))
 
 
 def clean_point_cloud(xyz: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:

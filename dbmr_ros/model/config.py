@@ -18,8 +18,9 @@ class DBMRConfig:
     modality_decoder_depth: int = 1
     decoder_heads: int = 4
     mlp_ratio: float = 4.0
-    mask_ratio_2d: float = 0.5
-    mask_ratio_3d: float = 0.5
+    mask_ratio_2d: float = 0.75
+    mask_ratio_3d: float = 0.75
+    score_passes: int = 4         # inference maskings; each keeps 1 / score_passes visible
     alignment_radius: int = 1     # local alignment window, in patches (1: the 3x3 around a centre)
     loss_weight_2d: float = 1.0
     loss_weight_3d: float = 1.0
@@ -35,6 +36,8 @@ class DBMRConfig:
         for name in ('mask_ratio_2d', 'mask_ratio_3d'):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f'{name} must be in [0, 1)')
+        if self.score_passes < 2:
+            raise ValueError('score_passes must be at least 2 (every token hidden once)')
         if self.embed_dim % self.num_heads or self.decoder_dim % self.decoder_heads:
             raise ValueError('embedding dims must be divisible by the head counts')
 
@@ -64,6 +67,5 @@ PRESETS = {
     # Paper-sized (MAE/Point-MAE-like widths) for a GPU.
     'base': DBMRConfig(patch_size=8, num_points=16384, num_groups=512, group_size=32,
                        embed_dim=384, depth=12, num_heads=6, decoder_dim=256,
-                       shared_decoder_depth=4, modality_decoder_depth=2, decoder_heads=8,
-                       mask_ratio_2d=0.5, mask_ratio_3d=0.5),
+                       shared_decoder_depth=4, modality_decoder_depth=2, decoder_heads=8),
 }

@@ -203,34 +203,45 @@ class DBMRNet(nn.Module):
     # --- inference -----------------------------------------------------------------------
 
     def fixed_maskings(self, batch: int, device):
-        """Two complementary maskings per modality: image patches as a checkerboard, groups as
-        a fixed random half (the same for every sample, so scores never depend on the batch)."""
-        g = self.cfg.grid_size
-        rows, cols = torch.meshgrid(torch.arange(g), torch.arange(g), indexing='ij')
-        parity = ((rows + cols) % 2).flatten().float()
-        order = torch.randperm(self.cfg.num_groups, generator=torch.Generator().manual_seed(0))
-        half = torch.zeros(self.cfg.num_groups)
-        half[order[: self.cfg.num_groups // 2]] = 1.0
-        tie = torch.linspace(0, 0.5, g * g)  # stable order among equal parities
-        tie_3d = torch.linspace(0, 0.5, self.cfg.num_groups)
-        for hidden_2d, hidden_3d in ((parity, half), (1 - parity, 1 - half)):
-            noise_2d = (hidden_2d + tie).expand(batch, -1).to(device)
-            noise_3d = (hidden_3d + tie_3d).expand(batch, -1).to(device)
-            yield (masking_from_noise(noise_2d, int((hidden_2d == 0).sum())),
-                   masking_from_noise(noise_3d, int((hidden_3d == 0).sum())))
+        """`score_passes` fixed maskings per modality whose visible sets partition the tokens:
+        each pass keeps a different 1 / score_passes of them visible (a fixed random partition,
+        the same for every sample, so a score never depends on the batch) and every token is
+        hidden in all passes but one. With 4 passes 75 % is hidden, as in training, so a defect
+        larger than a patch is mostly hidden from the context it is reconstructed from."""
+        passes = self.cfg.score_passes
+        for length in (self.cfg.num_patches, self.cfg.num_groups):
+            if length < passes:
+                raise ValueError(f'{length} tokens cannot be split into {passes} passes')
+        generator = torch.Generator().manual_seed(0)
+        parts = [torch.randperm(n, generator=generator) % passes
+                 for n in (self.cfg.num_patches, self.cfg.num_groups)]
+        for j in range(passes):
+            maskings = []
+            for part in parts:
+                hidden = (part != j).float()
+                # Visible tokens first (noise 0), then the hidden ones, each in index order.
+                noise = (hidden + torch.linspace(0, 0.5, len(part))).expand(batch, -1)
+                maskings.append(masking_from_noise(noise.to(device), int((hidden == 0).sum())))
+            yield maskings[0], maskings[1]
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, groups: Groups):
-        """Every patch and group predicted while hidden: (B, 3, S, S), (B, G, k, 3)."""
+        """Every patch and group predicted while hidden, averaged over the passes that hid it:
+        (B, 3, S, S), (B, G, k, 3)."""
         patches = torch.zeros_like(self.patchify(images))
         points = torch.zeros_like(groups.neighborhoods)
+        hidden_count_2d = torch.zeros(patches.shape[:2], device=images.device)
+        hidden_count_3d = torch.zeros(points.shape[:2], device=images.device)
         for masking_2d, masking_3d in self.fixed_maskings(images.shape[0], images.device):
             features = self.decode(*self.encode(images, groups, masking_2d, masking_3d), groups,
                                    masking_2d, masking_3d)
             pred_patches, pred_groups = self.predict(*features)
-            hidden_2d, hidden_3d = masking_2d.mask.bool(), masking_3d.mask.bool()
-            patches[hidden_2d] = pred_patches[hidden_2d].to(patches.dtype)
-            points[hidden_3d] = pred_groups[hidden_3d].to(points.dtype)
+            patches += pred_patches.to(patches.dtype) * masking_2d.mask[..., None]
+            points += pred_groups.to(points.dtype) * masking_3d.mask[..., None, None]
+            hidden_count_2d += masking_2d.mask
+            hidden_count_3d += masking_3d.mask
+        patches /= hidden_count_2d.clamp_min(1)[..., None]
+        points /= hidden_count_3d.clamp_min(1)[..., None, None]
         return self.unpatchify(patches), points
 
     @torch.no_grad()

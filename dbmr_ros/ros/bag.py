@@ -423,8 +423,8 @@ def _write_json(path: Path, document: dict) -> dict:
 
 # --- commands ----------------------------------------------------------------------------
 
-def _spin_in_background(node: Node):
-    executor = rclpy.executors.SingleThreadedExecutor()
+def _spin_in_background(node: Node, context=None):
+    executor = rclpy.executors.SingleThreadedExecutor(context=context)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
@@ -523,10 +523,11 @@ def replay_eval(bag, output, model_path='', device='auto', rate=1.0, lockstep=Tr
                '-r', f'image:={TOPICS["image"]}', '-r', f'points:={TOPICS["points"]}',
                '-r', f'camera_info:={TOPICS["camera_info"]}']
     detector = subprocess.Popen(command, stdout=node_log, stderr=subprocess.STDOUT)
-    rclpy.init()
-    node = Node('dbmr_replay_eval', parameter_overrides=[
+    context = rclpy.Context()  # private: callers may have their own rclpy running
+    rclpy.init(context=context)
+    node = Node('dbmr_replay_eval', context=context, parameter_overrides=[
         rclpy.parameter.Parameter('use_sim_time', value=True)])
-    executor = _spin_in_background(node)
+    executor = _spin_in_background(node, context)
     recorder = None
     try:
         player = Player(node, bag, {TOPICS['image'], TOPICS['points'], TOPICS['camera_info']},
@@ -573,7 +574,7 @@ def replay_eval(bag, output, model_path='', device='auto', rate=1.0, lockstep=Tr
             recorder.close()
         executor.shutdown()
         node.destroy_node()
-        rclpy.try_shutdown()
+        rclpy.try_shutdown(context=context)
         if detector.poll() is None:
             detector.send_signal(signal.SIGINT)
             try:
@@ -647,7 +648,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (BagError, DatasetError, ValueError) as error:
+    except (BagError, DatasetError, FileExistsError, ValueError) as error:
         print(f'dbmr-bag: error: {error}', file=sys.stderr)
         return 2
 

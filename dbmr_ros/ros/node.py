@@ -74,6 +74,7 @@ class DetectorNode(Node):
         threshold = self.get_parameter('threshold').value
         if threshold >= 0:
             self.detector.threshold = threshold
+        self._warm_up()
         self.get_logger().info(
             f'model {model_path} ({self.detector.meta.dataset}/{self.detector.meta.category}, '
             f'threshold {self.detector.threshold}) on {self.detector.device}')
@@ -94,6 +95,17 @@ class DetectorNode(Node):
         self.create_timer(1.0, self._publish_diagnostics)
         self.worker = threading.Thread(target=self._work, name='dbmr-inference', daemon=True)
         self.worker.start()
+
+    def _warm_up(self):
+        """One inference on a synthetic frame before the first real one, so the first frame's
+        latency is not the allocator's and the kernels' start-up cost."""
+        from dbmr_ros.data.synthetic import render_sample
+        size = self.detector.image_size
+        sample = render_sample(np.random.default_rng(0), 'puck', size)
+        try:
+            self.detector(sample.rgb, sample.xyz)
+        except ValueError as error:  # e.g. a preprocessing config that empties this frame
+            self.get_logger().info(f'warm-up skipped: {error}')
 
     # --- parameters ----------------------------------------------------------------------
 

@@ -1,0 +1,182 @@
+"""The detector node's real-time behaviour over real ROS 2 (not a test).
+
+Prints:
+1. conversion + publishing overhead per 640x480 frame (real TUM RGB-D frame): message ->
+   arrays, and arrays -> the output messages (32FC1 map, bgr8 heatmap, coloured cloud),
+2. end-to-end latency, publish -> ~/result received, one frame at a time,
+3. a 30 Hz stream for 30 s: frames published / processed / dropped, latency p50/p99, and the
+   node's resident memory before and after.
+
+    ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=77 \
+        .venv/bin/python benchmarks/bench_node.py [--model PATH] [--seconds 30] [--hz 30]
+"""
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.node import Node
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import Image, PointCloud2
+from std_msgs.msg import Header
+
+from dbmr_ros.resources import default_model_path
+from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, image_from_array,
+                                      image_to_rgb)
+from dbmr_ros.visualize import colorize, overlay
+
+SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
+
+
+def tum_frame():
+    directory = SHARED / 'rgbd_frames'
+    rgb = cv2.cvtColor(cv2.imread(str(directory / 'TUM_color.png')), cv2.COLOR_BGR2RGB)
+    depth = cv2.imread(str(directory / 'TUM_depth.png'), cv2.IMREAD_UNCHANGED) / 5000.0
+    v, u = np.mgrid[0:480, 0:640]
+    xyz = np.stack([(u - 319.5) * depth / 525.0, (v - 239.5) * depth / 525.0, depth], -1)
+    return rgb, xyz.astype(np.float32)
+
+
+def conversion_overhead(frames: int = 50) -> dict:
+    rgb, xyz = tum_frame()
+    header = Header(frame_id='camera')
+    image_msg = image_from_array(rgb, 'rgb8', header)
+    cloud_msg = cloud_from_arrays(xyz, header=header)
+    anomaly = np.random.default_rng(0).random((480, 640)).astype(np.float32)
+    inputs, outputs = [], []
+    for _ in range(frames):
+        start = time.perf_counter()
+        image_to_rgb(image_msg)
+        cloud_to_xyz(cloud_msg)
+        middle = time.perf_counter()
+        image_from_array(anomaly, '32FC1', header)
+        image_from_array(overlay(rgb, anomaly, 1.0)[..., ::-1], 'bgr8', header)
+        cloud_from_arrays(xyz, colorize(anomaly, 1.0), anomaly, header)
+        end = time.perf_counter()
+        inputs.append((middle - start) * 1e3)
+        outputs.append((end - middle) * 1e3)
+    return {'inputs_ms': statistics.median(inputs), 'outputs_ms': statistics.median(outputs)}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f'/proc/{pid}/status').read_text().splitlines():
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024.0
+    return float('nan')
+
+
+class Probe(Node):
+    def __init__(self):
+        super().__init__('dbmr_bench_probe')
+        self.pub_image = self.create_publisher(Image, 'image', qos_profile_sensor_data)
+        self.pub_points = self.create_publisher(PointCloud2, 'points', qos_profile_sensor_data)
+        self.sent, self.received, self.dropped = {}, {}, 0
+        self.lock = threading.Lock()
+        self.create_subscription(DiagnosticArray, '/dbmr_detector/result', self._on_result, 100)
+        self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
+
+    def _on_result(self, msg):
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        with self.lock:
+            self.received[stamp] = time.perf_counter()
+
+    def _on_diagnostics(self, msg):
+        values = {kv.key: kv.value for kv in msg.status[0].values}
+        self.dropped = int(values.get('frames_dropped', 0))
+
+    def publish(self, image: Image, cloud: PointCloud2, stamp: int):
+        image.header.stamp.sec, image.header.stamp.nanosec = divmod(stamp, 10**9)
+        cloud.header.stamp = image.header.stamp
+        with self.lock:
+            self.sent[stamp] = time.perf_counter()
+        self.pub_image.publish(image)
+        self.pub_points.publish(cloud)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--model', default=str(default_model_path()))
+    parser.add_argument('--seconds', type=float, default=30.0)
+    parser.add_argument('--hz', type=float, default=30.0)
+    args = parser.parse_args(argv)
+
+    overhead = conversion_overhead()
+    print(f'conversion (Image + PointCloud2 -> arrays), 640x480: '
+          f'{overhead["inputs_ms"]:.2f} ms; output messages (map, heatmap, cloud): '
+          f'{overhead["outputs_ms"]:.2f} ms; total {sum(overhead.values()):.2f} ms')
+
+    from dbmr_ros.data import open_dataset
+    sample = open_dataset('mvtec3d', SHARED / 'mvtec3d', 'cable_gland', 'test')[6].load()
+    node = subprocess.Popen([str(Path(sys.executable).parent / 'dbmr-detect'), '--ros-args',
+                             '-p', f'model_path:={args.model}', '-p', 'device:=cpu'],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    rclpy.init()
+    probe = Probe()
+    executor = rclpy.executors.SingleThreadedExecutor()
+    executor.add_node(probe)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (probe.pub_image.get_subscription_count()
+                                                   and probe.count_publishers(
+                                                       '/dbmr_detector/result')):
+            time.sleep(0.1)
+        header = Header(frame_id='camera')
+        points = np.where((sample.xyz != 0).any(2, keepdims=True), sample.xyz, np.nan)
+        image = image_from_array(sample.rgb, 'rgb8', header)
+        cloud = cloud_from_arrays(points.astype(np.float32), header=header)
+        # 2. one frame at a time
+        latencies, stamp = [], 10**18
+        for _ in range(25):
+            stamp += 10**8
+            probe.publish(image, cloud, stamp)
+            end = time.monotonic() + 5
+            while stamp not in probe.received and time.monotonic() < end:
+                time.sleep(0.001)
+            if stamp in probe.received:
+                latencies.append((probe.received[stamp] - probe.sent[stamp]) * 1e3)
+        latencies = latencies[5:]  # the first frames include discovery and warm-up
+        print(f'end-to-end latency (publish -> ~/result), 400x400 cable_gland frame, one at a '
+              f'time: p50 {np.percentile(latencies, 50):.1f} ms, p99 '
+              f'{np.percentile(latencies, 99):.1f} ms ({len(latencies)} frames)')
+        # 3. the stream
+        time.sleep(1.0)
+        rss_before = rss_mb(node.pid)
+        dropped_before = probe.dropped
+        first = stamp + 10**9
+        count = int(args.seconds * args.hz)
+        start = time.perf_counter()
+        for i in range(count):
+            target = start + i / args.hz
+            while time.perf_counter() < target:
+                time.sleep(0.0005)
+            probe.publish(image, cloud, first + i * int(1e9 / args.hz))
+        time.sleep(3.0)
+        rss_after = rss_mb(node.pid)
+        stream = [s for s in probe.received if s >= first]
+        lat = [(probe.received[s] - probe.sent[s]) * 1e3 for s in stream]
+        print(f'{args.hz:.0f} Hz stream for {args.seconds:.0f} s: published {count}, processed '
+              f'{len(stream)}, dropped by the node (latest wins) {probe.dropped - dropped_before},'
+              f' not received {count - len(stream) - (probe.dropped - dropped_before)}; latency '
+              f'p50 {np.percentile(lat, 50):.1f} ms, p99 {np.percentile(lat, 99):.1f} ms; node '
+              f'RSS {rss_before:.0f} MB -> {rss_after:.0f} MB ({rss_after - rss_before:+.0f} MB)')
+    finally:
+        executor.shutdown()
+        probe.destroy_node()
+        rclpy.try_shutdown()
+        node.terminate()
+        node.wait(timeout=15)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
