@@ -34,6 +34,7 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/bench_model.py
+	$(PY) benchmarks/bench_node.py
 
 clean:
 	rm -rf build install log demo_output

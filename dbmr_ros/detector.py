@@ -103,8 +103,8 @@ class Detector:
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.mixed_precision):
             tokens = self.model.score_tokens(inp.images, groups)
         timings['network'] = clock()
-        maps = anomaly_maps(tokens.patch.float(), tokens.group.float(), inp, groups,
-                            self.meta.stats if normalise else None, cfg.smoothing_sigma)
+        maps = anomaly_maps(tokens, inp, groups, self.meta.stats if normalise else None,
+                            cfg.smoothing_sigma, cfg.score_2d)
         maps = AnomalyMaps(*(m.float().cpu() for m in maps))
         timings['scoring'] = clock()
         return maps

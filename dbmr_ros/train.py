@@ -48,6 +48,7 @@ class TrainConfig:
     warmup_epochs: int = 5
     grad_clip: float = 1.0
     augment: bool = True
+    brightness_jitter: float = 0.15
     seed: int = 0
     threshold_quantile: float = 1.0
     threshold_margin: float = 1.0
@@ -84,12 +85,18 @@ def load_split(kind, root, category, split, pcfg: PreprocessConfig, cache: Prepr
     return np.stack(rgbs), np.stack(xyzs)
 
 
-def augment(rgb: torch.Tensor, xyz: torch.Tensor, generator: torch.Generator):
-    """The same random flip / 90-degree rotation of the registered grids (points unchanged)."""
+def augment(rgb: torch.Tensor, xyz: torch.Tensor, generator: torch.Generator,
+            brightness_jitter: float = 0.0):
+    """The same random flip / 90-degree rotation of the registered grids (points unchanged), and
+    a random brightness factor per image in [1 - jitter, 1 + jitter] (lighting changes)."""
     k, flip = torch.randint(0, 4, (2,), generator=generator).tolist()
     rgb, xyz = torch.rot90(rgb, k, (1, 2)), torch.rot90(xyz, k, (1, 2))
     if flip % 2:
         rgb, xyz = rgb.flip(2), xyz.flip(2)
+    if brightness_jitter > 0:
+        factor = 1 + brightness_jitter * (2 * torch.rand(len(rgb), 1, 1, 1,
+                                                         generator=generator) - 1)
+        rgb = (rgb.float() * factor).round().clamp(0, 255).to(torch.uint8)
     return rgb.contiguous(), xyz.contiguous()
 
 
@@ -246,7 +253,7 @@ def train(args) -> Path:
         for index in progress:
             rgb, xyz = images_t[index], points_t[index]
             if cfg.augment:
-                rgb, xyz = augment(rgb, xyz, generator)
+                rgb, xyz = augment(rgb, xyz, generator, cfg.brightness_jitter)
             inp = prepare(rgb.to(device), xyz.to(device), model_cfg.num_points,
                           model_cfg.group_size, generator=generator)
             groups = group_points(inp, model_cfg.num_groups, model_cfg.group_size)

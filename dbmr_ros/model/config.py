@@ -21,6 +21,9 @@ class DBMRConfig:
     mask_ratio_2d: float = 0.75
     mask_ratio_3d: float = 0.75
     score_passes: int = 4         # inference maskings; each keeps 1 / score_passes visible
+    # 2D map: 'pixel' = per-pixel reconstruction error; 'feature' = the paper's distance of the
+    # frozen 2D decoder's features per patch (see README: it did not localise at our budget).
+    score_2d: str = 'pixel'
     alignment_radius: int = 1     # local alignment window, in patches (1: the 3x3 around a centre)
     loss_weight_2d: float = 1.0
     loss_weight_3d: float = 1.0
@@ -36,6 +39,8 @@ class DBMRConfig:
         for name in ('mask_ratio_2d', 'mask_ratio_3d'):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f'{name} must be in [0, 1)')
+        if self.score_2d not in ('pixel', 'feature'):
+            raise ValueError(f"score_2d must be 'pixel' or 'feature', got {self.score_2d!r}")
         if self.score_passes < 2:
             raise ValueError('score_passes must be at least 2 (every token hidden once)')
         if self.embed_dim % self.num_heads or self.decoder_dim % self.decoder_heads:

@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
+from dbmr_ros.model.dbmrnet import TokenScores
 from dbmr_ros.model.inputs import Groups, ModelInput
 
 
@@ -48,17 +49,26 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(y, kernel.view(1, 1, -1, 1))[:, 0]
 
 
-def raw_maps(patch_scores, group_scores, inp: ModelInput, groups: Groups):
-    """Unnormalised (B, S, S) 2D and 3D maps, zero on the background."""
+def raw_maps(tokens: TokenScores, inp: ModelInput, groups: Groups, score_2d: str = 'pixel'):
+    """Unnormalised (B, S, S) 2D and 3D maps, zero on the background.
+
+    2D: 'pixel' is the squared reconstruction error summed over the colour channels, at pixel
+    resolution; 'feature' upsamples the per-patch decoder feature distance. 3D: the per-group
+    decoder feature distance, splatted onto the pixels of the group's points.
+    """
     size = inp.valid.shape[1]
-    return patch_map(patch_scores, size) * inp.valid, group_map(group_scores, inp, groups)
+    if score_2d == 'pixel':
+        map_2d = ((inp.images - tokens.reconstruction.to(inp.images.dtype)) ** 2).sum(1)
+    else:
+        map_2d = patch_map(tokens.patch, size)
+    return map_2d * inp.valid, group_map(tokens.group, inp, groups)
 
 
-def anomaly_maps(patch_scores, group_scores, inp: ModelInput, groups: Groups,
-                 stats: Optional[dict], sigma: float) -> AnomalyMaps:
+def anomaly_maps(tokens: TokenScores, inp: ModelInput, groups: Groups,
+                 stats: Optional[dict], sigma: float, score_2d: str = 'pixel') -> AnomalyMaps:
     """Normalise each map by its mean on good validation foreground (`stats` 'mean_2d',
     'mean_3d'; 1 when absent), multiply, smooth, re-zero the background, score = max."""
-    map_2d, map_3d = raw_maps(patch_scores, group_scores, inp, groups)
+    map_2d, map_3d = raw_maps(tokens, inp, groups, score_2d)
     stats = stats or {}
     map_2d = map_2d / stats.get('mean_2d', 1.0)
     map_3d = map_3d / stats.get('mean_3d', 1.0)
