@@ -8,6 +8,7 @@ synthetic 400x400 frame where ../shared is absent.
     .venv/bin/python benchmarks/bench_model.py [--presets tiny base] [--frames 30]
 """
 import argparse
+import dataclasses
 import resource
 import statistics
 import sys
@@ -41,8 +42,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def bench(preset: str, rgb, xyz, frames: int, device: str) -> dict:
+def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None) -> dict:
     cfg = PRESETS[preset]
+    if score_passes:
+        cfg = dataclasses.replace(cfg, score_passes=score_passes)
     torch.manual_seed(0)
     meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(image_size=cfg.image_size),
                           stats={'mean_2d': 1.0, 'mean_3d': 1.0}, threshold=1.0)
@@ -74,10 +77,13 @@ def main(argv=None) -> int:
     parser.add_argument('--presets', nargs='+', default=['tiny', 'base'], choices=list(PRESETS))
     parser.add_argument('--frames', type=int, default=30)
     parser.add_argument('--device', default='cpu')
+    parser.add_argument('--score-passes', type=int, help='override the inference maskings')
     args = parser.parse_args(argv)
     rgb, xyz, source = load_frame()
-    print(f'input: {source}; device {args.device}; torch threads {torch.get_num_threads()}')
-    rows = [bench(p, rgb, xyz, args.frames, args.device) for p in args.presets]
+    print(f'input: {source}; device {args.device}; torch threads {torch.get_num_threads()}'
+          + (f'; score_passes {args.score_passes}' if args.score_passes else ''))
+    rows = [bench(p, rgb, xyz, args.frames, args.device, args.score_passes)
+            for p in args.presets]
     print('| preset | params (M) | GFLOPs/frame | preprocess ms | grouping ms | network ms | '
           'scoring ms | total ms | frames/s | peak RSS MB |')
     print('|---|---|---|---|---|---|---|---|---|---|')

@@ -25,9 +25,12 @@ def colorize(anomaly_map: np.ndarray, vmax: float) -> np.ndarray:
 def overlay(rgb: np.ndarray, anomaly_map: np.ndarray, vmax: float, alpha: float = 0.5
             ) -> np.ndarray:
     """Colour-mapped anomaly map blended over the RGB image (both (H, W))."""
-    colours = colorize(anomaly_map, vmax).astype(np.float32)
-    return np.clip(rgb.astype(np.float32) * (1 - alpha) + colours * alpha, 0, 255).astype(
-        np.uint8)
+    return blend(rgb, colorize(anomaly_map, vmax), alpha)
+
+
+def blend(rgb: np.ndarray, colours: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """(H, W, 3) uint8 colours over (H, W, 3) uint8 rgb with opacity alpha."""
+    return cv2.addWeighted(np.ascontiguousarray(rgb), 1.0 - alpha, colours, alpha, 0.0)
 
 
 def depth_image(xyz: np.ndarray) -> np.ndarray:

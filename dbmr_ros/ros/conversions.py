@@ -23,6 +23,14 @@ class ConversionError(ValueError):
     """A message that cannot be converted, with the reason."""
 
 
+def _byte_array(values: np.ndarray) -> array.array:
+    """One copy of a C-contiguous array into the array('B') that message data fields hold
+    (assigning bytes would copy twice)."""
+    data = array.array('B')
+    data.frombytes(memoryview(np.ascontiguousarray(values)).cast('B'))
+    return data
+
+
 def _buffer(data) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
@@ -71,7 +79,7 @@ def image_from_array(array_: np.ndarray, encoding: str, header=None) -> Image:
     msg.encoding = encoding
     msg.is_bigendian = int(values.dtype.byteorder == '>')
     msg.step = msg.width * channels * values.itemsize
-    msg.data = array.array('B', values.tobytes())
+    msg.data = _byte_array(values)
     return msg
 
 
@@ -123,9 +131,9 @@ def cloud_to_xyz(msg: PointCloud2) -> np.ndarray:
 
 def pack_rgb(rgb: np.ndarray) -> np.ndarray:
     """(..., 3) uint8 -> (...,) float32 whose bits are 0x00RRGGBB (the PCL / rviz convention)."""
-    rgb = rgb.astype(np.uint32)
-    packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    return packed.view(np.float32)
+    packed = np.zeros(rgb.shape[:-1] + (4,), dtype=np.uint8)
+    packed[..., :3] = rgb[..., ::-1]  # little-endian 0x00RRGGBB is the bytes B, G, R, 0
+    return packed.view('<f4')[..., 0]
 
 
 def cloud_from_arrays(xyz: np.ndarray, rgb: Optional[np.ndarray] = None,
@@ -137,20 +145,17 @@ def cloud_from_arrays(xyz: np.ndarray, rgb: Optional[np.ndarray] = None,
     """
     organized = xyz.ndim == 3
     height, width = (xyz.shape[0], xyz.shape[1]) if organized else (1, xyz.shape[0])
-    names, formats = ['x', 'y', 'z'], ['<f4'] * 3
+    names = ['x', 'y', 'z'] + ['rgb'] * (rgb is not None) + ['anomaly'] * (anomaly is not None)
+    # Every field is float32: the point records are one (H, W, fields) float32 buffer, filled
+    # in place (rgb as the bytes B, G, R, 0 of a little-endian 0x00RRGGBB).
+    points = np.empty((height, width, len(names)), dtype='<f4')
+    points[..., :3] = xyz.reshape(height, width, 3)
     if rgb is not None:
-        names.append('rgb')
-        formats.append('<f4')
+        raw = points.view(np.uint8).reshape(height, width, 4 * len(names))
+        raw[..., 12:15] = rgb.reshape(height, width, 3)[..., ::-1]
+        raw[..., 15] = 0
     if anomaly is not None:
-        names.append('anomaly')
-        formats.append('<f4')
-    points = np.empty((height, width), dtype=np.dtype({'names': names, 'formats': formats}))
-    flat_xyz = xyz.reshape(height, width, 3)
-    points['x'], points['y'], points['z'] = flat_xyz[..., 0], flat_xyz[..., 1], flat_xyz[..., 2]
-    if rgb is not None:
-        points['rgb'] = pack_rgb(rgb.reshape(height, width, 3))
-    if anomaly is not None:
-        points['anomaly'] = anomaly.reshape(height, width)
+        points[..., len(names) - 1] = anomaly.reshape(height, width)
     msg = PointCloud2()
     if header is not None:
         msg.header = header
@@ -161,7 +166,7 @@ def cloud_from_arrays(xyz: np.ndarray, rgb: Optional[np.ndarray] = None,
     msg.point_step = 4 * len(names)
     msg.row_step = msg.point_step * width
     msg.is_dense = dense
-    msg.data = array.array('B', points.tobytes())
+    msg.data = _byte_array(points)
     return msg
 
 

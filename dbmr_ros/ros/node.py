@@ -32,7 +32,7 @@ from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, Conversio
                                       intrinsics_from_camera_info, organize_cloud,
                                       register_to_image)
 from dbmr_ros.ros.sync import ApproximateTimeSync
-from dbmr_ros.visualize import colorize, display_range, overlay
+from dbmr_ros.visualize import blend, colorize, display_range
 
 NODE_NAME = 'dbmr_detector'
 QOS_CHOICES = ('sensor_data', 'default')
@@ -262,16 +262,19 @@ class DetectorNode(Node):
         self.pub_flag.publish(Bool(data=bool(result.is_anomalous)))
         if self.pub_map.get_subscription_count():
             self.pub_map.publish(image_from_array(result.anomaly_map, '32FC1', header))
-        vmax = display_range(self.detector.threshold, result.anomaly_map)
-        if self.pub_heatmap.get_subscription_count():
-            blended = overlay(rgb, result.anomaly_map, vmax,
-                              self.get_parameter('heatmap_alpha').value)
+        want_heatmap = self.pub_heatmap.get_subscription_count() > 0
+        want_cloud = self.get_parameter('publish_cloud').value and \
+            self.pub_cloud.get_subscription_count() > 0
+        if want_heatmap or want_cloud:
+            colours = colorize(result.anomaly_map,
+                               display_range(self.detector.threshold, result.anomaly_map))
+        if want_heatmap:
+            blended = blend(rgb, colours, self.get_parameter('heatmap_alpha').value)
             self.pub_heatmap.publish(image_from_array(blended[..., ::-1], 'bgr8', header))
-        if self.get_parameter('publish_cloud').value and self.pub_cloud.get_subscription_count():
-            points = np.where(np.isfinite(xyz) & (xyz != 0).any(2, keepdims=True), xyz, np.nan)
-            self.pub_cloud.publish(cloud_from_arrays(
-                points.astype(np.float32), colorize(result.anomaly_map, vmax),
-                result.anomaly_map, header))
+        if want_cloud:
+            points = np.where((xyz != 0).any(2, keepdims=True), xyz, np.float32(np.nan))
+            self.pub_cloud.publish(cloud_from_arrays(points, colours, result.anomaly_map,
+                                                     header))
         if self.pub_markers.get_subscription_count():
             self.pub_markers.publish(self.markers(header, xyz, result))
         self.processing_ms.append((time.perf_counter() - started) * 1e3)
