@@ -25,6 +25,7 @@ from tqdm import tqdm
 from dbmr_ros.checkpoint import CheckpointMeta, save_checkpoint
 from dbmr_ros.data.datasets import DATASETS, DatasetError, open_dataset
 from dbmr_ros.data.preprocess import preprocess, PreprocessCache, PreprocessConfig
+from dbmr_ros.dataclass_dict import from_dict
 from dbmr_ros.detector import Detector, resolve_device
 from dbmr_ros.model import DBMRNet, PRESETS
 from dbmr_ros.model.inputs import denormalise_images, group_points, prepare
@@ -57,11 +58,7 @@ class TrainConfig:
     @classmethod
     def load(cls, path) -> 'TrainConfig':
         values = yaml.safe_load(Path(path).read_text()) or {}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f'{path}: unknown options {sorted(unknown)}')
-        return cls(**values)
+        return from_dict(cls, values, f'{path}: training')
 
     def model_config(self):
         if self.preset not in PRESETS:

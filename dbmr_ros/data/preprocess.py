@@ -5,7 +5,6 @@ pad to a square whose side is rounded up to the next 100, keep the largest DBSCA
 resize to the model's input size. Unlike the reference scripts nothing is written back into the
 dataset: `PreprocessCache` stores results in a cache directory of its own.
 """
-import dataclasses
 import hashlib
 import json
 import math
@@ -20,6 +19,7 @@ from scipy.spatial import cKDTree
 from sklearn.cluster import DBSCAN
 
 from dbmr_ros.data.sample import valid_mask
+from dbmr_ros.dataclass_dict import from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -46,15 +46,11 @@ class PreprocessConfig:
     seed: int = 0                     # RANSAC sampling, so results are reproducible
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> 'PreprocessConfig':
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f'unknown preprocessing options: {sorted(unknown)}')
-        return cls(**values)
+        return from_dict(cls, values, 'preprocessing')
 
 
 def fit_plane_ransac(points: np.ndarray, threshold: float, points_per_hypothesis: int,

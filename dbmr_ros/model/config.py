@@ -1,6 +1,7 @@
 """Model configuration and presets; saved inside every checkpoint."""
-import dataclasses
 from dataclasses import dataclass
+
+from dbmr_ros.dataclass_dict import from_dict, to_dict
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,11 @@ class DBMRConfig:
         return self.grid_size ** 2
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
     @classmethod
     def from_dict(cls, values: dict) -> 'DBMRConfig':
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f'unknown model options: {sorted(unknown)}')
-        return cls(**values)
+        return from_dict(cls, values, 'model')
 
 
 PRESETS = {
