@@ -319,9 +319,8 @@ def weights_digest(model) -> str:
 def _log_reconstructions(writer, model, inp, groups, epoch):
     model.eval()
     with torch.no_grad():
-        rec, _ = model.reconstruct(inp.images[:2], groups._replace(
-            neighborhoods=groups.neighborhoods[:2], centers=groups.centers[:2],
-            center_pixels=groups.center_pixels[:2]))
+        two = type(groups)(*(t[:2] for t in groups))
+        rec, _ = model.reconstruct(model.embed(inp.images[:2], two), two)
     model.train()
     pair = torch.cat([denormalise_images(inp.images[:2]), denormalise_images(rec)], dim=2)
     writer.add_images('reconstruction', (pair / 255.0).permute(0, 3, 1, 2), epoch)

@@ -99,13 +99,15 @@ def test_group_tokens_see_only_near_patches():
     # Put every group centre in the top-left corner cell (0, 0).
     grp = grp._replace(center_pixels=torch.zeros_like(grp.center_pixels))
     m2d, m3d = no_masking(1, cfg.num_patches), no_masking(1, cfg.num_groups)
-    base = model.encode(inp.images, grp, m2d, m3d)[1]
+    base = model.encode(model.embed(inp.images, grp), grp, m2d, m3d)[1]
     p = cfg.patch_size
     far, near = inp.images.clone(), inp.images.clone()
     far[..., -p:, -p:] += 1.0   # bottom-right patch: beyond window + conv receptive field
     near[..., :p, :p] += 1.0    # the centres' own patch
-    assert torch.allclose(model.encode(far, grp, m2d, m3d)[1], base, atol=1e-6)
-    assert not torch.allclose(model.encode(near, grp, m2d, m3d)[1], base, atol=1e-4)
+    assert torch.allclose(model.encode(model.embed(far, grp), grp, m2d, m3d)[1], base,
+                          atol=1e-6)
+    assert not torch.allclose(model.encode(model.embed(near, grp), grp, m2d, m3d)[1], base,
+                              atol=1e-4)
 
 
 def test_losses_finite_and_decrease_when_overfitting():

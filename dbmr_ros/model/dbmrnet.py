@@ -41,6 +41,11 @@ class TokenScores(NamedTuple):
     reconstructed_groups: torch.Tensor  # (B, G, k, 3) reconstructed neighbourhoods
 
 
+class Embedded(NamedTuple):
+    tokens_2d: torch.Tensor             # (B, L, D) patch tokens + 2D positional embedding
+    tokens_3d: torch.Tensor             # (B, G, D) group tokens + centre positional embedding
+
+
 class DBMRNet(nn.Module):
     def __init__(self, cfg: DBMRConfig):
         super().__init__()
@@ -108,18 +113,22 @@ class DBMRNet(nn.Module):
 
     # --- the network ---------------------------------------------------------------------
 
-    def encode(self, images: torch.Tensor, groups: Groups, masking_2d: Masking,
+    def embed(self, images: torch.Tensor, groups: Groups) -> 'Embedded':
+        """Both embeddings with their positional embeddings (computed once per input, then
+        shared by every masking of it)."""
+        tokens_3d, pos_3d = self.point_embed(groups.neighborhoods, groups.centers)
+        return Embedded(self.patch_embed(images) + self.pos_2d, tokens_3d + pos_3d)
+
+    def encode(self, embedded: 'Embedded', groups: Groups, masking_2d: Masking,
                masking_3d: Masking):
-        """Embed, keep the visible tokens, tag modalities, run the joint encoder.
+        """Keep the visible tokens, tag modalities, run the joint encoder.
 
         Returns visible encoder tokens E^v_2D (B, L_vis, D) and E^v_3D (B, G_vis, D).
         """
-        batch = images.shape[0]
-        tokens_2d = self.patch_embed(images) + self.pos_2d                    # (B, L, D)
-        tokens_3d, pos_3d = self.point_embed(groups.neighborhoods, groups.centers)
-        visible_2d = select(tokens_2d, masking_2d.keep) + self.modality_2d
-        visible_3d = select(tokens_3d + pos_3d, masking_3d.keep) + self.modality_3d
-        grid = torch.arange(self.cfg.num_patches, device=images.device).expand(batch, -1)
+        batch, device = embedded.tokens_2d.shape[0], embedded.tokens_2d.device
+        visible_2d = select(embedded.tokens_2d, masking_2d.keep) + self.modality_2d
+        visible_3d = select(embedded.tokens_3d, masking_3d.keep) + self.modality_3d
+        grid = torch.arange(self.cfg.num_patches, device=device).expand(batch, -1)
         patch_cells = select(torch.stack([grid // self.cfg.grid_size, grid % self.cfg.grid_size],
                                          dim=-1), masking_2d.keep)
         group_cells = select(self.cells(groups.center_pixels), masking_3d.keep)
@@ -171,7 +180,7 @@ class DBMRNet(nn.Module):
                                     generator)
         masking_3d = random_masking(batch, self.cfg.num_groups, self.cfg.mask_ratio_3d, device,
                                     generator)
-        encoded = self.encode(images, groups, masking_2d, masking_3d)
+        encoded = self.encode(self.embed(images, groups), groups, masking_2d, masking_3d)
         features_2d, features_3d = self.decode(*encoded, groups, masking_2d, masking_3d)
         pred_patches, pred_groups = self.predict(features_2d, features_3d)
         losses = self.losses(images, groups, features_2d, pred_patches, pred_groups,
@@ -225,16 +234,17 @@ class DBMRNet(nn.Module):
             yield maskings[0], maskings[1]
 
     @torch.no_grad()
-    def reconstruct(self, images: torch.Tensor, groups: Groups):
+    def reconstruct(self, embedded: 'Embedded', groups: Groups):
         """Every patch and group predicted while hidden, averaged over the passes that hid it:
         (B, 3, S, S), (B, G, k, 3)."""
-        patches = torch.zeros_like(self.patchify(images))
+        batch, device = embedded.tokens_2d.shape[:2], embedded.tokens_2d.device
+        patches = torch.zeros(*batch, self.cfg.patch_size ** 2 * 3, device=device)
         points = torch.zeros_like(groups.neighborhoods)
-        hidden_count_2d = torch.zeros(patches.shape[:2], device=images.device)
-        hidden_count_3d = torch.zeros(points.shape[:2], device=images.device)
-        for masking_2d, masking_3d in self.fixed_maskings(images.shape[0], images.device):
-            features = self.decode(*self.encode(images, groups, masking_2d, masking_3d), groups,
-                                   masking_2d, masking_3d)
+        hidden_count_2d = torch.zeros(patches.shape[:2], device=device)
+        hidden_count_3d = torch.zeros(points.shape[:2], device=device)
+        for masking_2d, masking_3d in self.fixed_maskings(batch[0], device):
+            features = self.decode(*self.encode(embedded, groups, masking_2d, masking_3d),
+                                   groups, masking_2d, masking_3d)
             pred_patches, pred_groups = self.predict(*features)
             patches += pred_patches.to(patches.dtype) * masking_2d.mask[..., None]
             points += pred_groups.to(points.dtype) * masking_3d.mask[..., None, None]
@@ -245,21 +255,24 @@ class DBMRNet(nn.Module):
         return self.unpatchify(patches), points
 
     @torch.no_grad()
-    def features(self, images: torch.Tensor, groups: Groups):
+    def features(self, embedded: 'Embedded', groups: Groups):
         """Unmasked pass through the frozen network: F_2D (B, L, Dd), F_3D (B, G, Dd)."""
-        batch, device = images.shape[0], images.device
+        batch, device = embedded.tokens_2d.shape[0], embedded.tokens_2d.device
         masking_2d = no_masking(batch, self.cfg.num_patches, device)
         masking_3d = no_masking(batch, self.cfg.num_groups, device)
-        return self.decode(*self.encode(images, groups, masking_2d, masking_3d), groups,
+        return self.decode(*self.encode(embedded, groups, masking_2d, masking_3d), groups,
                            masking_2d, masking_3d)
 
     @torch.no_grad()
     def score_tokens(self, images: torch.Tensor, groups: Groups) -> TokenScores:
         """Reconstruct, then compare input and reconstruction in decoder feature space."""
-        rec_images, rec_points = self.reconstruct(images, groups)
-        both = Groups(torch.cat([groups.neighborhoods, rec_points]),
-                      groups.centers.repeat(2, 1, 1), groups.center_pixels.repeat(2, 1))
-        features_2d, features_3d = self.features(torch.cat([images, rec_images]), both)
+        embedded = self.embed(images, groups)
+        rec_images, rec_points = self.reconstruct(embedded, groups)
+        rec_groups = groups._replace(neighborhoods=rec_points)
+        rec_embedded = self.embed(rec_images, rec_groups)
+        both = Groups(*(torch.cat(pair) for pair in zip(groups, rec_groups)))
+        features_2d, features_3d = self.features(
+            Embedded(*(torch.cat(pair) for pair in zip(embedded, rec_embedded))), both)
         batch = images.shape[0]
         patch = (features_2d[:batch] - features_2d[batch:]).norm(dim=-1)
         group = (features_3d[:batch] - features_3d[batch:]).norm(dim=-1)
