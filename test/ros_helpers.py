@@ -145,6 +145,7 @@ class Probe(Node):
 
     def close(self):
         self.executor_.shutdown()
+        self.thread.join(timeout=10)  # never destroy a node under a running wait
         self.destroy_node()
 
 

@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import rclpy
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy)
 from rclpy.serialization import deserialize_message, serialize_message
@@ -282,7 +283,14 @@ class Player:
             if clock:
                 self._publish_clock(bag_now())
             time.sleep(0.01)
+        self.flush()
         return published
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until reliable subscribers acknowledged everything, so a process that exits
+        right after playing does not lose its last messages."""
+        for publisher in [p for p in self.publishers.values() if p is not None] + [self.clock]:
+            publisher.wait_for_all_acked(Duration(seconds=timeout))
 
 
 # --- record ------------------------------------------------------------------------------
@@ -423,12 +431,19 @@ def _write_json(path: Path, document: dict) -> dict:
 
 # --- commands ----------------------------------------------------------------------------
 
-def _spin_in_background(node: Node, context=None):
-    executor = rclpy.executors.SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    thread = threading.Thread(target=executor.spin, daemon=True)
-    thread.start()
-    return executor
+class _BackgroundSpin:
+    """Spins one node in a thread; `stop()` ends the spin and joins the thread, so the node can
+    be destroyed safely afterwards (destroying it under a running wait aborts the process)."""
+
+    def __init__(self, node: Node, context=None):
+        self.executor = rclpy.executors.SingleThreadedExecutor(context=context)
+        self.executor.add_node(node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.executor.shutdown()
+        self.thread.join(timeout=10)
 
 
 def _remaps(pairs) -> Dict[str, str]:
@@ -466,7 +481,7 @@ def cmd_record(args) -> int:
     node = Node('dbmr_bag_recorder', parameter_overrides=[
         rclpy.parameter.Parameter('use_sim_time', value=args.use_sim_time)])
     recorder = Recorder(node, args.output, args.topics, args.storage)
-    executor = _spin_in_background(node)
+    spinner = _BackgroundSpin(node)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -479,7 +494,7 @@ def cmd_record(args) -> int:
             stop.wait(0.1)
     finally:
         recorder.close()
-        executor.shutdown()
+        spinner.stop()
         node.destroy_node()
         rclpy.try_shutdown()
     print(f'recorded {recorder.counts} to {args.output}')
@@ -527,7 +542,7 @@ def replay_eval(bag, output, model_path='', device='auto', rate=1.0, lockstep=Tr
     rclpy.init(context=context)
     node = Node('dbmr_replay_eval', context=context, parameter_overrides=[
         rclpy.parameter.Parameter('use_sim_time', value=True)])
-    executor = _spin_in_background(node, context)
+    spinner = _BackgroundSpin(node, context)
     recorder = None
     try:
         player = Player(node, bag, {TOPICS['image'], TOPICS['points'], TOPICS['camera_info']},
@@ -572,7 +587,7 @@ def replay_eval(bag, output, model_path='', device='auto', rate=1.0, lockstep=Tr
     finally:
         if recorder is not None:
             recorder.close()
-        executor.shutdown()
+        spinner.stop()
         node.destroy_node()
         rclpy.try_shutdown(context=context)
         if detector.poll() is None:
