@@ -94,6 +94,16 @@ class Probe(Node):
         values = {kv.key: kv.value for kv in msg.status[0].values}
         self.dropped = int(values.get('frames_dropped', 0))
 
+    def wait_quiet(self, quiet: float = 1.0, timeout: float = 30.0):
+        """Until no result has arrived for `quiet` seconds (the node has caught up)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                last = max(self.received.values(), default=0.0)
+            if time.perf_counter() - last > quiet:
+                return
+            time.sleep(0.05)
+
     def publish(self, image: Image, cloud: PointCloud2, stamp: int):
         image.header.stamp.sec, image.header.stamp.nanosec = divmod(stamp, 10**9)
         cloud.header.stamp = image.header.stamp
@@ -155,7 +165,7 @@ def main(argv=None) -> int:
               f'time: p50 {np.percentile(latencies, 50):.1f} ms, p99 '
               f'{np.percentile(latencies, 99):.1f} ms ({len(latencies)} frames)')
         # 3. the stream
-        time.sleep(1.0)
+        probe.wait_quiet()
         rss_before = rss_mb(node.pid)
         dropped_before = probe.dropped
         first = stamp + 10**9
@@ -166,7 +176,7 @@ def main(argv=None) -> int:
             while time.perf_counter() < target:
                 time.sleep(0.0005)
             probe.publish(image, cloud, first + i * int(1e9 / args.hz))
-        time.sleep(3.0)
+        probe.wait_quiet()
         rss_after = rss_mb(node.pid)
         stream = [s for s in probe.received if s >= first]
         lat = [(probe.received[s] - probe.sent[s]) * 1e3 for s in stream]

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file, safe_open
 from dbmr_ros import __version__
 from dbmr_ros.data.preprocess import PreprocessConfig
 from dbmr_ros.model.config import DBMRConfig
+from dbmr_ros.model.dbmrnet import DBMRNet
 
 FORMAT = 'dbmr_ros/checkpoint-v1'
 
@@ -88,7 +89,6 @@ def load_checkpoint(path):
 
 def build_model(path, device='cpu'):
     """Load a checkpoint into a DBMRNet in eval mode: -> (model, meta)."""
-    from dbmr_ros.model import DBMRNet
     state, meta = load_checkpoint(path)
     model = DBMRNet(meta.model)
     try:

@@ -579,11 +579,17 @@ def replay_eval(bag, output, model_path='', device='auto', rate=1.0, lockstep=Tr
                 sent['frames'] += 1
             return ready
         finished = time.monotonic() + timeout
+        progress = {'counts': None, 'since': time.monotonic()}
 
         def linger():
-            return done_count() < len(frames) and time.monotonic() < finished
+            """Keep /clock running until every frame's result and map are recorded, or until
+            nothing new has arrived for 5 s (frames the node dropped never get one)."""
+            counts = [recorder.counts[t] for t in RESULT_TOPICS]
+            if counts != progress['counts']:
+                progress.update(counts=counts, since=time.monotonic())
+            return (min(counts) < len(frames) and time.monotonic() - progress['since'] < 5.0
+                    and time.monotonic() < finished)
         player.play(rate, clock=True, gate=gate, gate_timeout=timeout / 4, linger=linger)
-        time.sleep(0.5)
     finally:
         if recorder is not None:
             recorder.close()
