@@ -9,8 +9,9 @@ import yaml
 from dbmr_ros.data import open_dataset, PreprocessConfig, preprocess
 from dbmr_ros.data.datasets import DatasetError, eyescandies_depth_to_xyz
 from dbmr_ros.data.io import read_xyz
-from dbmr_ros.data.preprocess import (clean_point_cloud, fit_plane_ransac, PreprocessCache,
-                                      resize_mask, square_padding)
+from dbmr_ros.data.preprocess import (_near_cluster, clean_point_cloud, fit_plane_ransac,
+                                      keep_largest_cluster, PreprocessCache,
+                                      remove_support_plane, resize_mask, square_padding)
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.data.synthetic import DEFECTS, render_sample, write_dataset
 
@@ -51,6 +52,30 @@ def test_preprocessing_removes_plane_and_keeps_object(mvtec_root):
         assert rgb.shape == (224, 224, 3) and xyz.shape == (224, 224, 3)
         # Nearest resizing never invents points: every output point is an input point.
         assert set(map(tuple, xyz[valid_mask(xyz)][:50])) <= set(map(tuple, cleaned[kept]))
+
+
+def test_strided_clustering_matches_the_exact_reference(mvtec_root):
+    """dbscan_stride 3 keeps the same object as DBSCAN over every point (stride 1), and the
+    image-space shortcut of `_near_cluster` gives exactly what a KD-tree search of every point
+    gives."""
+    from scipy.spatial import cKDTree
+    cfg = PreprocessConfig()
+    sample = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'test')[6].load()
+    without_plane = remove_support_plane(sample.xyz, cfg)
+    exact = valid_mask(keep_largest_cluster(without_plane, cfg.dbscan_eps,
+                                            cfg.dbscan_min_points, stride=1))
+    strided = valid_mask(keep_largest_cluster(without_plane, cfg.dbscan_eps,
+                                              cfg.dbscan_min_points, stride=3))
+    assert (exact != strided).sum() < 0.005 * exact.sum(), ((exact != strided).sum(), exact.sum())
+
+    valid = valid_mask(without_plane)
+    clustered_grid = strided[::3, ::3]
+    searched = np.zeros_like(valid)
+    distance, _ = cKDTree(without_plane[::3, ::3][clustered_grid]).query(
+        without_plane[valid], distance_upper_bound=cfg.dbscan_eps)
+    searched[valid] = np.isfinite(distance)
+    shortcut = _near_cluster(without_plane, valid, clustered_grid, 3, cfg.dbscan_eps)
+    assert shortcut.sum() > 10000 and np.array_equal(shortcut, searched)
 
 
 def test_cache_never_touches_source(mvtec_root, tmp_path):

@@ -13,6 +13,7 @@ from dbmr_ros.model import DBMRConfig, DBMRNet, PRESETS
 from dbmr_ros.model.inputs import group_points, prepare
 from dbmr_ros.model.masking import no_masking, random_masking
 from dbmr_ros.model.point_ops import chamfer_l1, chamfer_l2, fps, fps_torch, knn, knn_torch
+from dbmr_ros.model.scoring import group_map
 from dbmr_ros.model.transformer import local_alignment_mask
 
 SMALL = DBMRConfig(image_size=64, patch_size=8, num_points=400, num_groups=24, group_size=12,
@@ -143,6 +144,28 @@ def test_fps_and_knn_against_brute_force():
     brute = torch.cdist(queries, points).argsort(-1)[..., :4]
     assert torch.equal(nn_idx.sort(-1).values, brute.sort(-1).values)
     assert torch.equal(fps(points, 10), idx) and torch.equal(knn(points, queries, 4), nn_idx)
+    # The whole sequence: each next point is the farthest from those already chosen.
+    for b in range(2):
+        chosen = [0]
+        for _ in range(9):
+            nearest = torch.cdist(points[b], points[b, chosen]).min(dim=1).values
+            chosen.append(int(nearest.argmax()))
+        assert idx[b].tolist() == chosen
+
+
+def test_group_map_gives_each_point_its_nearest_group():
+    """Every valid pixel gets the score of its nearest centre, background pixels 0, also in a
+    batch whose clouds have different numbers of valid pixels."""
+    rgb, xyz, _ = synthetic_batch(n=2)
+    xyz[1, :20] = 0.0  # fewer valid pixels in the second sample
+    inp, groups = model_input(rgb, xyz)
+    scores = torch.rand(2, SMALL.num_groups)
+    maps = group_map(scores, inp, groups)
+    assert inp.valid[0].sum() != inp.valid[1].sum()
+    for b in range(2):
+        nearest = torch.cdist(inp.xyz[b].reshape(-1, 3), groups.centers[b]).argmin(1)
+        expected = (scores[b][nearest] * inp.valid[b].reshape(-1)).view_as(maps[b])
+        assert torch.equal(maps[b], expected)
 
 
 def test_chamfer_known_values():

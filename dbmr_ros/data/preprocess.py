@@ -5,6 +5,7 @@ pad to a square whose side is rounded up to the next 100, keep the largest DBSCA
 resize to the model's input size. Unlike the reference scripts nothing is written back into the
 dataset: `PreprocessCache` stores results in a cache directory of its own.
 """
+import functools
 import hashlib
 import json
 import math
@@ -17,6 +18,7 @@ import cv2
 import numpy as np
 from scipy.spatial import cKDTree
 from sklearn.cluster import DBSCAN
+from threadpoolctl import ThreadpoolController
 
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.dataclass_dict import from_dict, to_dict
@@ -60,7 +62,7 @@ def fit_plane_ransac(points: np.ndarray, threshold: float, points_per_hypothesis
 
     points: (N, 3). Each hypothesis is the least-squares plane of `points_per_hypothesis` random
     points (as Open3D's segment_plane with ransac_n > 3); the best one by inlier count is refitted
-    on its inliers. All hypotheses are scored at once.
+    on its inliers. Hypotheses are scored vectorised, 64 at a time.
     """
     n = len(points)
     if n < 3:
@@ -70,16 +72,18 @@ def fit_plane_ransac(points: np.ndarray, threshold: float, points_per_hypothesis
     normals, offsets = _least_squares_planes(samples)                     # (I, 3), (I,)
     scored = points if not max_points or n <= max_points else points[
         rng.choice(n, max_points, replace=False)]
-    # Inlier counting in float32: millimetre thresholds at metre ranges lose nothing.
-    scored, normals32, offsets32 = (a.astype(np.float32) for a in (scored, normals, offsets))
-    # Score in chunks so memory stays small for large strips.
-    best_count, best = -1, 0
-    for start in range(0, iterations, 128):
-        distances = np.abs(scored @ normals32[start:start + 128].T + offsets32[start:start + 128])
-        counts = (distances < threshold).sum(axis=0)
-        i = int(np.argmax(counts))
-        if counts[i] > best_count:
-            best_count, best = int(counts[i]), start + i
+    # Inlier counting in float32 (millimetre thresholds at metre ranges lose nothing), in
+    # cache-sized chunks of hypotheses, each row of distances contiguous (3x faster than
+    # (points, hypotheses) blocks).
+    scored_t = np.ascontiguousarray(scored.T, dtype=np.float32)          # (3, M)
+    normals32, offsets32 = normals.astype(np.float32), offsets.astype(np.float32)
+    counts = np.empty(iterations, dtype=np.int64)
+    for start in range(0, iterations, 64):
+        distances = normals32[start:start + 64] @ scored_t                # (64, M)
+        distances += offsets32[start:start + 64, None]
+        np.abs(distances, out=distances)
+        counts[start:start + 64] = np.count_nonzero(distances < threshold, axis=1)
+    best = int(np.argmax(counts))
     inliers = np.abs(points @ normals[best] + offsets[best]) < threshold
     normal, offset = _least_squares_planes(points[inliers][None])
     return np.concatenate([normal[0], offset]).astype(np.float64)
@@ -89,7 +93,7 @@ def _least_squares_planes(points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """points: (P, k, 3) -> unit normals (P, 3) and offsets (P,) of the best-fit planes."""
     centroid = points.mean(axis=1, keepdims=True)
     centred = points - centroid
-    covariance = np.einsum('pki,pkj->pij', centred, centred)             # (P, 3, 3)
+    covariance = centred.transpose(0, 2, 1) @ centred                      # (P, 3, 3)
     normals = np.linalg.eigh(covariance)[1][:, :, 0]  # eigenvector of the smallest eigenvalue
     offsets = -np.einsum('pc,pc->p', normals, centroid[:, 0, :])
     return normals, offsets
@@ -97,10 +101,14 @@ def _least_squares_planes(points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 def border_strip(xyz: np.ndarray, width: int) -> np.ndarray:
     """(M, 3) valid points within `width` pixels of the image border."""
-    strip = np.zeros(xyz.shape[:2], dtype=bool)
-    strip[:width, :] = strip[-width:, :] = True
-    strip[:, :width] = strip[:, -width:] = True
-    return xyz[strip & valid_mask(xyz)]
+    height, cols = xyz.shape[:2]
+    if 2 * width >= min(height, cols):
+        points = xyz.reshape(-1, 3)
+    else:  # four slices: each pixel once, the interior never touched
+        points = np.concatenate([xyz[:width].reshape(-1, 3), xyz[-width:].reshape(-1, 3),
+                                 xyz[width:-width, :width].reshape(-1, 3),
+                                 xyz[width:-width, -width:].reshape(-1, 3)])
+    return points[valid_mask(points)]
 
 
 def remove_support_plane(xyz: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
@@ -112,8 +120,11 @@ def remove_support_plane(xyz: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     plane = fit_plane_ransac(edge_points, cfg.plane_ransac_threshold, cfg.plane_ransac_points,
                              cfg.plane_ransac_iterations, np.random.default_rng(cfg.seed),
                              cfg.plane_max_points)
-    distance = np.abs(xyz.astype(np.float64) @ plane[:3] + plane[3])
-    out[(distance < cfg.plane_clear_distance) & valid_mask(xyz)] = 0.0
+    valid = valid_mask(xyz)
+    near = np.zeros_like(valid)
+    near[valid] = np.abs(xyz[valid].astype(np.float64) @ plane[:3] + plane[3]) < \
+        cfg.plane_clear_distance
+    out[near] = 0.0
     return out
 
 
@@ -134,25 +145,46 @@ def keep_largest_cluster(xyz: np.ndarray, eps: float, min_points: int,
     valid = valid_mask(xyz)
     out = np.zeros_like(xyz)
     stride = min(stride, _max_stride(xyz, valid, eps))
-    grid = np.zeros_like(valid)
-    grid[::stride, ::stride] = True
-    points = xyz[valid & grid]
+    grid_valid = valid[::stride, ::stride]
+    points = xyz[::stride, ::stride][grid_valid]
     min_samples = max(1, int(round(min_points / stride ** 2)))
     if len(points) < min_samples:
         return out
-    labels = DBSCAN(eps=eps, min_samples=min_samples).fit_predict(points)
+    # Ball tree: the same neighbourhoods as the default KD tree, 1.7x faster on these clouds.
+    labels = DBSCAN(eps=eps, min_samples=min_samples, algorithm='ball_tree').fit_predict(points)
     clustered = labels >= 0
     if not clustered.any():
         return out
-    cluster = points[labels == np.argmax(np.bincount(labels[clustered]))]
-    keep = np.zeros(valid.shape, dtype=bool)
-    if stride == 1:
-        keep[valid & grid] = labels == np.argmax(np.bincount(labels[clustered]))
-    else:
-        distance, _ = cKDTree(cluster).query(xyz[valid], distance_upper_bound=eps)
-        keep[valid] = np.isfinite(distance)
+    clustered_grid = np.zeros_like(grid_valid)
+    clustered_grid[grid_valid] = labels == np.argmax(np.bincount(labels[clustered]))
+    keep = clustered_grid if stride == 1 else _near_cluster(xyz, valid, clustered_grid, stride,
+                                                            eps)
     out[keep] = xyz[keep]
     return out
+
+
+def _near_cluster(xyz: np.ndarray, valid: np.ndarray, clustered_grid: np.ndarray, stride: int,
+                  eps: float) -> np.ndarray:
+    """(H, W) bool: valid pixels within eps (in 3D) of a clustered grid point.
+
+    Most pixels are confirmed by the grid pixel nearest to them in the image; only the others
+    (cluster borders, depth edges) are searched in a KD tree of the cluster. Same result as
+    searching all of them, 3x faster.
+    """
+    rows, cols = np.nonzero(valid)
+    grid_rows = np.minimum((rows + stride // 2) // stride, clustered_grid.shape[0] - 1)
+    grid_cols = np.minimum((cols + stride // 2) // stride, clustered_grid.shape[1] - 1)
+    offsets = xyz[rows, cols] - xyz[grid_rows * stride, grid_cols * stride]
+    near = clustered_grid[grid_rows, grid_cols] & (
+        np.einsum('ij,ij->i', offsets, offsets) < eps ** 2)
+    unsure = np.flatnonzero(~near)
+    if len(unsure):
+        tree = cKDTree(xyz[::stride, ::stride][clustered_grid])
+        distance, _ = tree.query(xyz[rows[unsure], cols[unsure]], distance_upper_bound=eps)
+        near[unsure] = np.isfinite(distance)
+    keep = np.zeros_like(valid)
+    keep[rows, cols] = near
+    return keep
 
 
 def _max_stride(xyz: np.ndarray, valid: np.ndarray, eps: float) -> int:
@@ -161,12 +193,28 @@ def _max_stride(xyz: np.ndarray, valid: np.ndarray, eps: float) -> int:
     both = valid[:, 1:] & valid[:, :-1]
     if not both.any():
         return 1
-    spacing = float(np.median(np.linalg.norm(xyz[:, 1:][both] - xyz[:, :-1][both], axis=1)))
+    steps = xyz[:, 1:][both] - xyz[:, :-1][both]
+    spacing = float(np.sqrt(np.median(np.einsum('ij,ij->i', steps, steps))))
     return max(1, int(eps / 2 / max(spacing, 1e-9)))
 
 
+@functools.lru_cache(maxsize=None)
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
 def clean_point_cloud(xyz: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """Background removal at the sensor's resolution (before padding): plane, range, cluster."""
+    """Background removal at the sensor's resolution (before padding): plane, range, cluster.
+
+    numpy's BLAS runs single-threaded here: these small products gain nothing from threads,
+    and idle OpenBLAS threads busy-wait after each call, taking the cores from the network that
+    runs next (benchmarks/bench_model.py: network 87 -> 48 ms per frame on 2 cores).
+    """
+    with _blas_controller().limit(limits=1, user_api='blas'):
+        return _clean_point_cloud(xyz, cfg)
+
+
+def _clean_point_cloud(xyz: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     xyz = np.where(np.isfinite(xyz), xyz, 0.0).astype(np.float32)
     if cfg.max_depth > 0:
         xyz[xyz[..., 2] > cfg.max_depth] = 0.0

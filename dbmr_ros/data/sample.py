@@ -36,6 +36,6 @@ class Sample:
 
 def valid_mask(xyz: np.ndarray) -> np.ndarray:
     """(..., H, W) bool: pixels with a finite, non-zero 3D point."""
-    finite = np.isfinite(xyz).all(axis=-1)
-    nonzero = np.any(xyz != 0, axis=-1)
-    return finite & nonzero
+    # Per channel: reductions over a length-3 last axis are ~7x slower in numpy.
+    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+    return np.isfinite(x) & np.isfinite(y) & np.isfinite(z) & ((x != 0) | (y != 0) | (z != 0))
