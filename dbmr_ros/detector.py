@@ -89,7 +89,7 @@ class Detector:
         """The background removal step alone (cacheable by callers)."""
         return clean_point_cloud(xyz, self.meta.preprocess)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score_prepared(self, rgb_s: np.ndarray, xyz_s: np.ndarray, normalise: bool = True,
                        timings: Optional[dict] = None) -> AnomalyMaps:
         """Model-size arrays (B, S, S, 3) -> AnomalyMaps (model size, on the CPU)."""
