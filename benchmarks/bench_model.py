@@ -1,11 +1,14 @@
 """Per-frame cost of the Detector for each preset on this machine (not a test).
 
-Prints, per preset: parameters, FLOPs per frame (network), median latency per frame split into
-preprocessing / grouping / network / scoring, frames per second, and peak resident memory.
-Input: a real MVTec 3D-AD cable_gland test frame (400x400, all valid points) from ../shared, or a
-synthetic 400x400 frame where ../shared is absent.
+Prints, per preset: the valid points at the model's input size and how many of them are
+grouped, parameters, FLOPs per frame (network), median latency per frame split into
+preprocessing / grouping / network / scoring, the whole call's median (total, frames/s), and peak
+resident memory. Input: a real MVTec 3D-AD cable_gland test frame (400x400 organized cloud with
+all its points; background removal at that resolution is part of preprocessing) from ../shared,
+or a synthetic 400x400 frame where ../shared is absent.
 
     .venv/bin/python benchmarks/bench_model.py [--presets tiny base] [--frames 30]
+        [--score-passes N] [--num-points N]
 """
 import argparse
 import dataclasses
@@ -43,10 +46,13 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None) -> dict:
+def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None,
+          num_points=None) -> dict:
     cfg = PRESETS[preset]
     if score_passes:
         cfg = dataclasses.replace(cfg, score_passes=score_passes)
+    if num_points:
+        cfg = dataclasses.replace(cfg, num_points=num_points)
     torch.manual_seed(0)
     meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(image_size=cfg.image_size),
                           stats={'mean_2d': 1.0, 'mean_3d': 1.0}, threshold=1.0)
@@ -72,7 +78,8 @@ def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None) ->
     median = {k: statistics.median(v) for k, v in timings.items()}
     return {'preset': preset, 'params_m': count_parameters(detector.model) / 1e6,
             'gflops': flops / 1e9, **median, 'fps': 1000.0 / median['total'],
-            'peak_rss_mb': peak_rss_mb(), 'valid_points': int(inp.valid.sum())}
+            'peak_rss_mb': peak_rss_mb(), 'valid_points': int(inp.valid.sum()),
+            'grouped_points': cfg.num_points}
 
 
 def main(argv=None) -> int:
@@ -81,17 +88,22 @@ def main(argv=None) -> int:
     parser.add_argument('--frames', type=int, default=30)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--score-passes', type=int, help='override the inference maskings')
+    parser.add_argument('--num-points', type=int,
+                        help='override the points grouped per cloud (more than the valid ones: '
+                             'every valid point is grouped)')
     args = parser.parse_args(argv)
     rgb, xyz, source = load_frame()
     print(f'input: {source}; device {args.device}; torch threads {torch.get_num_threads()}'
-          + (f'; score_passes {args.score_passes}' if args.score_passes else ''))
-    rows = [bench(p, rgb, xyz, args.frames, args.device, args.score_passes)
+          + (f'; score_passes {args.score_passes}' if args.score_passes else '')
+          + (f'; num_points {args.num_points}' if args.num_points else ''))
+    rows = [bench(p, rgb, xyz, args.frames, args.device, args.score_passes, args.num_points)
             for p in args.presets]
-    print('| preset | params (M) | GFLOPs/frame | preprocess ms | grouping ms | network ms | '
-          'scoring ms | total ms | frames/s | peak RSS MB |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
+    print('| preset | valid / grouped points | params (M) | GFLOPs/frame | preprocess ms | '
+          'grouping ms | network ms | scoring ms | total ms | frames/s | peak RSS MB |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
-        print(f'| {r["preset"]} | {r["params_m"]:.2f} | {r["gflops"]:.2f} | '
+        print(f'| {r["preset"]} | {r["valid_points"]} / {r["grouped_points"]} | '
+              f'{r["params_m"]:.2f} | {r["gflops"]:.2f} | '
               f'{r["preprocess"]:.1f} | {r["grouping"]:.1f} | {r["network"]:.1f} | '
               f'{r["scoring"]:.1f} | {r["total"]:.1f} | {r["fps"]:.1f} | '
               f'{r["peak_rss_mb"]:.0f} |')

@@ -80,15 +80,18 @@ class Probe(Node):
         super().__init__('dbmr_bench_probe')
         self.pub_image = self.create_publisher(Image, 'image', qos)
         self.pub_points = self.create_publisher(PointCloud2, 'points', qos)
-        self.sent, self.received, self.dropped = {}, {}, 0
+        self.sent, self.received, self.processing, self.dropped = {}, {}, {}, 0
         self.lock = threading.Lock()
         self.create_subscription(DiagnosticArray, '/dbmr_detector/result', self._on_result, 100)
         self.create_subscription(DiagnosticArray, '/diagnostics', self._on_diagnostics, 10)
 
     def _on_result(self, msg):
         stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        values = {kv.key: kv.value for kv in msg.status[0].values}
         with self.lock:
             self.received[stamp] = time.perf_counter()
+            self.processing[stamp] = {k: float(v) for k, v in values.items()
+                                      if k.endswith('_ms')}
 
     def _on_diagnostics(self, msg):
         values = {kv.key: kv.value for kv in msg.status[0].values}
@@ -151,7 +154,7 @@ def main(argv=None) -> int:
         image = image_from_array(sample.rgb, 'rgb8', header)
         cloud = cloud_from_arrays(points.astype(np.float32), header=header)
         # 2. one frame at a time
-        latencies, stamp = [], 10**18
+        latencies, processing, stamp = [], [], 10**18
         for _ in range(25):
             stamp += 10**8
             probe.publish(image, cloud, stamp)
@@ -160,10 +163,13 @@ def main(argv=None) -> int:
                 time.sleep(0.001)
             if stamp in probe.received:
                 latencies.append((probe.received[stamp] - probe.sent[stamp]) * 1e3)
-        latencies = latencies[5:]  # the first frames include discovery and warm-up
+                processing.append(probe.processing[stamp])
+        latencies, processing = latencies[5:], processing[5:]  # discovery and warm-up
         print(f'end-to-end latency (publish -> ~/result), 400x400 cable_gland frame, one at a '
               f'time: p50 {np.percentile(latencies, 50):.1f} ms, p99 '
-              f'{np.percentile(latencies, 99):.1f} ms ({len(latencies)} frames)')
+              f'{np.percentile(latencies, 99):.1f} ms ({len(latencies)} frames); in the node, '
+              'p50 ms: ' + ', '.join(f'{key[:-3]} {np.median([p[key] for p in processing]):.1f}'
+                                     for key in processing[0]))
         # 3. the stream
         probe.wait_quiet()
         rss_before = rss_mb(node.pid)

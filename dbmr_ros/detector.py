@@ -42,6 +42,9 @@ class Detector:
 
     rgb: (H, W, 3) uint8; xyz: (H, W, 3) float32 in metres, invalid pixels 0 or NaN. Any
     resolution; a list (or a 4-D array) of pairs is scored as one batch.
+
+    On the CPU, load and call it from one thread (as the node does): torch on a second thread
+    that also runs parallel ops makes libgomp stop spin-waiting, and small ops get ~2x slower.
     """
 
     def __init__(self, model: DBMRNet, meta: CheckpointMeta, device='cpu',
