@@ -10,7 +10,7 @@ from dbmr_ros.data.preprocess import PreprocessConfig, preprocess
 from dbmr_ros.data.synthetic import render_sample
 from dbmr_ros.detector import Detector
 from dbmr_ros.model import DBMRConfig, DBMRNet, PRESETS
-from dbmr_ros.model.inputs import group_points, prepare
+from dbmr_ros.model.inputs import even_ranks, group_points, prepare
 from dbmr_ros.model.masking import no_masking, random_masking
 from dbmr_ros.model.point_ops import chamfer_l1, chamfer_l2, fps, fps_torch, knn, knn_torch
 from dbmr_ros.model.scoring import group_map
@@ -151,6 +151,17 @@ def test_fps_and_knn_against_brute_force():
             nearest = torch.cdist(points[b], points[b, chosen]).min(dim=1).values
             chosen.append(int(nearest.argmax()))
         assert idx[b].tolist() == chosen
+
+
+def test_even_ranks_stay_inside_the_valid_points():
+    """The training offset's largest float32 value once asked for the point after the last
+    (a crash after 157 epochs): ranks stay in [0, count) and evenly spaced."""
+    counts = torch.tensor([7450, 4096, 5000])
+    for offset in (0.0, 0.5, 1.0 - 2.0 ** -24):
+        ranks = even_ranks(counts, 4096, torch.full((3, 1), offset))
+        assert (ranks >= 0).all() and (ranks < counts[:, None]).all()
+        assert (ranks.diff(dim=1) >= 0).all()
+    assert torch.equal(even_ranks(counts[1:2], 4096, torch.zeros(1, 1))[0], torch.arange(4096))
 
 
 def test_group_map_gives_each_point_its_nearest_group():

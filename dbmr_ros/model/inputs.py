@@ -59,12 +59,20 @@ def prepare(rgb: torch.Tensor, xyz: torch.Tensor, num_points: int, min_points: i
 
     offset = torch.zeros(batch, 1, device=xyz.device) if generator is None else torch.rand(
         batch, 1, generator=generator).to(xyz.device)
-    ranks = ((torch.arange(num_points, device=xyz.device)[None] + offset)
-             * counts[:, None] / num_points).floor().long()                 # (B, N)
+    ranks = even_ranks(counts, num_points, offset)                           # (B, N)
     cumulative = valid.flatten(1).long().cumsum(1)                           # (B, S*S)
     point_pixels = torch.searchsorted(cumulative, ranks + 1)                 # first with rank
     points = gather(xyz.reshape(batch, size * size, 3), point_pixels)
     return ModelInput(normalise_images(rgb), xyz, valid, points, point_pixels)
+
+
+def even_ranks(counts: torch.Tensor, num_points: int, offset: torch.Tensor) -> torch.Tensor:
+    """(B, N) ranks among each sample's `counts` (B,) valid points, evenly spaced and shifted by
+    offset (B, 1) in [0, 1). Clamped: in float32, N - 1 + offset rounds to N for an offset
+    within 2^-13 of 1, which would ask for the point after the last one."""
+    spaced = (torch.arange(num_points, device=counts.device)[None] + offset) * counts[:, None]
+    ranks = (spaced / num_points).floor().long()
+    return torch.minimum(ranks, counts[:, None] - 1)
 
 
 def group_points(inp: ModelInput, num_groups: int, group_size: int) -> Groups:
