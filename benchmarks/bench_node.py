@@ -9,6 +9,7 @@ Prints:
 
     ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=77 \
         .venv/bin/python benchmarks/bench_node.py [--model PATH] [--seconds 30] [--hz 30]
+        [--input-qos default|sensor_data] [--dds-defaults]
 """
 import argparse
 import os
@@ -28,7 +29,7 @@ from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Header
 
-from dbmr_ros.resources import default_model_path
+from dbmr_ros.resources import default_model_path, use_large_data_profile
 from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, image_from_array,
                                       image_to_rgb)
 from dbmr_ros.visualize import blend, colorize
@@ -124,7 +125,11 @@ def main(argv=None) -> int:
     parser.add_argument('--input-qos', default='default', choices=('default', 'sensor_data'),
                         help='reliable (default) or best effort; multi-MB best-effort samples '
                         'are often lost on UDP loopback, which measures DDS, not the node')
+    parser.add_argument('--dds-defaults', action='store_true',
+                        help="Fast DDS's defaults instead of config/fastdds_large_data.xml")
     args = parser.parse_args(argv)
+    profile = "Fast DDS defaults" if args.dds_defaults else use_large_data_profile()
+    print(f'DDS profile: {profile}')
 
     overhead = conversion_overhead()
     print(f'conversion (Image + PointCloud2 -> arrays), 640x480: '

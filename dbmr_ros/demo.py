@@ -11,7 +11,7 @@ from pathlib import Path
 
 from dbmr_ros.data.synthetic import write_dataset
 from dbmr_ros.ros.bag import from_dataset, print_summary, replay_eval
-from dbmr_ros.resources import default_model_path
+from dbmr_ros.resources import default_model_path, use_large_data_profile
 
 
 class _Args:
@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     output = Path('demo_output') / time.strftime('%Y%m%d-%H%M%S')
     model = default_model_path()
     print(f'[demo] model: {model}')
+    print(f'[demo] DDS profile: {use_large_data_profile()}')
     data = write_dataset(output / 'data', 'puck', size=256, n_train=0, n_validation=0,
                          n_test_good=6, n_test_per_defect=2, seed=2026)
     print(f'[demo] synthetic test set: {data}')

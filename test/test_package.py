@@ -123,6 +123,36 @@ def test_rviz_config_displays():
     assert config['Visualization Manager']['Global Options']['Fixed Frame']
 
 
+def test_fastdds_profile_is_a_default_writer_profile():
+    """Fast DDS applies the profile to every writer of a process that loads it: the default
+    data_writer profile, with the 100 ms heartbeat the README measures."""
+    from dbmr_ros.resources import dds_profile_path
+    ns = {'f': 'http://www.eprosima.com'}
+    root = ElementTree.parse(dds_profile_path()).getroot()
+    writer = root.find('f:data_writer', ns)
+    assert writer.get('is_default_profile') == 'true'
+    period = writer.find('f:times/f:heartbeat_period', ns)
+    seconds = int(period.find('f:sec', ns).text) + int(period.find('f:nanosec', ns).text) * 1e-9
+    assert seconds == pytest.approx(0.1)
+
+
+def test_fastdds_loads_the_profile(tmp_path):
+    """This Fast DDS reads the file named by FASTDDS_DEFAULT_PROFILES_FILE: ours parses without
+    a word, a broken copy is reported (so silence means it was read, not ignored)."""
+    from dbmr_ros.resources import dds_profile_path
+    script = ('import rclpy; from std_msgs.msg import String; rclpy.init(); '
+              "node = rclpy.create_node('dds_profile_probe'); "
+              "node.create_publisher(String, 'probe', 10); node.destroy_node(); rclpy.shutdown()")
+    broken = tmp_path / 'broken.xml'
+    broken.write_text(dds_profile_path().read_text().replace('<sec>0</sec>', '<sec>x</sec>'))
+    for profile, complaint in ((dds_profile_path(), False), (broken, True)):
+        run = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                             timeout=60, env=dict(os.environ,
+                                                  FASTDDS_DEFAULT_PROFILES_FILE=str(profile)))
+        assert run.returncode == 0, run.stderr
+        assert ('XMLPARSER' in run.stderr) == complaint, run.stderr
+
+
 def test_colcon_build(tmp_path):
     """colcon sees an ament_python ROS package, builds it, and setup.bash exports it."""
     colcon = BIN / 'colcon'
@@ -140,6 +170,7 @@ def test_colcon_build(tmp_path):
     assert (install / 'lib' / 'dbmr_ros' / 'detect').exists()
     assert (install / 'share' / 'dbmr_ros' / 'launch' / 'detect.launch.py').exists()
     assert (install / 'share' / 'dbmr_ros' / 'config' / 'detect.yaml').exists()
+    assert (install / 'share' / 'dbmr_ros' / 'config' / 'fastdds_large_data.xml').exists()
     assert (install / 'share' / 'ament_index' / 'resource_index' / 'packages' /
             'dbmr_ros').exists()
     probe = subprocess.run(['bash', '-c', 'source install/setup.bash && echo $AMENT_PREFIX_PATH'

@@ -35,6 +35,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from dbmr_ros.data.datasets import DATASETS, DatasetError, open_dataset
+from dbmr_ros.resources import use_large_data_profile
 from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, image_from_array,
                                       image_to_rgb)
 
@@ -615,6 +616,11 @@ def cmd_replay_eval(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='dbmr-bag', description=__doc__.split('\n')[0])
+    parser.add_argument('--dds-defaults', action='store_true',
+                        help="keep Fast DDS's defaults instead of config/fastdds_large_data.xml "
+                             '(100 ms heartbeat: a lost fragment of a large message is resent '
+                             'within 0.1 s, not 3 s); a FASTDDS_DEFAULT_PROFILES_FILE you set '
+                             'always wins')
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser('from-dataset', help='write a dataset split as a labelled sensor bag')
     p.add_argument('--dataset', required=True, choices=DATASETS)
@@ -667,6 +673,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.dds_defaults:
+        use_large_data_profile()
     try:
         return int(args.func(args) or 0)
     except (BagError, DatasetError, FileExistsError, ValueError) as error:
