@@ -29,6 +29,7 @@ from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Header
 
+from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.resources import default_model_path, use_large_data_profile
 from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, image_from_array,
                                       image_to_rgb)
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
                                                        '/dbmr_detector/result')):
             time.sleep(0.1)
         header = Header(frame_id='camera')
-        points = np.where((sample.xyz != 0).any(2, keepdims=True), sample.xyz, np.nan)
+        points = np.where(valid_mask(sample.xyz)[..., None], sample.xyz, np.nan)
         image = image_from_array(sample.rgb, 'rgb8', header)
         cloud = cloud_from_arrays(points.astype(np.float32), header=header)
         # 2. one frame at a time

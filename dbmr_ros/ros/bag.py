@@ -35,6 +35,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from dbmr_ros.data.datasets import DATASETS, DatasetError, open_dataset
+from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.resources import use_large_data_profile
 from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, image_from_array,
                                       image_to_rgb)
@@ -118,7 +119,7 @@ def from_dataset(args) -> Path:
             header.stamp.sec, header.stamp.nanosec = divmod(stamp, 10**9)
             header.frame_id = args.frame_id
             # As a sensor publishes them: raw, invalid points NaN, not preprocessed.
-            points = np.where((sample.xyz != 0).any(2, keepdims=True), sample.xyz, np.nan)
+            points = np.where(valid_mask(sample.xyz)[..., None], sample.xyz, np.nan)
             messages = [('image', image_from_array(sample.rgb, 'rgb8', header)),
                         ('points', cloud_from_arrays(points.astype(np.float32),
                                                      header=header))]

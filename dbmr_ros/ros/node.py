@@ -25,6 +25,7 @@ from std_msgs.msg import Bool, Float32
 from visualization_msgs.msg import Marker, MarkerArray
 
 from dbmr_ros.checkpoint import CheckpointError
+from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.detector import Detector
 from dbmr_ros.resources import default_model_path
 from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, ConversionError,
@@ -272,8 +273,9 @@ class DetectorNode(Node):
     def _process(self, image: Image, cloud: PointCloud2):
         started = time.perf_counter()
         rgb, xyz = self.frame_arrays(image, cloud)
-        if not np.isfinite(xyz).all(axis=2).any():
-            raise ConversionError('the point cloud has no finite point')
+        valid = valid_mask(xyz)  # once per frame: the check, the output cloud, the markers
+        if not valid.any():
+            raise ConversionError('the point cloud has no finite point other than (0, 0, 0)')
         result = self.detector(rgb, xyz)
         header = image.header
         self.pub_result.publish(self.result_message(header, result, started))
@@ -291,11 +293,11 @@ class DetectorNode(Node):
             blended = blend(rgb, colours, self.get_parameter('heatmap_alpha').value)
             self.pub_heatmap.publish(image_from_array(blended[..., ::-1], 'bgr8', header))
         if want_cloud:
-            points = np.where((xyz != 0).any(2, keepdims=True), xyz, np.float32(np.nan))
+            points = np.where(valid[..., None], xyz, np.float32(np.nan))
             self.pub_cloud.publish(cloud_from_arrays(points, colours, result.anomaly_map,
                                                      header))
         if self.pub_markers.get_subscription_count():
-            self.pub_markers.publish(self.markers(header, xyz, result))
+            self.pub_markers.publish(self.markers(header, xyz, valid, result))
         self.processing_ms.append((time.perf_counter() - started) * 1e3)
 
     def result_message(self, header, result, started: float) -> DiagnosticArray:
@@ -313,20 +315,19 @@ class DetectorNode(Node):
         status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         return DiagnosticArray(header=header, status=[status])
 
-    def markers(self, header, xyz: np.ndarray, result) -> MarkerArray:
-        """Score text above the object and a box around every region above the threshold."""
+    def markers(self, header, xyz: np.ndarray, valid: np.ndarray, result) -> MarkerArray:
+        """Score text above the object and a box around every region above the threshold.
+        valid: (H, W) bool, the pixels of xyz with a point."""
         array_ = MarkerArray()
         array_.markers.append(Marker(header=header, ns='dbmr', id=0, action=Marker.DELETEALL))
-        valid = np.isfinite(xyz).all(2) & (xyz != 0).any(2)
-        if not valid.any():
-            return array_
         anomalous = result.is_anomalous
         text = Marker(header=header, ns='dbmr_score', id=1, type=Marker.TEXT_VIEW_FACING,
                       action=Marker.ADD, text=f'{"ANOMALY " if anomalous else ""}'
                       f'{result.score:.3f}')
-        centre = xyz[valid].mean(axis=0)
+        object_points = xyz[valid]
+        centre = object_points.mean(axis=0)
         text.pose.position.x, text.pose.position.y = float(centre[0]), float(centre[1])
-        text.pose.position.z = float(xyz[valid][:, 2].min() - 0.02)
+        text.pose.position.z = float(object_points[:, 2].min() - 0.02)
         text.pose.orientation.w = 1.0
         text.scale.z = 0.02
         text.color.r, text.color.g, text.color.b, text.color.a = (
