@@ -32,6 +32,8 @@ setup(
             'dbmr-detect = dbmr_ros.ros.node:main',
             'train = dbmr_ros.train:main',
             'dbmr-train = dbmr_ros.train:main',
+            'calibrate = dbmr_ros.calibrate:main',
+            'dbmr-calibrate = dbmr_ros.calibrate:main',
             'eval = dbmr_ros.evaluate:main',
             'dbmr-eval = dbmr_ros.evaluate:main',
             'infer = dbmr_ros.infer:main',

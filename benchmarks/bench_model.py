@@ -1,8 +1,9 @@
 """Per-frame cost of the Detector for each preset on this machine (not a test).
 
 Prints, per preset: the valid points at the model's input size and how many of them are
-grouped, parameters, FLOPs per frame (network), median latency per frame split into
-preprocessing / grouping / network / scoring, the whole call's median (total, frames/s), and peak
+grouped, parameters, FLOPs per frame (network and scoring head), median latency per frame split
+into preprocessing / grouping / network / scoring (both scorings' maps, the head included), the
+whole call's median (total, frames/s), and peak
 resident memory. Input: a real MVTec 3D-AD cable_gland test frame (400x400 organized cloud with
 all its points; background removal at that resolution is part of preprocessing) from ../shared,
 or a synthetic 400x400 frame where ../shared is absent.
@@ -22,12 +23,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from dbmr_ros.calibration import Calibration
 from dbmr_ros.checkpoint import CheckpointMeta
 from dbmr_ros.data.preprocess import preprocess, PreprocessConfig
 from dbmr_ros.detector import Detector
 from dbmr_ros.model import DBMRNet, PRESETS
 from dbmr_ros.model.dbmrnet import count_parameters
 from dbmr_ros.model.inputs import group_points, prepare
+from dbmr_ros.model.scoring import anomaly_maps
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'mvtec3d'
 
@@ -55,15 +58,17 @@ def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None,
         cfg = dataclasses.replace(cfg, num_points=num_points)
     torch.manual_seed(0)
     meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(image_size=cfg.image_size),
-                          stats={'mean_2d': 1.0, 'mean_3d': 1.0}, threshold=1.0)
+                          calibration=Calibration.manual(cfg, {'mean_2d': 1.0, 'mean_3d': 1.0},
+                                                         1.0))
     detector = Detector(DBMRNet(cfg), meta, device)
-    # FLOPs of the network for one frame.
+    # FLOPs of the network and the scoring (the head) for one frame.
     rgb_s, xyz_s = (a[None] for a in preprocess(rgb, xyz, meta.preprocess))
     inp = prepare(torch.from_numpy(rgb_s).to(device), torch.from_numpy(xyz_s).to(device),
                   cfg.num_points, cfg.group_size)
     groups = group_points(inp, cfg.num_groups, cfg.group_size)
     with FlopCounterMode(display=False) as counter:
-        detector.model.score_tokens(inp.images, groups)
+        tokens = detector.model.score_tokens(inp.images, groups)
+        anomaly_maps(detector.model, inp, groups, tokens, meta.calibration.stats)
     flops = counter.get_total_flops()
     for _ in range(2):  # warm-up
         detector(rgb, xyz)

@@ -21,7 +21,9 @@ from dbmr_ros.data.preprocess import preprocess, PreprocessCache, resize_mask
 from dbmr_ros.detector import Detector
 from dbmr_ros.model.inputs import group_points, prepare
 from dbmr_ros.model.point_ops import chamfer_l2
-from dbmr_ros.model.scoring import gaussian_blur, group_map, patch_map
+from dbmr_ros.model.grid import gaussian_blur
+from dbmr_ros.model.pixels import group_map
+from dbmr_ros.model.scoring import patch_map
 
 CANDIDATES = {
     'f2 (paper 2D)': lambda n: n['f2'], 'pix': lambda n: n['pix'],

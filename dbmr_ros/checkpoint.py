@@ -1,5 +1,5 @@
-"""Checkpoints: one safetensors file holding the weights and, in its header, JSON metadata (model
-and preprocessing config, normalisation statistics, threshold, dataset/class, code version).
+"""Checkpoints: one safetensors file holding the weights and, in its header, JSON metadata (model,
+preprocessing and synthetic-anomaly config, calibration, dataset/class, code version).
 Loading never unpickles anything. Writes are atomic (temp file + rename)."""
 import json
 import os
@@ -12,11 +12,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file, safe_open
 
 from dbmr_ros import __version__
+from dbmr_ros.calibration import Calibration
+from dbmr_ros.data.anomalies import AnomalyConfig
 from dbmr_ros.data.preprocess import PreprocessConfig
 from dbmr_ros.model.config import DBMRConfig
 from dbmr_ros.model.dbmrnet import DBMRNet
 
-FORMAT = 'dbmr_ros/checkpoint-v1'
+FORMAT = 'dbmr_ros/checkpoint-v2'
 
 
 class CheckpointError(RuntimeError):
@@ -27,9 +29,8 @@ class CheckpointError(RuntimeError):
 class CheckpointMeta:
     model: DBMRConfig
     preprocess: PreprocessConfig
-    stats: Dict[str, float] = field(default_factory=dict)   # mean_2d, mean_3d
-    threshold: Optional[float] = None
-    threshold_rule: str = ''
+    calibration: Calibration = field(default_factory=Calibration)
+    anomalies: Optional[AnomalyConfig] = None   # what the scoring head was trained on
     dataset: str = ''
     category: str = ''
     epoch: int = 0
@@ -37,8 +38,10 @@ class CheckpointMeta:
 
     def to_json(self) -> str:
         return json.dumps({'format': FORMAT, 'model': self.model.to_dict(),
-                           'preprocess': self.preprocess.to_dict(), 'stats': self.stats,
-                           'threshold': self.threshold, 'threshold_rule': self.threshold_rule,
+                           'preprocess': self.preprocess.to_dict(),
+                           'calibration': self.calibration.to_dict(),
+                           'anomalies': None if self.anomalies is None else
+                           self.anomalies.to_dict(),
                            'dataset': self.dataset, 'category': self.category,
                            'epoch': self.epoch, 'code_version': self.code_version})
 
@@ -46,11 +49,13 @@ class CheckpointMeta:
     def from_json(cls, text: str) -> 'CheckpointMeta':
         data = json.loads(text)
         if data.get('format') != FORMAT:
-            raise ValueError(f'format {data.get("format")!r} is not {FORMAT!r}')
+            raise ValueError(f'format {data.get("format")!r} is not {FORMAT!r} (written by '
+                             'another dbmr_ros version: retrain, or use that version)')
+        anomalies = data.get('anomalies')
         return cls(model=DBMRConfig.from_dict(data['model']),
                    preprocess=PreprocessConfig.from_dict(data['preprocess']),
-                   stats=data.get('stats', {}), threshold=data.get('threshold'),
-                   threshold_rule=data.get('threshold_rule', ''),
+                   calibration=Calibration.from_dict(data.get('calibration', {})),
+                   anomalies=None if anomalies is None else AnomalyConfig.from_dict(anomalies),
                    dataset=data.get('dataset', ''), category=data.get('category', ''),
                    epoch=data.get('epoch', 0), code_version=data.get('code_version', ''))
 

@@ -3,6 +3,7 @@
 The single inference path of the package: the ROS node, the CLIs and the bag evaluation all call
 it, so preprocessing and scoring exist once. No ROS, no framework types.
 """
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
@@ -15,16 +16,19 @@ from dbmr_ros.checkpoint import build_model, CheckpointMeta
 from dbmr_ros.data.preprocess import clean_point_cloud, preprocess, square_padding
 from dbmr_ros.model.dbmrnet import DBMRNet
 from dbmr_ros.model.inputs import group_points, prepare
-from dbmr_ros.model.scoring import anomaly_maps, AnomalyMaps
+from dbmr_ros.model.scoring import anomaly_maps, AnomalyMaps, raw_maps, SCORINGS
 
 
 @dataclass
 class AnomalyResult:
-    score: float                  # image score: max of the fused map
-    anomaly_map: np.ndarray       # (H, W) float32 fused map at the input resolution
+    score: float                  # image score of the scoring in use: max of `anomaly_map`
+    anomaly_map: np.ndarray       # (H, W) float32 map of the scoring in use, input resolution
     is_anomalous: bool            # score > threshold (False when there is no threshold)
-    map_2d: np.ndarray            # (H, W) float32 RGB-only map
-    map_3d: np.ndarray            # (H, W) float32 geometry-only map
+    map_2d: np.ndarray            # (H, W) float32 the paper's RGB-only map
+    map_3d: np.ndarray            # (H, W) float32 the paper's geometry-only map
+    paper_map: np.ndarray         # (H, W) float32 the paper's fused map
+    paper_score: float            # its image score
+    scoring: str = 'learned'      # which scoring `score` and `anomaly_map` come from
     threshold: Optional[float] = None
     timings_ms: Dict[str, float] = field(default_factory=dict)
 
@@ -43,24 +47,39 @@ class Detector:
     rgb: (H, W, 3) uint8; xyz: (H, W, 3) float32 in metres, invalid pixels 0 or NaN. Any
     resolution; a list (or a 4-D array) of pairs is scored as one batch.
 
+    `scoring` picks the map and image score the result carries: 'learned' (the scoring head)
+    or 'paper' (the DBMRNet paper's); None takes the checkpoint's. The other one's fused map
+    and score come along for evaluation. The threshold is the checkpoint's for that scoring,
+    refused (CalibrationError) when it was fitted for another score definition.
+
     On the CPU, load and call it from one thread (as the node does): torch on a second thread
     that also runs parallel ops makes libgomp stop spin-waiting, and small ops get ~2x slower.
     """
 
     def __init__(self, model: DBMRNet, meta: CheckpointMeta, device='cpu',
-                 mixed_precision: bool = True):
+                 mixed_precision: bool = True, scoring: Optional[str] = None):
         self.model = model.to(device).eval()
         self.meta = meta
         self.device = torch.device(device)
-        self.threshold = meta.threshold
+        self.scoring = scoring or meta.model.scoring
+        if self.scoring not in SCORINGS:
+            raise ValueError(f'scoring must be one of {SCORINGS}, got {self.scoring!r}')
+        self.calibrated_threshold = meta.calibration.threshold_for(meta.model, self.scoring)
+        self.threshold = self.calibrated_threshold  # the node may set its own at run time
         # bf16 autocast on CUDA only; CPU stays float32 (see README for the tolerance).
         self.mixed_precision = mixed_precision and self.device.type == 'cuda'
 
     @classmethod
-    def from_checkpoint(cls, path, device: str = 'auto', mixed_precision: bool = True):
+    def from_checkpoint(cls, path, device: str = 'auto', mixed_precision: bool = True,
+                        scoring: Optional[str] = None):
         target = resolve_device(device)
         model, meta = build_model(path, target)
-        return cls(model, meta, target, mixed_precision)
+        return cls(model, meta, target, mixed_precision, scoring)
+
+    def with_calibration(self, calibration, scoring: Optional[str] = None) -> 'Detector':
+        """A Detector on the same network with another calibration (and scoring)."""
+        return Detector(self.model, dataclasses.replace(self.meta, calibration=calibration),
+                        self.device, self.mixed_precision, scoring or self.scoring)
 
     @property
     def image_size(self) -> int:
@@ -93,24 +112,37 @@ class Detector:
         return clean_point_cloud(xyz, self.meta.preprocess)
 
     @torch.inference_mode()
-    def score_prepared(self, rgb_s: np.ndarray, xyz_s: np.ndarray, normalise: bool = True,
+    def score_prepared(self, rgb_s: np.ndarray, xyz_s: np.ndarray,
                        timings: Optional[dict] = None) -> AnomalyMaps:
         """Model-size arrays (B, S, S, 3) -> AnomalyMaps (model size, on the CPU)."""
         timings = {} if timings is None else timings
-        cfg = self.model.cfg
         clock = self._clock()
-        inp = prepare(torch.from_numpy(rgb_s).to(self.device),
-                      torch.from_numpy(xyz_s).to(self.device), cfg.num_points, cfg.group_size)
-        groups = group_points(inp, cfg.num_groups, cfg.group_size)
+        inp, groups = self._network_input(rgb_s, xyz_s)
         timings['grouping'] = clock()
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.mixed_precision):
             tokens = self.model.score_tokens(inp.images, groups)
-        timings['network'] = clock()
-        maps = anomaly_maps(tokens, inp, groups, self.meta.stats if normalise else None,
-                            cfg.smoothing_sigma, cfg.score_2d)
+            timings['network'] = clock()
+            maps = anomaly_maps(self.model, inp, groups, tokens, self.meta.calibration.stats,
+                                self.scoring)
         maps = AnomalyMaps(*(m.float().cpu() for m in maps))
         timings['scoring'] = clock()
         return maps
+
+    @torch.inference_mode()
+    def raw_maps_prepared(self, rgb_s: np.ndarray, xyz_s: np.ndarray):
+        """Model-size arrays -> the paper's unnormalised 2D and 3D maps (B, S, S), CPU tensors
+        (what the normalisation statistics are fitted on)."""
+        inp, groups = self._network_input(rgb_s, xyz_s)
+        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.mixed_precision):
+            tokens = self.model.score_tokens(inp.images, groups)
+            maps = raw_maps(tokens, inp, groups, self.model.cfg.score_2d)
+        return tuple(m.float().cpu() for m in maps)
+
+    def _network_input(self, rgb_s: np.ndarray, xyz_s: np.ndarray):
+        cfg = self.model.cfg
+        inp = prepare(torch.from_numpy(rgb_s).to(self.device),
+                      torch.from_numpy(xyz_s).to(self.device), cfg.num_points, cfg.group_size)
+        return inp, group_points(inp, cfg.num_groups, cfg.group_size)
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -147,10 +179,12 @@ class Detector:
 
     def _result(self, maps: AnomalyMaps, i: int, shape, timings) -> AnomalyResult:
         score = float(maps.score[i])
-        fused, map_2d, map_3d = (self.to_input_resolution(m[i].numpy(), shape).astype(np.float32)
-                                 for m in (maps.fused, maps.map_2d, maps.map_3d))
+        anomaly, map_2d, map_3d, paper = (
+            self.to_input_resolution(m[i].numpy(), shape).astype(np.float32)
+            for m in (maps.anomaly, maps.map_2d, maps.map_3d, maps.paper))
         threshold = self.threshold
-        return AnomalyResult(score=score, anomaly_map=fused,
+        return AnomalyResult(score=score, anomaly_map=anomaly,
                              is_anomalous=threshold is not None and score > threshold,
-                             map_2d=map_2d, map_3d=map_3d, threshold=threshold,
-                             timings_ms=dict(timings))
+                             map_2d=map_2d, map_3d=map_3d, paper_map=paper,
+                             paper_score=float(maps.paper_score[i]), scoring=self.scoring,
+                             threshold=threshold, timings_ms=dict(timings))

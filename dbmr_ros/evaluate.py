@@ -10,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+from dbmr_ros.calibration import CalibrationError
 from dbmr_ros.checkpoint import CheckpointError
 from dbmr_ros.data.datasets import DATASETS, DatasetError, open_dataset
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
+from dbmr_ros.model.scoring import SCORINGS
 from dbmr_ros.report import (CategoryResults, markdown_table, write_metrics, write_overlay,
                              write_plots)
 from dbmr_ros.visualize import display_range
@@ -37,7 +39,7 @@ def evaluate_category(detector: Detector, kind, root, category, cache: Preproces
         sample = ref.load()
         result = detector(sample.rgb, sample.xyz, cache.cleaned(ref.xyz_path, sample.xyz))
         results.add(sample.label, sample.gt, result.anomaly_map, result.map_2d, result.map_3d,
-                    result.score)
+                    result.score, result.paper_map, result.paper_score)
         if num_overlays and i % step == 0 and i // step < num_overlays:
             write_overlay(overlay_dir, ref.name, sample.rgb, sample.xyz, sample.gt,
                           result.anomaly_map, display_range(detector.threshold,
@@ -48,7 +50,7 @@ def evaluate_category(detector: Detector, kind, root, category, cache: Preproces
 
 
 def run(args) -> dict:
-    detector = Detector.from_checkpoint(args.checkpoint, args.device)
+    detector = Detector.from_checkpoint(args.checkpoint, args.device, scoring=args.scoring)
     output = prepare_output(args.output, args.overwrite)
     overlay_dir = output / 'overlays'
     overlay_dir.mkdir(exist_ok=True)
@@ -60,13 +62,15 @@ def run(args) -> dict:
             detector, args.dataset, args.data_root, category, cache, overlay_dir,
             args.num_overlays, log=print if args.verbose else (lambda *_: None))
         per_category[category] = collected[category].compute()
-    write_plots(collected, output)
+    write_plots(collected, output, detector.scoring)
     document = write_metrics(output / 'metrics.json', per_category, {
         'checkpoint': str(args.checkpoint), 'dataset': args.dataset,
-        'threshold': detector.threshold, 'seconds': time.perf_counter() - started})
+        'scoring': detector.scoring, 'threshold': detector.threshold,
+        'seconds': time.perf_counter() - started})
     title = f'{args.dataset}: {Path(args.checkpoint).name}'
-    (output / 'results.md').write_text(markdown_table(per_category, title))
-    print(markdown_table(per_category, title))
+    table = markdown_table(per_category, title, detector.scoring)
+    (output / 'results.md').write_text(table)
+    print(table)
     print(f'wrote {output}/metrics.json, results.md, curves_*.png, overlays/')
     return document
 
@@ -79,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--category', required=True, nargs='+', help='one or more categories')
     parser.add_argument('--output', required=True)
     parser.add_argument('--device', default='auto')
+    parser.add_argument('--scoring', choices=SCORINGS,
+                        help="the scoring of the first rows: 'learned' (scoring head) or "
+                        "'paper' (default: the checkpoint's); the paper's rows come always")
     parser.add_argument('--num-overlays', type=int, default=8, help='overlay images per category')
     parser.add_argument('--cache-dir', help='preprocessing cache (default ~/.cache/dbmr_ros)')
     parser.add_argument('--overwrite', action='store_true')
@@ -90,7 +97,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args)
-    except (CheckpointError, DatasetError, FileExistsError, ValueError, RuntimeError) as error:
+    except (CalibrationError, CheckpointError, DatasetError, FileExistsError, ValueError,
+            RuntimeError) as error:
         print(f'dbmr-eval: error: {error}', file=sys.stderr)
         return 2
     return 0

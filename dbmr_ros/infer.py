@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from dbmr_ros.calibration import CalibrationError
 from dbmr_ros.checkpoint import CheckpointError
 from dbmr_ros.data.io import read_rgb, read_xyz, write_rgb
 from dbmr_ros.detector import Detector
 from dbmr_ros.evaluate import prepare_output
+from dbmr_ros.model.scoring import SCORINGS
 from dbmr_ros.visualize import display_range, overlay
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg')
@@ -45,7 +47,7 @@ def run(args) -> int:
     if not pairs:
         raise FileNotFoundError(f'no rgb/xyz pairs (NAME.png + NAME.tiff, or rgb/ + xyz/) '
                                 f'under {root}')
-    detector = Detector.from_checkpoint(args.checkpoint, args.device)
+    detector = Detector.from_checkpoint(args.checkpoint, args.device, scoring=args.scoring)
     output = prepare_output(args.output, args.overwrite)
     with open(output / 'scores.csv', 'w', newline='') as handle:
         writer = csv.writer(handle)
@@ -69,11 +71,14 @@ def main(argv=None) -> int:
     parser.add_argument('--input', required=True, help='folder with rgb/xyz pairs')
     parser.add_argument('--output', required=True)
     parser.add_argument('--device', default='auto')
+    parser.add_argument('--scoring', choices=SCORINGS,
+                        help="'learned' (scoring head) or 'paper' (default: the checkpoint's)")
     parser.add_argument('--overwrite', action='store_true')
     args = parser.parse_args(argv)
     try:
         run(args)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as error:
+    except (CalibrationError, CheckpointError, FileNotFoundError, FileExistsError,
+            ValueError) as error:
         print(f'dbmr-infer: error: {error}', file=sys.stderr)
         return 2
     return 0

@@ -12,7 +12,10 @@ from dbmr_ros import metrics
 from dbmr_ros.visualize import report_panel
 
 METRIC_KEYS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1', 'aupro@0.05', 'aupro@0.01')
-MAP_VARIANTS = (('fused', 'RGB+3D'), ('2d', 'RGB only'), ('3d', '3D only'))
+# 'fused' is the scoring in use (learned head or paper); the others are the paper's maps, so
+# every table shows what the learned head adds and what each modality contributes.
+MAP_VARIANTS = (('fused', 'RGB+3D'), ('paper', 'RGB+3D, paper scoring'),
+                ('2d', 'RGB only, paper scoring'), ('3d', '3D only, paper scoring'))
 
 
 @dataclass
@@ -26,17 +29,21 @@ class CategoryResults:
         default_factory=lambda: {k: [] for k, _ in MAP_VARIANTS})
     gts: List[np.ndarray] = field(default_factory=list)
 
-    def add(self, label: int, gt: np.ndarray, fused, map_2d, map_3d, score: float) -> None:
-        """map_2d / map_3d may be None (a results bag holds the fused map only)."""
+    def add(self, label: int, gt: np.ndarray, fused, map_2d, map_3d, score: float,
+            paper=None, paper_score: Optional[float] = None) -> None:
+        """map_2d / map_3d / paper may be None (a results bag holds the fused map only)."""
         self.labels.append(int(label))
         self.gts.append(np.asarray(gt) > 0)
-        for key, value in (('fused', fused), ('2d', map_2d), ('3d', map_3d)):
+        scores = {'fused': score, 'paper': paper_score}
+        for key, value in (('fused', fused), ('paper', paper), ('2d', map_2d), ('3d', map_3d)):
             if value is not None:
                 self.maps[key].append(value.astype(np.float32))
-                self.scores[key].append(score if key == 'fused' else float(value.max()))
+                given = scores.get(key)
+                self.scores[key].append(float(value.max()) if given is None else given)
 
     def compute(self) -> dict:
-        """{'i_auroc': .., ..., '2d': {...}, '3d': {...}} (None where undefined)."""
+        """{'i_auroc': .., ..., 'paper': {...}, '2d': {...}, '3d': {...}} (None where
+        undefined)."""
         out = {}
         for key, _ in MAP_VARIANTS:
             values = dict.fromkeys(METRIC_KEYS)
@@ -69,36 +76,49 @@ def mean_over(per_category: Dict[str, dict]) -> dict:
         return float(np.mean(vals)) if vals else None
     rows = list(per_category.values())
     out = {k: mean(rows, k) for k in METRIC_KEYS}
-    for variant in ('2d', '3d'):
+    for variant, _ in MAP_VARIANTS[1:]:
         out[variant] = {k: mean([r[variant] for r in rows], k) for k in METRIC_KEYS}
     return out
 
 
-def markdown_table(per_category: Dict[str, dict], title: str = '') -> str:
+def variant_labels(scoring: str) -> Dict[str, str]:
+    """Row labels; the first names the scoring in use."""
+    labels = dict(MAP_VARIANTS)
+    labels['fused'] = f'RGB+3D, {scoring} scoring'
+    return labels
+
+
+def markdown_table(per_category: Dict[str, dict], title: str = '',
+                   scoring: str = 'learned') -> str:
+    """Classes as columns, mean last; a row per metric and map variant (variants without any
+    value, such as the paper's maps in a results bag, are left out)."""
     classes = list(per_category)
     mean = mean_over(per_category)
     header = '| Metric | ' + ' | '.join(classes) + ' | Mean |'
     lines = [f'### {title}', ''] if title else []
     lines += [header, '|' + '---|' * (len(classes) + 2)]
-    for variant, label in MAP_VARIANTS:
+    for variant, label in variant_labels(scoring).items():
+        def value(row, key):
+            return row.get(key) if variant == 'fused' else row[variant].get(key)
+
+        if all(value(per_category[c], k) is None for c in classes for k in METRIC_KEYS):
+            continue
         for key in METRIC_KEYS:
-            def cell(row):
-                value = row.get(key) if variant == 'fused' else row[variant].get(key)
-                return '-' if value is None else f'{value:.3f}'
-            lines.append(f'| {key.upper().replace("_", "-")} ({label}) | '
-                         + ' | '.join(cell(per_category[c]) for c in classes)
-                         + f' | {cell(mean)} |')
+            cells = [value(per_category[c], key) for c in classes] + [value(mean, key)]
+            lines.append(f'| {key.upper().replace("_", "-")} ({label}) | ' + ' | '.join(
+                '-' if v is None else f'{v:.3f}' for v in cells) + ' |')
     return '\n'.join(lines) + '\n'
 
 
-def write_plots(results: Dict[str, CategoryResults], directory: Path) -> List[Path]:
+def write_plots(results: Dict[str, CategoryResults], directory: Path,
+                scoring: str = 'learned') -> List[Path]:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     paths = []
     for name, res in results.items():
         figure, (roc_axis, pro_axis) = plt.subplots(1, 2, figsize=(10, 4.5))
-        for key, label in MAP_VARIANTS:
+        for key, label in variant_labels(scoring).items():
             if len(res.maps[key]) != len(res.labels):
                 continue
             if 0 < sum(res.labels) < len(res.labels):

@@ -1,40 +1,45 @@
-"""dbmr-train: train DBMRNet on the good samples of one category.
+"""dbmr-train: train DBMRNet and its scoring head on the good samples of one category.
 
-Trains on train/good, calibrates on validation/good (normalisation statistics of the 2D and 3D
-maps, and the decision threshold), and writes atomic checkpoints every epoch so `--resume`
-continues a killed run with its optimizer, scheduler and RNG state. Under `torchrun
---nproc_per_node=N` the same command trains with DistributedDataParallel.
+Two stages (see `dbmr_ros.training.engine`): anomaly-aware masked reconstruction for `epochs`,
+then the scoring head on synthetic anomalies for `head_epochs`. Calibration (normalisation
+statistics and thresholds, `dbmr_ros.calibration`) is fitted on validation/good plus synthetic
+anomalies on it, every `eval_every` epochs and at the end of each stage; the same set's metrics
+are logged (model selection never sees test samples). Checkpoints are atomic and written every
+epoch, so `--resume` continues a killed run exactly (optimizers, schedulers, RNG state). Under
+`torchrun --nproc_per_node=N` the same command trains with DistributedDataParallel.
 """
 import argparse
 import dataclasses
-import logging
 import math
 import os
-import random
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
-from tqdm import tqdm
 
+from dbmr_ros import calibration
 from dbmr_ros.checkpoint import CheckpointMeta, save_checkpoint
+from dbmr_ros.data.anomalies import AnomalyConfig
 from dbmr_ros.data.datasets import DATASETS, DatasetError, open_dataset
 from dbmr_ros.data.preprocess import preprocess, PreprocessCache, PreprocessConfig
 from dbmr_ros.dataclass_dict import from_dict
 from dbmr_ros.detector import Detector, resolve_device
-from dbmr_ros.model import DBMRNet, PRESETS
-from dbmr_ros.model.inputs import denormalise_images, group_points, prepare
+from dbmr_ros.model import DBMRConfig, DBMRNet, PRESETS
+from dbmr_ros.model.inputs import denormalise_images
+from dbmr_ros.resources import share_dir
+from dbmr_ros.training import engine
+from dbmr_ros.training.util import (atomic_torch_save, broadcast_buffers, distributed, LOG,
+                                    lr_factor, rng_state, set_rng_state, setup_logging,
+                                    weights_digest)
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / 'config'
 CHECKPOINT = 'checkpoint.safetensors'
 TRAIN_STATE = 'train_state.pt'
 FINAL = 'model.safetensors'
-LOG = logging.getLogger('dbmr-train')
 
 
 @dataclass
@@ -42,17 +47,23 @@ class TrainConfig:
     preset: str = 'tiny'
     model: dict = field(default_factory=dict)
     preprocess: dict = field(default_factory=dict)
+    anomalies: dict = field(default_factory=dict)
     epochs: int = 100
+    head_epochs: int = 100
     batch_size: int = 8
     lr: float = 1e-3
+    head_lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_epochs: int = 5
     grad_clip: float = 1.0
     augment: bool = True
     brightness_jitter: float = 0.15
     seed: int = 0
+    threshold_rule: str = 'balanced'
     threshold_quantile: float = 1.0
     threshold_margin: float = 1.0
+    calibration_copies: int = 2
+    eval_every: int = 10
     log_images_every: int = 10
 
     @classmethod
@@ -63,10 +74,17 @@ class TrainConfig:
     def model_config(self):
         if self.preset not in PRESETS:
             raise ValueError(f'unknown preset {self.preset!r}; choose one of {list(PRESETS)}')
-        return dataclasses.replace(PRESETS[self.preset], **self.model)
+        return DBMRConfig.from_dict({**PRESETS[self.preset].to_dict(), **self.model})
 
     def preprocess_config(self, image_size: int) -> PreprocessConfig:
         return PreprocessConfig.from_dict({**self.preprocess, 'image_size': image_size})
+
+    def anomaly_config(self) -> AnomalyConfig:
+        return AnomalyConfig.from_dict(self.anomalies)
+
+    def threshold_rule_config(self) -> calibration.ThresholdRule:
+        return calibration.ThresholdRule(self.threshold_rule, self.threshold_quantile,
+                                         self.threshold_margin)
 
 
 def load_split(kind, root, category, split, pcfg: PreprocessConfig, cache: PreprocessCache):
@@ -82,106 +100,46 @@ def load_split(kind, root, category, split, pcfg: PreprocessConfig, cache: Prepr
     return np.stack(rgbs), np.stack(xyzs)
 
 
-def augment(rgb: torch.Tensor, xyz: torch.Tensor, generator: torch.Generator,
-            brightness_jitter: float = 0.0):
-    """The same random flip / 90-degree rotation of the registered grids (points unchanged), and
-    a random brightness factor per image in [1 - jitter, 1 + jitter] (lighting changes)."""
-    k, flip = torch.randint(0, 4, (2,), generator=generator).tolist()
-    rgb, xyz = torch.rot90(rgb, k, (1, 2)), torch.rot90(xyz, k, (1, 2))
-    if flip % 2:
-        rgb, xyz = rgb.flip(2), xyz.flip(2)
-    if brightness_jitter > 0:
-        factor = 1 + brightness_jitter * (2 * torch.rand(len(rgb), 1, 1, 1,
-                                                         generator=generator) - 1)
-        rgb = (rgb.float() * factor).round().clamp(0, 255).to(torch.uint8)
-    return rgb.contiguous(), xyz.contiguous()
+def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainConfig):
+    """Calibration on validation/good + synthetic anomalies on it, and that selection set's
+    metrics per scoring: (calibrated meta, {scoring: metrics})."""
+    detector = Detector(model, dataclasses.replace(meta, calibration=calibration.Calibration()),
+                        device)
+    fitted, results = calibration.fit(
+        detector, val[0], val[1], cfg.anomaly_config(), cfg.threshold_rule_config(),
+        seed=cfg.seed + 1, copies=cfg.calibration_copies,
+        fitted_on=f'{meta.dataset}/{meta.category} validation/good ({len(val[0])} samples) '
+                  f'and {cfg.calibration_copies} synthetic anomalies on each')
+    computed = results.compute()
+    return (dataclasses.replace(meta, calibration=fitted),
+            {'learned': {k: computed[k] for k in ('i_auroc', 'p_auroc', 'aupro@0.3')},
+             'paper': {k: computed['paper'][k] for k in ('i_auroc', 'p_auroc', 'aupro@0.3')}})
 
 
-def calibrate(model: DBMRNet, meta: CheckpointMeta, device, rgb: np.ndarray, xyz: np.ndarray,
-              cfg: TrainConfig, batch_size: int = 8) -> CheckpointMeta:
-    """Normalisation statistics from the raw maps of good validation samples, then the threshold
-    rule on their normalised image scores."""
-    detector = Detector(model, dataclasses.replace(meta, stats={}), device)
-    was_training = model.training
-    model.eval()
-    sums = {'mean_2d': 0.0, 'mean_3d': 0.0}
-    pixels = 0
-    for i in range(0, len(rgb), batch_size):
-        maps = detector.score_prepared(rgb[i:i + batch_size], xyz[i:i + batch_size],
-                                       normalise=False)
-        foreground = torch.from_numpy((xyz[i:i + batch_size] != 0).any(-1))
-        sums['mean_2d'] += float(maps.map_2d[foreground].sum())
-        sums['mean_3d'] += float(maps.map_3d[foreground].sum())
-        pixels += int(foreground.sum())
-    stats = {k: max(v / max(pixels, 1), 1e-12) for k, v in sums.items()}
-    detector.meta = dataclasses.replace(meta, stats=stats)
-    scores = np.concatenate([detector.score_prepared(rgb[i:i + batch_size],
-                                                     xyz[i:i + batch_size]).score.numpy()
-                             for i in range(0, len(rgb), batch_size)])
-    model.train(was_training)
-    threshold = float(np.quantile(scores, cfg.threshold_quantile) * cfg.threshold_margin)
-    rule = (f'quantile {cfg.threshold_quantile} of {len(scores)} good validation scores '
-            f'x {cfg.threshold_margin}')
-    return dataclasses.replace(meta, stats=stats, threshold=threshold, threshold_rule=rule)
+def _schedulers(optimizers, cfg: TrainConfig, steps_per_epoch: int):
+    reconstruction, head = optimizers
+    return (torch.optim.lr_scheduler.LambdaLR(reconstruction, lambda step: lr_factor(
+                step, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)),
+            torch.optim.lr_scheduler.LambdaLR(head, lambda step: lr_factor(
+                step, cfg.warmup_epochs * steps_per_epoch, cfg.head_epochs * steps_per_epoch)))
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(total - warmup, 1)
-    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def _rng_state(generator: torch.Generator) -> dict:
-    return {'torch': torch.get_rng_state(), 'generator': generator.get_state(),
-            'numpy': torch.from_numpy(np.frombuffer(
-                np.random.get_state()[1].astype('<u4').tobytes(), dtype=np.uint8).copy()),
-            'python': random.getstate()[1]}
-
-
-def _set_rng_state(state: dict, generator: torch.Generator) -> None:
-    torch.set_rng_state(state['torch'])
-    generator.set_state(state['generator'])
-    keys = np.frombuffer(state['numpy'].numpy().tobytes(), dtype='<u4')
-    np.random.set_state(('MT19937', keys, 624, 0, 0.0))
-    random.setstate((3, tuple(state['python']), None))
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _distributed():
-    """(rank, world_size), initialising torch.distributed under torchrun."""
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    if world > 1 and not dist.is_initialized():
-        backend = 'nccl' if torch.cuda.is_available() and os.environ.get(
-            'DBMR_DIST_BACKEND', '') != 'gloo' else 'gloo'
-        dist.init_process_group(backend)
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def _setup_logging(output: Path, rank: int) -> None:
-    LOG.setLevel(logging.INFO)
-    LOG.handlers.clear()
-    if rank == 0:
-        handler = logging.FileHandler(output / 'train.log')
-        handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(message)s'))
-        LOG.addHandler(handler)
-        console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(logging.Formatter('%(message)s'))
-        LOG.addHandler(console)
+def _stage_network(model: DBMRNet, head_stage: bool, world: int):
+    """What the optimizer steps through: the network in stage 1, the head in stage 2 (the rest
+    frozen), each wrapped for DDP when distributed."""
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith('scoring_head.') == head_stage)
+    module = model.scoring_head if head_stage else model
+    return torch.nn.parallel.DistributedDataParallel(module) if world > 1 else module
 
 
 def train(args) -> Path:
-    cfg = TrainConfig.load(args.config) if args.config else TrainConfig.load(
-        CONFIG_DIR / f'train_{args.preset or "tiny"}.yaml')
-    for name in ('preset', 'epochs', 'batch_size', 'seed'):
+    cfg = TrainConfig.load(args.config or share_dir() / 'config' /
+                           f'train_{args.preset or "tiny"}.yaml')
+    for name in ('preset', 'epochs', 'head_epochs', 'batch_size', 'seed'):
         if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
-    rank, world = _distributed()
+    rank, world = distributed()
     if world > 1 and torch.cuda.is_available() and args.device in ('auto', 'cuda'):
         device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
         torch.cuda.set_device(device)
@@ -196,106 +154,98 @@ def train(args) -> Path:
         output.mkdir(parents=True, exist_ok=True)
     if world > 1:
         dist.barrier()
-    _setup_logging(output, rank)
+    setup_logging(output, rank)
 
     model_cfg = cfg.model_config()
     pcfg = cfg.preprocess_config(model_cfg.image_size)
     cache = PreprocessCache(pcfg, args.cache_dir)
-    train_rgb, train_xyz = load_split(args.dataset, args.data_root, args.category, 'train', pcfg,
-                                      cache)
-    val_rgb, val_xyz = load_split(args.dataset, args.data_root, args.category, 'validation',
-                                  pcfg, cache)
+    train_data = load_split(args.dataset, args.data_root, args.category, 'train', pcfg, cache)
+    val = load_split(args.dataset, args.data_root, args.category, 'validation', pcfg, cache)
     LOG.info('%s/%s: %d training and %d validation samples, preset %s, device %s, %d process(es)',
-             args.dataset, args.category, len(train_rgb), len(val_rgb), cfg.preset, device, world)
+             args.dataset, args.category, len(train_data[0]), len(val[0]), cfg.preset, device,
+             world)
 
     torch.manual_seed(cfg.seed)
     model = DBMRNet(model_cfg).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                  betas=(0.9, 0.95))
-    steps_per_epoch = math.ceil(len(train_rgb) / (cfg.batch_size * world))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(
-        step, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch))
+    head_parameters = list(model.scoring_head.parameters())
+    head_ids = {id(p) for p in head_parameters}
+    optimizers = (torch.optim.AdamW([p for p in model.parameters() if id(p) not in head_ids],
+                                    lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95)),
+                  torch.optim.AdamW(head_parameters, lr=cfg.head_lr, weight_decay=1e-4))
+    steps_per_epoch = math.ceil(len(train_data[0]) / (cfg.batch_size * world))
+    schedulers = _schedulers(optimizers, cfg, steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.seed + rank)
-    meta = CheckpointMeta(model=model_cfg, preprocess=pcfg, dataset=args.dataset,
-                          category=args.category)
+    meta = CheckpointMeta(model=model_cfg, preprocess=pcfg, anomalies=cfg.anomaly_config(),
+                          dataset=args.dataset, category=args.category)
     start_epoch, history = 0, []
     state_path = output / TRAIN_STATE
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location='cpu', weights_only=True)
         model.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
-        _set_rng_state(state['rng'][rank] if rank < len(state['rng']) else state['rng'][0],
-                       generator)
+        for item, saved in zip(optimizers + schedulers, state['optimizers'] + state['schedulers']):
+            item.load_state_dict(saved)
+        set_rng_state(state['rng'][rank] if rank < len(state['rng']) else state['rng'][0],
+                      generator)
         start_epoch, history = int(state['epoch']), list(state['history'])
+        meta = dataclasses.replace(meta, calibration=calibration.Calibration.from_dict(
+            state['calibration']))
         LOG.info('resumed from %s at epoch %d', state_path, start_epoch)
     elif args.resume:
         LOG.info('no %s in %s: starting from scratch', TRAIN_STATE, output)
 
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     writer = None
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(output / 'tensorboard'))
-    images_t, points_t = torch.from_numpy(train_rgb), torch.from_numpy(train_xyz)
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        order = torch.randperm(len(train_rgb), generator=generator if world == 1 else
-                               torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        order = order[rank::world]
-        totals, count, started = {}, 0, time.perf_counter()
+    data = (torch.from_numpy(train_data[0]), torch.from_numpy(train_data[1]))
+    total, net, stage = cfg.epochs + cfg.head_epochs, None, None
+    for epoch in range(start_epoch, total):
+        head_stage = epoch >= cfg.epochs
+        if stage != head_stage:
+            net, stage = _stage_network(model, head_stage, world), head_stage
+        if head_stage and not meta.calibration.stats:
+            # The head reads maps normalised by good-sample statistics: fix them first.
+            detector = Detector(model, dataclasses.replace(
+                meta, calibration=calibration.Calibration()), device)
+            meta = dataclasses.replace(meta, calibration=calibration.Calibration(
+                stats=calibration.fit_stats(detector, *val)))
+        order = torch.randperm(len(data[0]), generator=generator if world == 1 else
+                               torch.Generator().manual_seed(cfg.seed * 1000 + epoch))[rank::world]
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-        progress = tqdm(batches, desc=f'epoch {epoch + 1}/{cfg.epochs}', disable=rank != 0,
-                        leave=False, unit='batch')
-        for index in progress:
-            rgb, xyz = images_t[index], points_t[index]
-            if cfg.augment:
-                rgb, xyz = augment(rgb, xyz, generator, cfg.brightness_jitter)
-            inp = prepare(rgb.to(device), xyz.to(device), model_cfg.num_points,
-                          model_cfg.group_size, generator=generator)
-            groups = group_points(inp, model_cfg.num_groups, model_cfg.group_size)
-            out = net(inp.images, groups, generator)
-            optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            for key, value in [('loss', out.loss), *out.losses.items()]:
-                totals[key] = totals.get(key, 0.0) + float(value.detach()) * len(index)
-            count += len(index)
-            speed = count / (time.perf_counter() - started)
-            progress.set_postfix(loss=f"{float(out.loss.detach()):.4f}", img_s=f'{speed:.1f}')
-        means = {k: v / max(count, 1) for k, v in totals.items()}
+        description = f'epoch {epoch + 1}/{total} {"head" if head_stage else "reconstruction"}'
+        if head_stage:
+            means = engine.head_epoch(net, model, data, batches, optimizers[1], schedulers[1],
+                                      cfg, meta.calibration.stats, generator, device,
+                                      description, rank == 0)
+        else:
+            means = engine.reconstruction_epoch(net, model, data, batches, optimizers[0],
+                                                schedulers[0], cfg, generator, device,
+                                                description, rank == 0)
+        if world > 1:
+            broadcast_buffers(model)
         history.append(means['loss'])
+        meta = dataclasses.replace(meta, epoch=epoch + 1)
         if rank == 0:
-            meta = calibrate(model, dataclasses.replace(meta, epoch=epoch + 1), device, val_rgb,
-                             val_xyz, cfg)
-            save_checkpoint(output / CHECKPOINT, model.state_dict(), meta)
-            _atomic_torch_save({'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                                'scheduler': scheduler.state_dict(), 'epoch': epoch + 1,
-                                'history': history, 'rng': [_rng_state(generator)]}, state_path)
-            for key, value in means.items():
-                writer.add_scalar(f'train/{key}', value, epoch + 1)
-            writer.add_scalar('train/lr', optimizer.param_groups[0]['lr'], epoch + 1)
-            writer.add_scalar('train/images_per_second', count * world /
-                              (time.perf_counter() - started), epoch + 1)
+            _log_epoch(writer, description, means, epoch + 1)
+            stage_end = epoch + 1 in (cfg.epochs, total)
+            if stage_end or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
+                meta, selection = evaluate_and_calibrate(model, meta, device, val, cfg)
+                _log_selection(writer, selection, epoch + 1)
+                save_checkpoint(output / CHECKPOINT, model.state_dict(), meta)
             if cfg.log_images_every and (epoch + 1) % cfg.log_images_every == 0:
-                _log_reconstructions(writer, model, inp, groups, epoch + 1)
-            LOG.info('epoch %d/%d loss %.4f (2d %.4f 3d %.4f cross %.4f) %.1f img/s threshold '
-                     '%.3f', epoch + 1, cfg.epochs, means['loss'], means['loss_2d'],
-                     means['loss_3d'], means['loss_cross'],
-                     count * world / (time.perf_counter() - started), meta.threshold)
+                _log_reconstructions(writer, model, data, device, epoch + 1)
+            atomic_torch_save({'model': model.state_dict(), 'epoch': epoch + 1,
+                               'optimizers': [o.state_dict() for o in optimizers],
+                               'schedulers': [s.state_dict() for s in schedulers],
+                               'history': history, 'rng': [rng_state(generator)],
+                               'calibration': meta.calibration.to_dict()}, state_path)
         if world > 1:
             dist.barrier()
     final = output / FINAL
     if rank == 0:
-        if start_epoch >= cfg.epochs and (output / CHECKPOINT).exists() and not final.exists():
-            LOG.info('nothing left to train')
-        if start_epoch < cfg.epochs or not final.exists():
-            if start_epoch >= cfg.epochs:  # a resumed, finished run without its final file
-                meta = calibrate(model, dataclasses.replace(meta, epoch=cfg.epochs), device,
-                                 val_rgb, val_xyz, cfg)
+        if start_epoch >= total and not final.exists() and not meta.calibration.thresholds:
+            meta, _ = evaluate_and_calibrate(model, meta, device, val, cfg)  # resumed, finished
+        if start_epoch < total or not final.exists():
             save_checkpoint(final, model.state_dict(), meta)
         writer.close()
         LOG.info('wrote %s', final)
@@ -306,24 +256,35 @@ def train(args) -> Path:
     return final
 
 
-def weights_digest(model) -> str:
-    """SHA-1 of all parameters (DDP ranks must agree on it)."""
-    import hashlib
-    digest = hashlib.sha1()
-    for name, value in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
+def _log_epoch(writer, description: str, means: dict, epoch: int) -> None:
+    for key, value in means.items():
+        writer.add_scalar(f'train/{key}', value, epoch)
+    losses = ' '.join(f'{k.replace("loss_", "")} {v:.4f}' for k, v in means.items()
+                      if k.startswith('loss_'))
+    LOG.info('%s loss %.4f%s %.1f img/s', description, means['loss'],
+             f' ({losses})' if losses else '', means['images_per_second'])
 
 
-def _log_reconstructions(writer, model, inp, groups, epoch):
+def _log_selection(writer, selection: dict, epoch: int) -> None:
+    """The selection set: validation/good + synthetic anomalies on it (model resolution)."""
+    for scoring, values in selection.items():
+        for key, value in values.items():
+            writer.add_scalar(f'selection_{scoring}/{key}', value, epoch)
+    LOG.info('epoch %d selection set (validation + synthetic anomalies): %s', epoch, '; '.join(
+        f'{s} ' + ' '.join(f'{k} {v:.3f}' for k, v in values.items())
+        for s, values in selection.items()))
+
+
+def _log_reconstructions(writer, model: DBMRNet, data, device, epoch: int) -> None:
     model.eval()
+    cfg = model.cfg
     with torch.no_grad():
-        two = type(groups)(*(t[:2] for t in groups))
-        rec, _ = model.reconstruct(model.embed(inp.images[:2], two), two)
-    model.train()
-    pair = torch.cat([denormalise_images(inp.images[:2]), denormalise_images(rec)], dim=2)
-    writer.add_images('reconstruction', (pair / 255.0).permute(0, 3, 1, 2), epoch)
+        batch = engine.make_batch(data[0][:2], data[1][:2], cfg, AnomalyConfig(probability=1.0),
+                                  torch.Generator().manual_seed(epoch), False, 0.0, device)
+        rec, _ = model.reconstruct(model.embed(batch.inp.images, batch.groups), batch.groups)
+    pair = torch.cat([denormalise_images(batch.inp.images), denormalise_images(rec),
+                      denormalise_images(batch.targets.images)], dim=2)
+    writer.add_images('input | reconstruction | clean', (pair / 255.0).permute(0, 3, 1, 2), epoch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -334,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--output', required=True, help='run directory (checkpoints, logs)')
     parser.add_argument('--config', help='YAML config (default: config/train_<preset>.yaml)')
     parser.add_argument('--preset', choices=sorted(PRESETS), help='model preset override')
-    parser.add_argument('--epochs', type=int)
+    parser.add_argument('--epochs', type=int, help='reconstruction epochs (stage 1)')
+    parser.add_argument('--head-epochs', type=int, help='scoring head epochs (stage 2)')
     parser.add_argument('--batch-size', type=int)
     parser.add_argument('--seed', type=int)
     parser.add_argument('--device', default='auto', help='auto | cpu | cuda[:N]')
@@ -345,11 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         train(args)
-    except (DatasetError, FileExistsError, ValueError, RuntimeError) as error:
+    except (DatasetError, FileExistsError, ValueError, RuntimeError, OSError) as error:
         print(f'dbmr-train: error: {error}', file=sys.stderr)
         return 2
     return 0

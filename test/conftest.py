@@ -11,6 +11,9 @@ SHARED_DATA = REPO.parent / 'shared' / 'data'
 # DDS discovery stays on loopback, and each test session gets its own domain.
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random(os.getpid()).randint(10, 99)))
+# Test processes publish multi-MB clouds too: the package's large-data profile, as the node.
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
+                      str(REPO / 'config' / 'fastdds_large_data.xml'))
 
 
 def shared_path(*parts) -> Path:

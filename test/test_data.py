@@ -19,7 +19,7 @@ from dbmr_ros.data.synthetic import DEFECTS, render_sample, write_dataset
 def test_mvtec3d_reader_real_layout(mvtec_root):
     train = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'train')
     test = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'test')
-    assert len(train) == 40 and len(test) == 21
+    assert len(train) == 120 and len(test) == 21
     assert [r.label for r in test[:5]] == [0] * 5 and all(r.label == 1 for r in test[5:])
     sample = test[6].load()
     assert sample.rgb.shape == (400, 400, 3) and sample.rgb.dtype == np.uint8

@@ -1,50 +1,68 @@
-"""The shipped default model (models/dbmr_default.safetensors)."""
+"""The shipped default model (models/dbmr_default.safetensors): it loads, it is calibrated for the
+score the code computes, and it detects the synthetic generator's defects on parts it never saw
+(other seeds than its training data)."""
 import numpy as np
+import pytest
 
-from dbmr_ros.data.synthetic import render_sample
+from dbmr_ros import metrics
+from dbmr_ros.data.synthetic import DEFECTS, render_sample
 from dbmr_ros.detector import Detector
 from dbmr_ros.resources import default_model_path
 
 SEEDS = range(300, 306)
 
 
-def test_shipped_model_is_small_and_loads():
+def test_shipped_model_is_small_loads_and_is_calibrated():
     path = default_model_path()
-    assert path.stat().st_size < 10 * 1024 * 1024
+    assert path.stat().st_size < 12 * 1024 * 1024
     detector = Detector.from_checkpoint(path, 'cpu')
-    assert detector.meta.dataset == 'synthetic' and detector.meta.category == 'puck'
-    assert detector.threshold is not None and detector.meta.stats
+    meta = detector.meta
+    assert meta.dataset == 'synthetic' and meta.category == 'puck'
+    assert detector.scoring == 'learned' and detector.threshold is not None
+    assert Detector.from_checkpoint(path, 'cpu', scoring='paper').threshold is not None
+    assert set(meta.calibration.stats) == {'mean_2d', 'mean_3d'} and meta.anomalies
 
 
-def test_defect_scores_above_the_same_part_without_it():
-    """Same part, pose and lighting, with and without a defect (paired, so the part-to-part
-    variation of the score cancels): on average over six parts a colour defect raises the
-    score. Not for every part: this small demonstration model's image-level detection is weak
-    (README: I-AUROC 0.69 on its synthetic test set)."""
+@pytest.fixture(scope='module')
+def scored():
+    """{(seed, defect or None): (sample, AnomalyResult)} for every defect type on six unseen
+    parts and the same six parts without a defect (scored once, shared by the tests below)."""
     detector = Detector.from_checkpoint(default_model_path(), 'cpu')
-    for defect in ('stain', 'combined'):
-        differences = []
-        for seed in SEEDS:
-            good = render_sample(np.random.default_rng(seed), 'puck', 256)
-            bad = render_sample(np.random.default_rng(seed), 'puck', 256, defect)
-            differences.append(detector(bad.rgb, bad.xyz).score
-                               - detector(good.rgb, good.xyz).score)
-        assert np.mean(differences) > 0.3, (defect, np.round(differences, 2))
-
-
-def test_map_is_higher_on_the_defect_than_on_the_rest_of_the_object():
-    """After a short training (the shipped model: 60 epochs on 40 synthetic parts, about 2 min on a
-    CPU) the anomaly map is higher inside the defect than on the rest of the object."""
-    detector = Detector.from_checkpoint(default_model_path(), 'cpu')
-    ratios = []
-    for defect in ('stain', 'scratch', 'combined', 'cut'):
+    out = {}
+    for defect in (None,) + tuple(DEFECTS):
         for seed in SEEDS:
             sample = render_sample(np.random.default_rng(seed), 'puck', 256, defect)
-            result = detector(sample.rgb, sample.xyz)
-            on_object = detector.clean(sample.xyz)[..., 2] > 0
-            inside = sample.gt & on_object
-            if inside.sum() >= 5:
-                ratios.append(result.anomaly_map[inside].mean()
-                              / result.anomaly_map[on_object & ~sample.gt].mean())
-    assert len(ratios) >= 15
-    assert np.median(ratios) > 1.2, np.round(ratios, 2)
+            out[seed, defect] = sample, detector(sample.rgb, sample.xyz)
+    return detector, out
+
+
+def test_defective_parts_score_above_good_ones(scored):
+    """The learned score ranks the defective parts above the good ones and the calibrated
+    threshold separates most of them. Measured when the model was trained: I-AUROC 0.80, 74 %
+    of the defective and 1 of 6 good parts flagged; thin scratches are the defect it misses
+    (models/README.md). The bounds guard against regressions of the model or the scoring."""
+    detector, results = scored
+    labels = [int(defect is not None) for _, defect in results]
+    scores = [result.score for _, result in results.values()]
+    auroc = metrics.image_auroc(labels, scores)
+    flagged = np.asarray(scores) > detector.threshold
+    good = np.asarray(labels) == 0
+    print(f'I-AUROC {auroc:.3f}, good flagged {flagged[good].mean():.2f}, defective '
+          f'flagged {flagged[~good].mean():.2f}')
+    assert auroc >= 0.75
+    assert flagged[~good].mean() >= 0.6 and flagged[good].mean() <= 0.2
+
+
+def test_map_is_higher_on_the_defect_than_on_the_rest_of_the_object(scored):
+    detector, results = scored
+    ratios = []
+    for (seed, defect), (sample, result) in results.items():
+        if defect is None:
+            continue
+        on_object = detector.clean(sample.xyz)[..., 2] > 0
+        inside = sample.gt & on_object
+        if inside.sum() >= 5:
+            ratios.append(result.anomaly_map[inside].mean()
+                          / result.anomaly_map[on_object & ~sample.gt].mean())
+    assert len(ratios) >= 25
+    assert np.median(ratios) > 3.0, np.round(ratios, 2)

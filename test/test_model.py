@@ -4,12 +4,15 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import binary_dilation
 
+from dbmr_ros.calibration import Calibration
 from dbmr_ros.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
-from dbmr_ros.data.preprocess import PreprocessConfig, preprocess
+from dbmr_ros.data.preprocess import PreprocessConfig, preprocess, square_padding
 from dbmr_ros.data.synthetic import render_sample
 from dbmr_ros.detector import Detector
 from dbmr_ros.model import DBMRConfig, DBMRNet, PRESETS
+from dbmr_ros.model.head import focal_loss, head_inputs, INPUT_CHANNELS, NUM_INPUTS, ScoringHead
 from dbmr_ros.model.inputs import even_ranks, group_points, prepare
 from dbmr_ros.model.masking import no_masking, random_masking
 from dbmr_ros.model.point_ops import chamfer_l1, chamfer_l2, fps, fps_torch, knn, knn_torch
@@ -204,8 +207,8 @@ def test_cuda_extension_parity():
 
 
 def _meta(cfg=SMALL):
-    return CheckpointMeta(model=cfg, preprocess=PCFG, stats={'mean_2d': 1.0, 'mean_3d': 1.0},
-                          threshold=2.0, dataset='synthetic', category='puck')
+    return CheckpointMeta(model=cfg, preprocess=PCFG, calibration=Calibration.manual(
+        cfg, {'mean_2d': 1.0, 'mean_3d': 1.0}, 2.0), dataset='synthetic', category='puck')
 
 
 def test_checkpoint_round_trip_identical_outputs(tmp_path):
@@ -259,10 +262,14 @@ def test_detector_any_resolution_batch_and_bad_input():
     batch = detector([rgb, s.rgb], [xyz, s.xyz])
     assert batch[0].score == pytest.approx(result.score, abs=1e-5)
     assert batch[1].anomaly_map.shape == (128, 128)
-    # Background (no 3D point after preprocessing) scores zero.
-    cleaned = detector.clean(s.xyz)
-    assert (batch[1].anomaly_map[cleaned[..., 2] == 0] < 1e-3 * batch[1].score + 1e-9).mean() \
-        > 0.95
+    # The background scores zero: for the paper's maps wherever there is no 3D point after
+    # preprocessing, for the learned map beyond its margin around the part.
+    part = detector.clean(s.xyz)[..., 2] != 0
+    assert (batch[1].paper_map[~part] < 1e-3 * batch[1].paper_score + 1e-9).mean() > 0.95
+    (top, bottom), _ = square_padding(128, 128)
+    scale = (128 + top + bottom) / SMALL.image_size           # input pixels per model pixel
+    far = ~binary_dilation(part, np.ones((3, 3)), int(np.ceil((SMALL.map_margin + 2) * scale)))
+    assert far.sum() > 1000 and (batch[1].anomaly_map[far] < 1e-6).all()
     with pytest.raises(ValueError, match='sizes differ'):
         detector(rgb, xyz[:50])
     with pytest.raises(ValueError, match='uint8'):
@@ -286,3 +293,63 @@ def test_cuda_mixed_precision_within_tolerance(tmp_path):
     amp = Detector.from_checkpoint(path, 'cuda', mixed_precision=True)(s.rgb, s.xyz)
     # The stated tolerance (README): image scores within 5 % relative of float32 on the CPU.
     assert amp.score == pytest.approx(cpu.score, rel=0.05)
+
+
+def test_scoring_head_any_size_with_token_context():
+    head = ScoringHead((8, 16, 32), context_dim=6).eval()
+    for size in (64, 72, 50):
+        x = torch.randn(2, NUM_INPUTS, size, size)
+        context = torch.randn(2, 6, 7, 7)
+        logits = head(x, context)
+        assert logits.shape == (2, size, size) and torch.isfinite(logits).all()
+    # The context reaches every pixel: changing it changes the logits.
+    x = torch.randn(1, NUM_INPUTS, 64, 64)
+    assert not torch.allclose(head(x, torch.zeros(1, 6, 8, 8)), head(x, torch.ones(1, 6, 8, 8)))
+
+
+def test_focal_loss_is_normalised_by_the_anomalous_pixels():
+    target = torch.zeros(2, 64, 64)
+    target[0, :8, :8] = 1
+    perfect = (target * 2 - 1) * 30
+    assert float(focal_loss(perfect, target)) < 1e-6
+    unsure = torch.zeros_like(target)
+    # Every pixel at p = 0.5 costs 0.25 * ln 2; the sum is divided by the 64 anomalous pixels.
+    expected = 0.25 * np.log(2) * target.numel() / 64
+    assert float(focal_loss(unsure, target)) == pytest.approx(expected, rel=1e-5)
+    # Predicting 'normal' everywhere is expensive, not (as with a mean) nearly free.
+    assert float(focal_loss(torch.full_like(target, -5.0), target)) > 3.0
+    # No anomalous pixel: the divisor is min_share of the pixels, the loss stays finite.
+    assert torch.isfinite(focal_loss(unsure, torch.zeros_like(target)))
+
+
+def test_head_inputs_channels_and_background():
+    rgb, xyz, _ = synthetic_batch()
+    inp, _ = model_input(rgb, xyz)
+    zeros = torch.zeros(inp.valid.shape)
+    x = head_inputs(inp, inp.images, zeros, zeros)
+    assert x.shape == (2, NUM_INPUTS, 64, 64) and torch.isfinite(x).all()
+    names = [name for name, n in INPUT_CHANNELS for _ in range(n)]
+    for channel, name in enumerate(names):
+        if name in ('normals', 'xyz', 'valid'):
+            assert (x[:, channel][~inp.valid] == 0).all(), name
+    normals = x[:, [i for i, n in enumerate(names) if n == 'normals']]
+    assert torch.allclose(normals.norm(dim=1)[inp.valid], torch.ones(int(inp.valid.sum())),
+                          atol=1e-4)
+
+
+def test_single_pass_reconstruction_is_one_unmasked_pass():
+    cfg = dataclasses.replace(SMALL, score_passes=1, visible_loss_weight=1.0)
+    torch.manual_seed(0)
+    model = DBMRNet(cfg).eval()
+    rgb, xyz, _ = synthetic_batch()
+    inp, grp = model_input(rgb, xyz, cfg)
+    embedded = model.embed(inp.images, grp)
+    images, points = model.reconstruct(embedded, grp)
+    expected = model.predict(*model.features(embedded, grp))
+    assert torch.allclose(images, model.unpatchify(expected[0]))
+    assert torch.allclose(points, expected[1])
+    with pytest.raises(ValueError, match='visible_loss_weight'):
+        dataclasses.replace(SMALL, score_passes=1, visible_loss_weight=0.0)
+    # Training sees every token on the unmasked steps, with the loss on all of them.
+    out = DBMRNet(cfg)(inp.images, grp, torch.Generator().manual_seed(0), masked=False)
+    assert not out.mask_2d.any() and float(out.losses['loss_2d']) > 0

@@ -11,6 +11,7 @@ from rcl_interfaces.srv import SetParameters
 from rclpy.qos import qos_profile_sensor_data, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, PointCloud2, PointField
 
+from dbmr_ros.calibration import Calibration
 from dbmr_ros.checkpoint import CheckpointMeta, save_checkpoint
 from dbmr_ros.data import open_dataset
 from dbmr_ros.data.preprocess import PreprocessConfig
@@ -31,9 +32,8 @@ NODE_PCFG = PreprocessConfig(image_size=64, remove_plane=False, keep_largest_clu
 def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp('node_model') / 'node.safetensors'
-    meta = CheckpointMeta(model=NODE_CFG, preprocess=NODE_PCFG,
-                          stats={'mean_2d': 0.5, 'mean_3d': 0.5}, threshold=1.0,
-                          dataset='test', category='node')
+    meta = CheckpointMeta(model=NODE_CFG, preprocess=NODE_PCFG, calibration=Calibration.manual(
+        NODE_CFG, {'mean_2d': 0.5, 'mean_3d': 0.5}, 1.0), dataset='test', category='node')
     return save_checkpoint(path, DBMRNet(NODE_CFG).state_dict(), meta)
 
 

@@ -55,7 +55,7 @@ def test_console_scripts_resolve():
     import importlib
     scripts = _console_scripts()
     assert {'detect', 'dbmr-detect', 'train', 'dbmr-train', 'eval', 'dbmr-eval', 'bag',
-            'dbmr-bag', 'dbmr-infer'} <= set(scripts)
+            'dbmr-bag', 'dbmr-infer', 'calibrate', 'dbmr-calibrate'} <= set(scripts)
     for name, target in scripts.items():
         module, function = target.split(':')
         assert callable(getattr(importlib.import_module(module), function)), name

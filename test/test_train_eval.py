@@ -14,7 +14,8 @@ import yaml
 from dbmr_ros.detector import Detector
 from dbmr_ros.evaluate import main as eval_main
 from dbmr_ros.infer import main as infer_main
-from dbmr_ros.train import main as train_main, weights_digest
+from dbmr_ros.train import main as train_main
+from dbmr_ros.training.util import weights_digest
 
 BIN = Path(sys.executable).parent
 SMALL_MODEL = {'image_size': 64, 'patch_size': 8, 'num_points': 400, 'num_groups': 24,
@@ -26,9 +27,9 @@ SMALL_MODEL = {'image_size': 64, 'patch_size': 8, 'num_points': 400, 'num_groups
 def config(tmp_path_factory):
     path = tmp_path_factory.mktemp('config') / 'train_small.yaml'
     path.write_text(yaml.safe_dump({'preset': 'tiny', 'model': SMALL_MODEL,
-                                    'preprocess': {'dbscan_min_points': 8}, 'epochs': 3,
-                                    'batch_size': 3, 'warmup_epochs': 1, 'lr': 0.002,
-                                    'log_images_every': 1}))
+                                    'preprocess': {'dbscan_min_points': 8}, 'epochs': 2,
+                                    'head_epochs': 1, 'batch_size': 3, 'warmup_epochs': 1,
+                                    'lr': 0.002, 'log_images_every': 1, 'eval_every': 2}))
     return path
 
 
@@ -43,12 +44,18 @@ def test_train_eval_infer_end_to_end(synthetic_root, config, tmp_path):
     for name in ('model.safetensors', 'checkpoint.safetensors', 'train_state.pt', 'train.log'):
         assert (run / name).exists(), name
     assert list((run / 'tensorboard').glob('events.out.tfevents.*'))
-    assert 'epoch 3/3' in (run / 'train.log').read_text()
+    log = (run / 'train.log').read_text()
+    assert 'epoch 2/3 reconstruction' in log and 'epoch 3/3 head' in log
+    assert 'selection set (validation + synthetic anomalies)' in log
     detector = Detector.from_checkpoint(run / 'model.safetensors', 'cpu')
     meta = detector.meta
-    assert meta.threshold is not None and 'validation' in meta.threshold_rule
-    assert set(meta.stats) == {'mean_2d', 'mean_3d'} and meta.epoch == 3
-    assert meta.dataset == 'synthetic' and meta.category == 'puck'
+    assert detector.scoring == 'learned' and detector.threshold is not None
+    for scoring in ('learned', 'paper'):
+        entry = meta.calibration.thresholds[scoring]
+        assert 'synthetic anomalies' in entry.rule and entry.definition['scoring'] == scoring
+    assert 'validation/good (3 samples)' in meta.calibration.fitted_on
+    assert set(meta.calibration.stats) == {'mean_2d', 'mean_3d'} and meta.epoch == 3
+    assert meta.dataset == 'synthetic' and meta.category == 'puck' and meta.anomalies
 
     out = tmp_path / 'eval'
     assert eval_main(['--checkpoint', str(run / 'model.safetensors'), '--dataset', 'synthetic',
@@ -58,9 +65,14 @@ def test_train_eval_infer_end_to_end(synthetic_root, config, tmp_path):
     row = metrics['per_category']['puck']
     for key in ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1', 'aupro@0.05', 'aupro@0.01'):
         assert 0.0 <= row[key] <= 1.0 and 0.0 <= row['2d'][key] <= 1.0
-        assert 0.0 <= row['3d'][key] <= 1.0 and key in metrics['mean']
+        assert 0.0 <= row['3d'][key] <= 1.0 and 0.0 <= row['paper'][key] <= 1.0
+        assert key in metrics['mean']
+    assert metrics['scoring'] == 'learned'
     table = (out / 'results.md').read_text()
-    assert '| Metric | puck | Mean |' in table and 'AUPRO@0.3 (RGB+3D)' in table
+    assert '| Metric | puck | Mean |' in table
+    for row_label in ('AUPRO@0.3 (RGB+3D, learned scoring)', 'I-AUROC (RGB+3D, paper scoring)',
+                      'I-AUROC (RGB only, paper scoring)', 'P-AUROC (3D only, paper scoring)'):
+        assert row_label in table
     assert (out / 'curves_puck.png').stat().st_size > 1000
     assert len(list((out / 'overlays').glob('*.png'))) == 3
     # The output of an earlier run is never overwritten without --overwrite.
@@ -118,7 +130,7 @@ def test_resume_after_kill_mid_epoch(synthetic_root, tmp_path, config):
     uninterrupted run ends (optimizer, scheduler and RNG state are restored)."""
     slow = tmp_path / 'slow.yaml'
     values = yaml.safe_load(config.read_text())
-    values.update(epochs=6, batch_size=1)
+    values.update(epochs=3, head_epochs=3, batch_size=1)
     slow.write_text(yaml.safe_dump(values))
     reference = tmp_path / 'reference'
     assert train_main(_train_args(synthetic_root, reference, slow)) == 0

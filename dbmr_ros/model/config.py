@@ -1,5 +1,6 @@
 """Model configuration and presets; saved inside every checkpoint."""
 from dataclasses import dataclass
+from typing import Tuple
 
 from dbmr_ros.dataclass_dict import from_dict, to_dict
 
@@ -21,7 +22,13 @@ class DBMRConfig:
     mlp_ratio: float = 4.0
     mask_ratio_2d: float = 0.75
     mask_ratio_3d: float = 0.75
-    score_passes: int = 4         # inference maskings; each keeps 1 / score_passes visible
+    # Inference reconstruction: 1 = one unmasked pass of a network trained to repair what it
+    # sees (synthetic defects in, the clean part out: visible_loss_weight > 0); n >= 2 = n fixed
+    # maskings, each keeping 1 / n of the tokens visible, every token predicted while hidden
+    # (the paper's way, n times the cost; on the selection set no better, see README).
+    score_passes: int = 1
+    visible_loss_weight: float = 1.0  # loss weight of visible tokens (0: the paper, hidden only)
+    unmasked_share: float = 0.5       # training steps that see every token (repair training)
     # 2D map: 'pixel' = per-pixel reconstruction error; 'feature' = the paper's distance of the
     # frozen 2D decoder's features per patch (see README: it did not localise at our budget).
     score_2d: str = 'pixel'
@@ -29,7 +36,16 @@ class DBMRConfig:
     loss_weight_2d: float = 1.0
     loss_weight_3d: float = 1.0
     loss_weight_cross: float = 0.5
-    smoothing_sigma: float = 4.0  # Gaussian smoothing of the fused map, pixels at image_size
+    smoothing_sigma: float = 4.0  # Gaussian smoothing of the maps, pixels at image_size
+    # Image score and map: 'learned' (the scoring head, trained on synthetic anomalies) or
+    # 'paper' (reconstruction / feature distances, fused by product). Both are always computed
+    # for evaluation; this is the one a Detector uses unless told otherwise.
+    scoring: str = 'learned'
+    head_widths: Tuple[int, ...] = (16, 32, 64, 128)  # scoring head U-Net, one per level
+    head_context: bool = True     # the head also reads the network's decoder features per patch
+    # The learned map covers the part grown by this many pixels (at image_size): missing
+    # material at the silhouette (a cut, a bent rim) is anomalous, the far background is not.
+    map_margin: int = 8
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -42,8 +58,15 @@ class DBMRConfig:
                 raise ValueError(f'{name} must be in [0, 1)')
         if self.score_2d not in ('pixel', 'feature'):
             raise ValueError(f"score_2d must be 'pixel' or 'feature', got {self.score_2d!r}")
-        if self.score_passes < 2:
-            raise ValueError('score_passes must be at least 2 (every token hidden once)')
+        if self.scoring not in ('learned', 'paper'):
+            raise ValueError(f"scoring must be 'learned' or 'paper', got {self.scoring!r}")
+        if not self.head_widths:
+            raise ValueError('head_widths needs at least one width')
+        if self.score_passes < 1:
+            raise ValueError('score_passes must be at least 1')
+        if (self.score_passes == 1 or self.unmasked_share > 0) and self.visible_loss_weight <= 0:
+            raise ValueError('an unmasked pass needs visible_loss_weight > 0 (the network must '
+                             'learn to reconstruct what it sees)')
         if self.embed_dim % self.num_heads or self.decoder_dim % self.decoder_heads:
             raise ValueError('embedding dims must be divisible by the head counts')
 
@@ -60,6 +83,7 @@ class DBMRConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> 'DBMRConfig':
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         return from_dict(cls, values, 'model')
 
 

@@ -6,11 +6,15 @@ modality-shared decoder adds mask tokens; a 2D and a 3D decoder cross-attend to 
 encoder tokens of their own modality (E^v_2D, E^v_3D as key and value) and reconstruct masked
 patches (MSE) and masked point groups (Chamfer). The cross-modal loss predicts each masked
 group's points from the 2D decoder token of the patch its centre lies on, which ties the
-reconstructed geometry to the image.
+reconstructed geometry to the image. Anomaly-aware training (dbmr_ros.training) feeds inputs
+with synthetic defects and asks for the clean part (`Targets`), on hidden tokens and, with
+`visible_loss_weight`, on visible ones too, so the network learns to repair what it sees.
 
-Inference (b): both modalities are reconstructed from fixed complementary maskings (every token
-is predicted once while hidden), then the input and its reconstruction pass through the frozen
-network unmasked; per-token distances of the 2D and 3D decoder features are the anomaly scores.
+Inference (b): both modalities are reconstructed, by one unmasked repairing pass
+(`score_passes: 1`) or from fixed complementary maskings (every token predicted while hidden);
+the input and its reconstruction pass through the frozen network unmasked, and per-token
+distances of the 2D and 3D decoder features are the paper's anomaly scores. The scoring head
+(`model.head`) reads these with the input and its reconstruction and gives the learned map.
 """
 from typing import Dict, NamedTuple
 
@@ -19,7 +23,8 @@ from torch import nn
 
 from dbmr_ros.model.config import DBMRConfig
 from dbmr_ros.model.embedding import PatchEmbedding, PointEmbedding, sincos_2d
-from dbmr_ros.model.inputs import Groups
+from dbmr_ros.model.head import ScoringHead
+from dbmr_ros.model.inputs import Groups, Targets
 from dbmr_ros.model.masking import Masking, masking_from_noise, no_masking, random_masking, select
 from dbmr_ros.model.point_ops import chamfer_l2
 from dbmr_ros.model.transformer import Block, local_alignment_mask
@@ -39,6 +44,8 @@ class TokenScores(NamedTuple):
     group: torch.Tensor                 # (B, G) feature distance per point group
     reconstruction: torch.Tensor        # (B, 3, S, S) reconstructed image (normalised)
     reconstructed_groups: torch.Tensor  # (B, G, k, 3) reconstructed neighbourhoods
+    features_2d: torch.Tensor           # (B, L, Dd) frozen 2D decoder features of the input
+    features_3d: torch.Tensor           # (B, G, Dd) frozen 3D decoder features of the input
 
 
 class Embedded(NamedTuple):
@@ -83,6 +90,9 @@ class DBMRNet(nn.Module):
         self.head_3d = nn.Linear(ddim, cfg.group_size * 3)
         self.head_cross = nn.Linear(ddim, cfg.group_size * 3)
         self._init_weights()
+        # The learned scoring head (created after the init above: it keeps torch's defaults).
+        self.scoring_head = ScoringHead(cfg.head_widths,
+                                        context_dim=2 * ddim if cfg.head_context else 0)
 
     def _init_weights(self):
         for p in (self.modality_2d, self.modality_3d, self.mask_token_2d, self.mask_token_3d):
@@ -172,18 +182,24 @@ class DBMRNet(nn.Module):
 
     # --- training ------------------------------------------------------------------------
 
-    def forward(self, images: torch.Tensor, groups: Groups,
-                generator: torch.Generator = None) -> TrainOutput:
-        """Masked reconstruction with the model's own losses. images: (B, 3, S, S)."""
+    def forward(self, images: torch.Tensor, groups: Groups, generator: torch.Generator = None,
+                targets: Targets = None, masked: bool = True) -> TrainOutput:
+        """Masked reconstruction with the model's own losses. images: (B, 3, S, S).
+
+        targets: what the tokens are compared with; by default the input itself (the paper).
+        Anomaly-aware training passes the clean sample behind a corrupted input, so the network
+        learns what a good part has there. masked=False sees every token (training the single
+        unmasked pass of `score_passes: 1`; needs visible_loss_weight > 0).
+        """
         batch, device = images.shape[0], images.device
-        masking_2d = random_masking(batch, self.cfg.num_patches, self.cfg.mask_ratio_2d, device,
-                                    generator)
-        masking_3d = random_masking(batch, self.cfg.num_groups, self.cfg.mask_ratio_3d, device,
-                                    generator)
+        targets = targets or Targets(images, groups.neighborhoods)
+        ratio_2d, ratio_3d = (self.cfg.mask_ratio_2d, self.cfg.mask_ratio_3d) if masked else (0, 0)
+        masking_2d = random_masking(batch, self.cfg.num_patches, ratio_2d, device, generator)
+        masking_3d = random_masking(batch, self.cfg.num_groups, ratio_3d, device, generator)
         encoded = self.encode(self.embed(images, groups), groups, masking_2d, masking_3d)
         features_2d, features_3d = self.decode(*encoded, groups, masking_2d, masking_3d)
         pred_patches, pred_groups = self.predict(features_2d, features_3d)
-        losses = self.losses(images, groups, features_2d, pred_patches, pred_groups,
+        losses = self.losses(targets, groups, features_2d, pred_patches, pred_groups,
                              masking_2d.mask, masking_3d.mask)
         cfg = self.cfg
         loss = (cfg.loss_weight_2d * losses['loss_2d'] + cfg.loss_weight_3d * losses['loss_3d']
@@ -191,23 +207,26 @@ class DBMRNet(nn.Module):
         return TrainOutput(loss, losses, pred_patches, pred_groups, masking_2d.mask,
                            masking_3d.mask)
 
-    def losses(self, images, groups: Groups, features_2d, pred_patches, pred_groups,
+    def losses(self, targets: Targets, groups: Groups, features_2d, pred_patches, pred_groups,
                mask_2d, mask_3d) -> Dict[str, torch.Tensor]:
-        """2D MSE on masked patches, 3D Chamfer-L2 on masked groups, and the cross-modal loss:
-        masked groups' points predicted from the 2D decoder token at their centre's patch."""
-        per_patch = ((pred_patches - self.patchify(images)) ** 2).mean(-1)    # (B, L)
-        loss_2d = (per_patch * mask_2d).sum() / mask_2d.sum().clamp_min(1)
-        hidden = mask_3d.bool()                                               # (B, G)
-        target = groups.neighborhoods[hidden]                                 # (M, k, 3)
-        loss_3d = chamfer_l2(pred_groups[hidden], target).mean()
+        """2D MSE per patch, 3D Chamfer-L2 per group, and the cross-modal loss (each group's
+        points predicted from the 2D decoder token at its centre's patch), averaged over the
+        hidden tokens (the paper) and, with weight `visible_loss_weight`, the visible ones (a
+        network that also repairs what it sees)."""
+        weight_2d = mask_2d + self.cfg.visible_loss_weight * (1 - mask_2d)          # (B, L)
+        weight_3d = mask_3d + self.cfg.visible_loss_weight * (1 - mask_3d)          # (B, G)
+        per_patch = ((pred_patches - self.patchify(targets.images)) ** 2).mean(-1)  # (B, L)
+        loss_2d = (per_patch * weight_2d).sum() / weight_2d.sum().clamp_min(1e-6)
+        target = targets.neighborhoods.flatten(0, 1)                               # (B*G, k, 3)
+        per_group = chamfer_l2(pred_groups.flatten(0, 1), target).view_as(weight_3d)
         cells = self.cells(groups.center_pixels)
         center_patch = cells[..., 0] * self.cfg.grid_size + cells[..., 1]    # (B, G)
         image_tokens = select(features_2d, center_patch)                     # (B, G, Dd)
-        cross = self.head_cross(image_tokens).view(*center_patch.shape, self.cfg.group_size, 3)
-        loss_cross = chamfer_l2(cross[hidden], target).mean()
-        if not hidden.any():
-            loss_3d = loss_cross = pred_groups.sum() * 0.0
-        return {'loss_2d': loss_2d, 'loss_3d': loss_3d, 'loss_cross': loss_cross}
+        cross = self.head_cross(image_tokens).view(-1, self.cfg.group_size, 3)
+        per_cross = chamfer_l2(cross, target).view_as(weight_3d)
+        norm_3d = weight_3d.sum().clamp_min(1e-6)
+        return {'loss_2d': loss_2d, 'loss_3d': (per_group * weight_3d).sum() / norm_3d,
+                'loss_cross': (per_cross * weight_3d).sum() / norm_3d}
 
     # --- inference -----------------------------------------------------------------------
 
@@ -235,8 +254,12 @@ class DBMRNet(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, embedded: 'Embedded', groups: Groups):
-        """Every patch and group predicted while hidden, averaged over the passes that hid it:
-        (B, 3, S, S), (B, G, k, 3)."""
+        """Every patch and group predicted while hidden, averaged over the passes that hid it;
+        with score_passes == 1, one unmasked pass that repairs what it sees: (B, 3, S, S),
+        (B, G, k, 3)."""
+        if self.cfg.score_passes == 1:
+            pred_patches, pred_groups = self.predict(*self.features(embedded, groups))
+            return self.unpatchify(pred_patches), pred_groups.to(groups.neighborhoods.dtype)
         batch, device = embedded.tokens_2d.shape[:2], embedded.tokens_2d.device
         patches = torch.zeros(*batch, self.cfg.patch_size ** 2 * 3, device=device)
         points = torch.zeros_like(groups.neighborhoods)
@@ -266,17 +289,29 @@ class DBMRNet(nn.Module):
     @torch.no_grad()
     def score_tokens(self, images: torch.Tensor, groups: Groups) -> TokenScores:
         """Reconstruct, then compare input and reconstruction in decoder feature space."""
-        embedded = self.embed(images, groups)
-        rec_images, rec_points = self.reconstruct(embedded, groups)
-        rec_groups = groups._replace(neighborhoods=rec_points)
-        rec_embedded = self.embed(rec_images, rec_groups)
-        both = Groups(*(torch.cat(pair) for pair in zip(groups, rec_groups)))
-        features_2d, features_3d = self.features(
-            Embedded(*(torch.cat(pair) for pair in zip(embedded, rec_embedded))), both)
         batch = images.shape[0]
-        patch = (features_2d[:batch] - features_2d[batch:]).norm(dim=-1)
-        group = (features_3d[:batch] - features_3d[batch:]).norm(dim=-1)
-        return TokenScores(patch.float(), group.float(), rec_images, rec_points)
+        embedded = self.embed(images, groups)
+        if self.cfg.score_passes == 1:
+            # The repairing pass sees the input unmasked: its features are the input's.
+            input_2d, input_3d = self.features(embedded, groups)
+            pred_patches, rec_points = self.predict(input_2d, input_3d)
+            rec_images = self.unpatchify(pred_patches)
+            rec_points = rec_points.to(groups.neighborhoods.dtype)
+            rec_groups = groups._replace(neighborhoods=rec_points)
+            rec_2d, rec_3d = self.features(self.embed(rec_images, rec_groups), rec_groups)
+        else:
+            rec_images, rec_points = self.reconstruct(embedded, groups)
+            rec_groups = groups._replace(neighborhoods=rec_points)
+            rec_embedded = self.embed(rec_images, rec_groups)
+            both = Groups(*(torch.cat(pair) for pair in zip(groups, rec_groups)))
+            features_2d, features_3d = self.features(
+                Embedded(*(torch.cat(pair) for pair in zip(embedded, rec_embedded))), both)
+            input_2d, rec_2d = features_2d[:batch], features_2d[batch:]
+            input_3d, rec_3d = features_3d[:batch], features_3d[batch:]
+        patch = (input_2d - rec_2d).norm(dim=-1)
+        group = (input_3d - rec_3d).norm(dim=-1)
+        return TokenScores(patch.float(), group.float(), rec_images, rec_points, input_2d,
+                           input_3d)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -17,12 +17,22 @@ class ModelInput(NamedTuple):
     valid: torch.Tensor         # (B, S, S) bool, pixels with a 3D point
     points: torch.Tensor        # (B, N, 3) float, the subsample that is grouped
     point_pixels: torch.Tensor  # (B, N) long, flat pixel index of each point in the S x S grid
+    centroid: torch.Tensor      # (B, 3) metres: xyz = (metric - centroid) / scale
+    scale: torch.Tensor         # (B,) metres, RMS radius of the valid points
 
 
 class Groups(NamedTuple):
     neighborhoods: torch.Tensor  # (B, G, k, 3) coordinates relative to their centre
     centers: torch.Tensor        # (B, G, 3)
     center_pixels: torch.Tensor  # (B, G) long, flat pixel index of each centre
+    member_pixels: torch.Tensor  # (B, G, k) long, flat pixel index of each neighbourhood point
+
+
+class Targets(NamedTuple):
+    """What the masked reconstruction is asked for: the input itself (the paper), or the clean
+    sample behind a synthetically corrupted input (anomaly-aware training)."""
+    images: torch.Tensor         # (B, 3, S, S) normalised
+    neighborhoods: torch.Tensor  # (B, G, k, 3) relative to the input's group centres
 
 
 def normalise_images(rgb: torch.Tensor) -> torch.Tensor:
@@ -63,7 +73,7 @@ def prepare(rgb: torch.Tensor, xyz: torch.Tensor, num_points: int, min_points: i
     cumulative = valid.flatten(1).long().cumsum(1)                           # (B, S*S)
     point_pixels = torch.searchsorted(cumulative, ranks + 1)                 # first with rank
     points = gather(xyz.reshape(batch, size * size, 3), point_pixels)
-    return ModelInput(normalise_images(rgb), xyz, valid, points, point_pixels)
+    return ModelInput(normalise_images(rgb), xyz, valid, points, point_pixels, centroid, scale)
 
 
 def even_ranks(counts: torch.Tensor, num_points: int, offset: torch.Tensor) -> torch.Tensor:
@@ -82,4 +92,23 @@ def group_points(inp: ModelInput, num_groups: int, group_size: int) -> Groups:
     neighbor_idx = knn(inp.points, centers, group_size)                     # (B, G, k)
     neighborhoods = gather(inp.points, neighbor_idx) - centers.unsqueeze(2)
     center_pixels = torch.gather(inp.point_pixels, 1, center_idx)
-    return Groups(neighborhoods, centers, center_pixels)
+    member_pixels = torch.gather(inp.point_pixels, 1, neighbor_idx.flatten(1)).view_as(
+        neighbor_idx)
+    return Groups(neighborhoods, centers, center_pixels, member_pixels)
+
+
+def metric_xyz(inp: ModelInput) -> torch.Tensor:
+    """(B, S, S, 3) the input cloud back in metres (0 where invalid)."""
+    metric = inp.xyz * inp.scale[:, None, None, None] + inp.centroid[:, None, None]
+    return metric * inp.valid[..., None]
+
+
+def clean_targets(inp: ModelInput, groups: Groups, clean_rgb: torch.Tensor,
+                  clean_xyz: torch.Tensor) -> Targets:
+    """Targets from the clean sample (B, S, S, 3) uint8 / float metres behind a corrupted input:
+    its image, and its points at the pixels each group of the corrupted input holds, in the
+    input's frame (same centroid and scale). A displaced point's target is where it was."""
+    batch, size = clean_xyz.shape[:2]
+    clean = (clean_xyz.float() - inp.centroid[:, None, None]) / inp.scale[:, None, None, None]
+    members = gather(clean.reshape(batch, size * size, 3), groups.member_pixels)
+    return Targets(normalise_images(clean_rgb), members - groups.centers.unsqueeze(2))

@@ -21,9 +21,13 @@ def masking_from_noise(noise: torch.Tensor, num_keep: int) -> Masking:
 
 def random_masking(batch: int, length: int, ratio: float, device=None,
                    generator: torch.Generator = None) -> Masking:
-    """Mask round(length * ratio) tokens per sample, independently per sample."""
+    """Mask round(length * ratio) tokens per sample, independently per sample.
+
+    The noise is drawn where the generator lives (the CPU) and then moved to `device`: the same
+    seed masks the same tokens on every device, and no device needs a generator of its own.
+    """
     num_keep = length - int(round(length * ratio))
-    noise = torch.rand(batch, length, device=device, generator=generator)
+    noise = torch.rand(batch, length, generator=generator).to(device)
     return masking_from_noise(noise, num_keep)
 
 

@@ -1,22 +1,38 @@
-"""Token scores -> pixel anomaly maps: 2D (per patch, upsampled), 3D (per group, splatted onto
-the pixels of the group's points), normalised by good-sample statistics, fused by product and
-smoothed. Background pixels (no 3D point) score zero."""
+"""Token scores and reconstructions -> pixel anomaly maps.
+
+Two scorings, both returned so that every user sees what each part contributes:
+
+- 'paper': the DBMRNet paper's maps. 2D per patch (or per pixel, `score_2d`), 3D per point
+  group splatted onto the pixels of the group's points; each normalised by its mean on good
+  foreground, fused by product, smoothed; background pixels zero.
+- 'learned': the scoring head's per-pixel anomaly probability, smoothed, on the part and a
+  margin around it (`map_margin`).
+
+Either way the image score is the maximum of the (smoothed) map: the map averaged over a
+Gaussian window of `smoothing_sigma` pixels at the model's resolution, then its peak.
+"""
 import math
 from typing import NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
-from dbmr_ros.model.dbmrnet import TokenScores
+from dbmr_ros.model.dbmrnet import DBMRNet, TokenScores
+from dbmr_ros.model.grid import dilate, gaussian_blur
+from dbmr_ros.model.head import head_inputs, token_context
 from dbmr_ros.model.inputs import Groups, ModelInput
-from dbmr_ros.model.point_ops import gather
+from dbmr_ros.model.pixels import group_map
+
+SCORINGS = ('learned', 'paper')
 
 
 class AnomalyMaps(NamedTuple):
-    fused: torch.Tensor   # (B, S, S)
-    map_2d: torch.Tensor  # (B, S, S)
-    map_3d: torch.Tensor  # (B, S, S)
-    score: torch.Tensor   # (B,) max of the fused map
+    anomaly: torch.Tensor      # (B, S, S) the map of the scoring in use
+    score: torch.Tensor        # (B,) its image score (max of `anomaly`)
+    paper: torch.Tensor        # (B, S, S) the paper's fused map
+    paper_score: torch.Tensor  # (B,)
+    map_2d: torch.Tensor       # (B, S, S) the paper's RGB-only map
+    map_3d: torch.Tensor       # (B, S, S) the paper's geometry-only map
 
 
 def patch_map(patch_scores: torch.Tensor, size: int) -> torch.Tensor:
@@ -24,36 +40,6 @@ def patch_map(patch_scores: torch.Tensor, size: int) -> torch.Tensor:
     grid = int(math.isqrt(patch_scores.shape[1]))
     x = patch_scores.view(-1, 1, grid, grid)
     return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)[:, 0]
-
-
-def group_map(group_scores: torch.Tensor, inp: ModelInput, groups: Groups) -> torch.Tensor:
-    """(B, G) -> (B, S, S): each valid pixel takes the score of the group whose centre is nearest
-    to its 3D point (the group it belongs to under kNN, extended to every point)."""
-    batch, size = inp.valid.shape[0], inp.valid.shape[1]
-    valid = inp.valid.reshape(batch, size * size)
-    # Only valid pixels are compared with the centres (a part fills ~15 % of the image): each
-    # row's valid pixels first, in raster order, up to the largest count in the batch.
-    count = int(valid.sum(1).max())
-    pixels = valid.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :count]
-    points = gather(inp.xyz.reshape(batch, size * size, 3), pixels)          # (B, V, 3)
-    nearest = torch.cdist(points, groups.centers).argmin(-1)                 # (B, V)
-    scores = torch.gather(group_scores, 1, nearest) * torch.gather(valid, 1, pixels)
-    return torch.zeros(batch, size * size, dtype=scores.dtype, device=scores.device).scatter_(
-        1, pixels, scores).view(batch, size, size)
-
-
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, S, S) separable Gaussian, truncated at 4 sigma, reflect padding."""
-    if sigma <= 0:
-        return maps
-    radius = int(4 * sigma + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    y = F.pad(maps[:, None], (radius, radius, 0, 0), mode='reflect')
-    y = F.conv2d(y, kernel.view(1, 1, 1, -1))
-    y = F.pad(y, (0, 0, radius, radius), mode='reflect')
-    return F.conv2d(y, kernel.view(1, 1, -1, 1))[:, 0]
 
 
 def raw_maps(tokens: TokenScores, inp: ModelInput, groups: Groups, score_2d: str = 'pixel'):
@@ -71,16 +57,66 @@ def raw_maps(tokens: TokenScores, inp: ModelInput, groups: Groups, score_2d: str
     return map_2d * inp.valid, group_map(tokens.group, inp, groups)
 
 
-def anomaly_maps(tokens: TokenScores, inp: ModelInput, groups: Groups,
-                 stats: Optional[dict], sigma: float, score_2d: str = 'pixel') -> AnomalyMaps:
-    """Normalise each map by its mean on good validation foreground (`stats` 'mean_2d',
-    'mean_3d'; 1 when absent), multiply, smooth, re-zero the background, score = max."""
-    map_2d, map_3d = raw_maps(tokens, inp, groups, score_2d)
+def normalised(raw_2d: torch.Tensor, raw_3d: torch.Tensor, stats: Optional[dict]):
+    """Each raw map divided by its mean on good validation foreground (`stats` 'mean_2d',
+    'mean_3d'; 1 when absent), so 1 is a typical good pixel."""
     stats = stats or {}
-    map_2d = map_2d / stats.get('mean_2d', 1.0)
-    map_3d = map_3d / stats.get('mean_3d', 1.0)
-    foreground = inp.valid.to(map_2d.dtype)
-    stacked = torch.stack([map_2d * map_3d, map_2d, map_3d])                # (3, B, S, S)
-    smoothed = gaussian_blur(stacked.flatten(0, 1), sigma).view_as(stacked) * foreground
-    fused, map_2d, map_3d = smoothed.unbind(0)
-    return AnomalyMaps(fused, map_2d, map_3d, fused.flatten(1).amax(1))
+    return raw_2d / stats.get('mean_2d', 1.0), raw_3d / stats.get('mean_3d', 1.0)
+
+
+def paper_maps(map_2d: torch.Tensor, map_3d: torch.Tensor, valid: torch.Tensor, sigma: float):
+    """Normalised (B, S, S) maps -> the paper's (fused, map_2d, map_3d): product, each smoothed,
+    background re-zeroed."""
+    stacked = torch.stack([map_2d * map_3d, map_2d, map_3d])                 # (3, B, S, S)
+    smoothed = gaussian_blur(stacked.flatten(0, 1), sigma).view_as(stacked)
+    return tuple((smoothed * valid.to(smoothed.dtype)).unbind(0))
+
+
+def learned_map(logits: torch.Tensor, valid: torch.Tensor, sigma: float,
+                margin: int) -> torch.Tensor:
+    """Scoring head logits (B, S, S) -> smoothed anomaly probability (B, S, S), zero farther
+    than `margin` pixels from the part."""
+    near = dilate(valid, margin).to(torch.float32)
+    return gaussian_blur(torch.sigmoid(logits.float()) * near, sigma) * near
+
+
+def image_scores(maps: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) -> (B,) the image score: the peak of the map."""
+    return maps.flatten(1).amax(1)
+
+
+class HeadFeatures(NamedTuple):
+    inputs: torch.Tensor   # (B, NUM_INPUTS, S, S) what the scoring head reads per pixel
+    context: torch.Tensor  # (B, 2 * Dd, g, g) and per patch (the network's features)
+    map_2d: torch.Tensor   # (B, S, S) the paper's normalised raw 2D map
+    map_3d: torch.Tensor   # (B, S, S) the paper's normalised raw 3D map
+
+
+@torch.no_grad()
+def head_features(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: TokenScores,
+                  stats: Optional[dict]) -> HeadFeatures:
+    """The paper's normalised maps and the head's inputs from `model.score_tokens` (shared by
+    training the head and by inference, so the head always reads what it was trained on)."""
+    map_2d, map_3d = normalised(*raw_maps(tokens, inp, groups, model.cfg.score_2d), stats)
+    inputs = head_inputs(inp, tokens.reconstruction, map_2d, map_3d)
+    context = token_context(tokens.features_2d, tokens.features_3d, groups,
+                            model.cfg.image_size)
+    return HeadFeatures(inputs, context, map_2d, map_3d)
+
+
+@torch.no_grad()
+def anomaly_maps(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: TokenScores,
+                 stats: Optional[dict], scoring: str = 'learned') -> AnomalyMaps:
+    """Both scorings' maps (B, S, S) and image scores from `model.score_tokens`; `anomaly` is
+    `scoring`'s."""
+    if scoring not in SCORINGS:
+        raise ValueError(f'scoring must be one of {SCORINGS}, got {scoring!r}')
+    sigma = model.cfg.smoothing_sigma
+    features = head_features(model, inp, groups, tokens, stats)
+    paper, paper_2d, paper_3d = paper_maps(features.map_2d, features.map_3d, inp.valid, sigma)
+    anomaly = paper
+    if scoring == 'learned':
+        anomaly = learned_map(model.scoring_head(features.inputs, features.context), inp.valid,
+                              sigma, model.cfg.map_margin)
+    return AnomalyMaps(anomaly, image_scores(anomaly), paper, image_scores(paper), paper_2d,
+                       paper_3d)

@@ -356,6 +356,7 @@ def evaluate_bags(input_bag, results_bag, output, threshold=None, num_overlays: 
     frames = read_frames(input_bag, warn=warn)
     frames = {s: f for s, f in frames.items() if 'rgb' in f}
     results: Dict[int, dict] = {}
+    scoring = 'learned'
     result_cls = message_class('diagnostic_msgs/msg/DiagnosticArray')
     for connection, log_time, raw in read_messages(results_bag, set(RESULT_TOPICS), warn):
         if connection.topic == RESULT_TOPICS[0]:
@@ -368,6 +369,7 @@ def evaluate_bags(input_bag, results_bag, output, threshold=None, num_overlays: 
                 msg.header)) / 1e6, is_anomalous=values.get('is_anomalous') == 'true')
             if threshold is None and values.get('threshold') not in (None, 'None'):
                 threshold = float(values['threshold'])
+            scoring = values.get('scoring', scoring)
         else:
             msg = decode(raw, Image, connection.topic, warn)
             if msg is not None:
@@ -386,7 +388,7 @@ def evaluate_bags(input_bag, results_bag, output, threshold=None, num_overlays: 
                'latency_ms_p99': float(np.percentile(latencies, 99)) if matched else None,
                'latency_ms_max': float(latencies.max()) if matched else None,
                'scores': {str(s): results[s]['score'] for s in matched},
-               'threshold': threshold, 'input_bag': str(input_bag),
+               'threshold': threshold, 'scoring': scoring, 'input_bag': str(input_bag),
                'results_bag': str(results_bag)}
     labelled = [s for s in matched if frames[s].get('gt') is not None
                 and 'map' in results[s]]
@@ -415,7 +417,7 @@ def evaluate_bags(input_bag, results_bag, output, threshold=None, num_overlays: 
               f'{summary["frames_without_result"]} | {_fmt(summary["latency_ms_p50"])} | '
               f'{_fmt(summary["latency_ms_p99"])} |', '']
     if per_category:
-        report.append(markdown_table(per_category, 'Detection metrics (RGB+3D)'))
+        report.append(markdown_table(per_category, 'Detection metrics', scoring))
     else:
         report.append('The input bag has no ground truth: scores, latency and drops only.')
     (output / 'report.md').write_text('\n'.join(report) + '\n')

@@ -27,7 +27,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 from dbmr_ros.checkpoint import CheckpointError
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.detector import Detector
-from dbmr_ros.resources import default_model_path
+from dbmr_ros.model.scoring import SCORINGS
+from dbmr_ros.resources import default_model_path, use_large_data_profile
 from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, ConversionError,
                                       image_from_array, image_to_rgb,
                                       intrinsics_from_camera_info, organize_cloud,
@@ -73,7 +74,8 @@ class DetectorNode(Node):
         # thread has run torch's OpenMP parallel regions, libgomp stops spin-waiting and every
         # op pays for waking its workers (network 48 -> 104 ms per frame on 2 cores).
         self.worker = threading.Thread(target=self._work,
-                                       args=(model_path, self.get_parameter('device').value),
+                                       args=(model_path, self.get_parameter('device').value,
+                                             self.get_parameter('scoring').value or None),
                                        name='dbmr-inference', daemon=True)
         self.worker.start()
         self._loaded.wait()
@@ -85,7 +87,8 @@ class DetectorNode(Node):
             self.detector.threshold = threshold
         self.get_logger().info(
             f'model {model_path} ({self.detector.meta.dataset}/{self.detector.meta.category}, '
-            f'threshold {self.detector.threshold}) on {self.detector.device}')
+            f'{self.detector.scoring} scoring, threshold {self.detector.threshold}) on '
+            f'{self.detector.device}')
 
         qos = (qos_profile_sensor_data if self.get_parameter('input_qos').value == 'sensor_data'
                else QoSProfile(depth=10))
@@ -122,6 +125,8 @@ class DetectorNode(Node):
         declare('model_path', '', 'DBMRNet checkpoint (.safetensors); empty: the shipped '
                 'default model', read_only=True)
         declare('device', 'auto', 'inference device: auto | cpu | cuda', read_only=True)
+        declare('scoring', '', 'anomaly map and score: learned (the scoring head) | paper '
+                '(the DBMRNet paper\'s); empty: the checkpoint\'s', read_only=True)
         declare('threshold', -1.0, 'image score above which a frame is anomalous; negative: '
                 'the checkpoint\'s calibrated threshold. Changeable at run time.')
         declare('sync_slop', 0.05, 'max stamp difference (s) of a synchronised image/cloud pair',
@@ -138,7 +143,8 @@ class DetectorNode(Node):
                 'as possible)', floating_point_range=_float_range(0.0, 1000.0))
         declare('max_input_pixels', 16_777_216, 'larger images or clouds are rejected',
                 integer_range=[IntegerRange(from_value=1, to_value=1 << 30, step=1)])
-        for name, choices in (('device', DEVICES), ('input_qos', QOS_CHOICES)):
+        for name, choices in (('device', DEVICES), ('input_qos', QOS_CHOICES),
+                              ('scoring', ('',) + SCORINGS)):
             value = self.get_parameter(name).value
             if value not in choices:
                 raise ValueError(f'parameter {name}={value!r}: choose one of {choices}')
@@ -151,7 +157,7 @@ class DetectorNode(Node):
         for p in params:
             if p.name == 'threshold':
                 self.detector.threshold = p.value if p.value >= 0 else \
-                    self.detector.meta.threshold
+                    self.detector.calibrated_threshold
                 self.get_logger().info(f'threshold set to {self.detector.threshold}')
         return SetParametersResult(successful=True)
 
@@ -197,10 +203,10 @@ class DetectorNode(Node):
 
     # --- inference worker ----------------------------------------------------------------
 
-    def _load(self, model_path: str, device: str) -> bool:
+    def _load(self, model_path: str, device: str, scoring: Optional[str]) -> bool:
         """Load and warm up the model (on the inference thread); False on failure."""
         try:
-            self.detector = Detector.from_checkpoint(model_path, device)
+            self.detector = Detector.from_checkpoint(model_path, device, scoring=scoring)
             self._warm_up()
             return True
         except Exception as error:  # noqa: BLE001 - re-raised by the constructor
@@ -209,8 +215,8 @@ class DetectorNode(Node):
         finally:
             self._loaded.set()
 
-    def _work(self, model_path: str, device: str):
-        if not self._load(model_path, device):
+    def _work(self, model_path: str, device: str, scoring: Optional[str]):
+        if not self._load(model_path, device, scoring):
             return
         while self._running:
             with self._condition:
@@ -307,7 +313,7 @@ class DetectorNode(Node):
                                   level=DiagnosticStatus.WARN if result.is_anomalous
                                   else DiagnosticStatus.OK,
                                   message='anomalous' if result.is_anomalous else 'good')
-        values = {'score': repr(float(result.score)),
+        values = {'score': repr(float(result.score)), 'scoring': result.scoring,
                   'is_anomalous': str(bool(result.is_anomalous)).lower(),
                   'threshold': repr(self.detector.threshold),
                   'processing_ms': f'{(time.perf_counter() - started) * 1e3:.2f}',
@@ -390,6 +396,9 @@ class DetectorNode(Node):
 
 
 def main(args=None) -> int:
+    # Its outputs (map, heatmap, cloud) are multi-MB too: the large-data profile unless the
+    # user chose one (config/fastdds_large_data.xml says why).
+    use_large_data_profile()
     rclpy.init(args=args)
     try:
         node = DetectorNode()

@@ -1,0 +1,298 @@
+"""Synthetic RGB-D anomalies on good samples, for anomaly-aware training and for choosing an
+operating point without real defects (after DRAEM, extended to organized point clouds).
+
+Each anomalous sample gets one region on the object: a Perlin-noise shape inside a random
+ellipse around a random object pixel, so sizes range from a few pixels to a large part of
+the object. In that region the sample gets, by chance:
+
+- an RGB anomaly: foreign texture blended in with a random opacity, taken from another image
+  of the batch (shifted), from shuffled 8 px patches of the same image, or procedural (two
+  random colours mixed by Perlin noise);
+- a 3D anomaly: the points pushed along their surface normal or along the viewing ray as a
+  smooth bump or dent (a fraction of the object's RMS radius), or removed (a hole or a cut);
+- or both at once, on the same region.
+
+Batched and device-agnostic. Every random number is drawn on the (CPU) generator and then moved
+to the data's device, so a seed gives the same anomalies on any device and a GPU never needs a
+generator of its own.
+"""
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Tuple
+
+import numpy as np
+import torch
+
+from dbmr_ros.dataclass_dict import from_dict, to_dict
+from dbmr_ros.model.grid import gaussian_blur, surface_normals
+
+# Values of `SyntheticBatch.kind`.
+NONE, RGB, DISPLACED, REMOVED, RGB_DISPLACED, RGB_REMOVED = range(6)
+KIND_NAMES = ('none', 'rgb', 'displaced', 'removed', 'rgb+displaced', 'rgb+removed')
+_PATCH = 8  # px, the shuffled-patch texture's patch size
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    """How anomalies are drawn. Saved in checkpoints (it shapes what the head learned)."""
+
+    probability: float = 0.5            # share of samples that get an anomaly
+    modality_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)  # rgb only, 3D only, both
+    removal_share: float = 0.3          # 3D anomalies that remove points instead of moving them
+    radius: Tuple[float, float] = (0.015, 0.2)   # ellipse semi-axis, fraction of image side
+    perlin_cells: Tuple[int, int] = (2, 32)      # Perlin grid cells across the image
+    perlin_threshold: Tuple[float, float] = (0.0, 0.5)
+    min_pixels: int = 6                 # a smaller region falls back to the whole ellipse
+    opacity: Tuple[float, float] = (0.2, 1.0)    # of the foreign texture
+    texture_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)  # other image, patches, noise
+    displacement: Tuple[float, float] = (0.03, 0.2)  # of the object's RMS radius
+    smoothing: float = 2.0              # px, Gaussian edge of a bump or dent
+
+    def __post_init__(self):
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError('anomaly probability must be in [0, 1]')
+        for name in ('modality_weights', 'texture_weights'):
+            weights = getattr(self, name)
+            if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
+                raise ValueError(f'{name} must be three non-negative weights, not all zero')
+        for name in ('radius', 'perlin_cells', 'perlin_threshold', 'opacity', 'displacement'):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f'{name}: lower bound {low} above upper bound {high}')
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> 'AnomalyConfig':
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return from_dict(cls, values, 'anomaly')
+
+
+class SyntheticBatch(NamedTuple):
+    rgb: torch.Tensor    # (B, S, S, 3) uint8, with the anomalies
+    xyz: torch.Tensor    # (B, S, S, 3) float, with the anomalies; 0 = invalid
+    mask: torch.Tensor   # (B, S, S) bool, the anomalous pixels (ground truth)
+    kind: torch.Tensor   # (B,) long, one of NONE ... RGB_REMOVED (NONE when the mask is empty)
+
+
+def synthesize(rgb: torch.Tensor, xyz: torch.Tensor, cfg: AnomalyConfig,
+               generator: torch.Generator, probability: float = None) -> SyntheticBatch:
+    """Anomalies on good samples: rgb (B, S, S, 3) uint8, xyz (B, S, S, 3) float (0 = invalid).
+
+    `probability` overrides cfg.probability (1.0 to corrupt every sample). The number of
+    random draws depends on the batch's shape only, never on its content, so a generator's
+    stream stays aligned from batch to batch.
+    """
+    batch, device = rgb.shape[0], rgb.device
+    p = cfg.probability if probability is None else probability
+    draw = _Draws(generator, batch, device)
+    valid = (xyz != 0).any(-1)
+
+    anomalous = draw.uniform() < p
+    modality = draw.choice(cfg.modality_weights)                     # 0 rgb, 1 3D, 2 both
+    removed = draw.uniform() < cfg.removal_share
+    region = random_region(valid, cfg, draw)                         # (B, S, S) bool
+    mask = region & anomalous[:, None, None]
+    has_rgb = mask & (modality != 1)[:, None, None]
+    has_3d = mask & (modality != 0)[:, None, None]
+
+    texture = foreign_texture(rgb, cfg, draw)
+    opacity = draw.uniform(*cfg.opacity)[:, None, None, None]
+    blended = rgb.float() * (1 - opacity) + texture * opacity
+    out_rgb = torch.where(has_rgb[..., None], blended.round().clamp(0, 255).to(torch.uint8), rgb)
+
+    # A bump's Gaussian edge reaches a little beyond the region (the ground truth stays the
+    # region); removal takes exactly the region.
+    moved = displaced(xyz, valid, has_3d & ~removed[:, None, None], cfg, draw)
+    gone = has_3d & removed[:, None, None]
+    out_xyz = torch.where(gone[..., None], torch.zeros_like(xyz), moved)
+
+    kind = torch.full((batch,), NONE, dtype=torch.long, device=device)
+    kind = torch.where(modality == 0, RGB, kind)
+    three_d = torch.where(removed, torch.full_like(kind, REMOVED),
+                          torch.full_like(kind, DISPLACED))
+    kind = torch.where(modality == 1, three_d, kind)
+    kind = torch.where(modality == 2, three_d + (RGB_DISPLACED - DISPLACED), kind)
+    kind = torch.where(mask.flatten(1).any(1), kind, torch.full_like(kind, NONE))
+    return SyntheticBatch(out_rgb, out_xyz, mask, kind)
+
+
+class _Draws:
+    """Random numbers for one batch: drawn on the CPU generator, returned on `device`."""
+
+    def __init__(self, generator: torch.Generator, batch: int, device):
+        self.generator, self.batch, self.device = generator, batch, device
+
+    def uniform(self, low: float = 0.0, high: float = 1.0, shape=()) -> torch.Tensor:
+        values = torch.rand((self.batch, *shape), generator=self.generator)
+        return (low + (high - low) * values).to(self.device)
+
+    def log_uniform(self, low: float, high: float, shape=()) -> torch.Tensor:
+        return self.uniform(math.log(low), math.log(high), shape).exp()
+
+    def choice(self, weights) -> torch.Tensor:
+        """(B,) long index into `weights`, drawn by inverse CDF (one uniform per sample)."""
+        cdf = torch.tensor(weights, dtype=torch.float64).cumsum(0)
+        values = torch.rand(self.batch, generator=self.generator, dtype=torch.float64)
+        picked = torch.searchsorted(cdf / cdf[-1], values, right=True).clamp_max(len(weights) - 1)
+        return picked.to(self.device)
+
+    def permutation_keys(self, length: int) -> torch.Tensor:
+        """(B, length) random keys; their argsort is a random permutation per sample."""
+        return torch.rand((self.batch, length), generator=self.generator).to(self.device)
+
+
+def perlin(size: int, cells: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor,
+           gradient_angles: torch.Tensor) -> torch.Tensor:
+    """Batched 2D Perlin noise (B, size, size) in about [-1, 1].
+
+    cells (B,): grid cells across the image; angle (B,): rotation of the grid; shift (B, 2):
+    offset in cells; gradient_angles (B, G, G): the lattice's gradient directions (the lattice
+    repeats every G cells, G > max(cells) + 1 keeps that out of view).
+    """
+    batch, lattice = gradient_angles.shape[:2]
+    device = gradient_angles.device
+    axis = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size - 0.5
+    rows, cols = torch.meshgrid(axis, axis, indexing='ij')
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+    scale = cells.float()[:, None, None]
+    u = (cos * cols - sin * rows) * scale + shift[:, None, None, 0]
+    v = (sin * cols + cos * rows) * scale + shift[:, None, None, 1]
+    cell_u, cell_v = u.floor(), v.floor()
+    frac_u, frac_v = u - cell_u, v - cell_v
+    gradients = torch.stack([gradient_angles.cos(), gradient_angles.sin()], -1).flatten(1, 2)
+
+    def corner(du: int, dv: int) -> torch.Tensor:
+        iu = (cell_u.long() + du) % lattice
+        iv = (cell_v.long() + dv) % lattice
+        index = (iv * lattice + iu).flatten(1)                          # (B, S*S)
+        g = torch.gather(gradients, 1, index[..., None].expand(-1, -1, 2)).view(
+            batch, size, size, 2)
+        return g[..., 0] * (frac_u - du) + g[..., 1] * (frac_v - dv)
+
+    fade_u = frac_u ** 3 * (frac_u * (frac_u * 6 - 15) + 10)
+    fade_v = frac_v ** 3 * (frac_v * (frac_v * 6 - 15) + 10)
+    top = torch.lerp(corner(0, 0), corner(1, 0), fade_u)
+    bottom = torch.lerp(corner(0, 1), corner(1, 1), fade_u)
+    return math.sqrt(2.0) * torch.lerp(top, bottom, fade_v)
+
+
+def _perlin_draws(size: int, cells: Tuple[int, int], draw: _Draws) -> torch.Tensor:
+    """Perlin noise with a random (log-uniform) cell count, rotation and offset per sample."""
+    lattice = cells[1] + 2
+    count = draw.log_uniform(cells[0], cells[1]).round()
+    return perlin(size, count, draw.uniform(0, math.pi), draw.uniform(0, lattice, (2,)),
+                  draw.uniform(0, 2 * math.pi, (lattice, lattice)))
+
+
+def random_region(valid: torch.Tensor, cfg: AnomalyConfig, draw: _Draws) -> torch.Tensor:
+    """(B, S, S) bool region on the object: Perlin shape inside an ellipse centred on a random
+    valid pixel; the whole ellipse (on the object) where the Perlin shape leaves too little."""
+    batch, size = valid.shape[:2]
+    device = valid.device
+    # A random valid pixel by inverse CDF over the valid pixels in raster order.
+    counts = valid.flatten(1).sum(1)
+    rank = (draw.uniform() * counts).floor().long().clamp_min(0)
+    cumulative = valid.flatten(1).long().cumsum(1)
+    centre = torch.searchsorted(cumulative, (rank + 1)[:, None]).clamp_max(size * size - 1)[:, 0]
+    centre_row, centre_col = (centre // size).float(), (centre % size).float()
+
+    semi_major = draw.log_uniform(*cfg.radius) * size
+    semi_minor = semi_major * draw.uniform(0.3, 1.0)
+    angle = draw.uniform(0, math.pi)
+    axis = torch.arange(size, device=device, dtype=torch.float32)
+    d_row = axis[None, :, None] - centre_row[:, None, None]
+    d_col = axis[None, None, :] - centre_col[:, None, None]
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+    along = (cos * d_col + sin * d_row) / semi_major[:, None, None]
+    across = (-sin * d_col + cos * d_row) / semi_minor[:, None, None]
+    ellipse = (along ** 2 + across ** 2 <= 1) & valid
+
+    noise = _perlin_draws(size, cfg.perlin_cells, draw)
+    threshold = draw.uniform(*cfg.perlin_threshold)[:, None, None]
+    shaped = ellipse & (noise > threshold)
+    enough = shaped.flatten(1).sum(1) >= cfg.min_pixels
+    return torch.where(enough[:, None, None], shaped, ellipse)
+
+
+def foreign_texture(rgb: torch.Tensor, cfg: AnomalyConfig, draw: _Draws) -> torch.Tensor:
+    """(B, S, S, 3) float texture per sample from one of three sources (see module doc)."""
+    batch, size = rgb.shape[:2]
+    device = rgb.device
+    source = draw.choice(cfg.texture_weights)
+
+    # Another image of the batch, shifted with wrap-around (itself, shifted, for a batch of 1).
+    other = (torch.arange(batch, device=device)
+             + (draw.uniform() * max(batch - 1, 1)).floor().long() + 1) % batch
+    shift = (draw.uniform(0, size, (2,))).floor().long()
+    axis = torch.arange(size, device=device)
+    rows = (axis[None, :] + shift[:, 0:1]) % size                            # (B, S)
+    cols = (axis[None, :] + shift[:, 1:2]) % size
+    flat = (rows[:, :, None] * size + cols[:, None, :]).flatten(1)           # (B, S*S)
+    pool = rgb[other].flatten(1, 2).float()
+    from_other = torch.gather(pool, 1, flat[..., None].expand(-1, -1, 3)).view_as(rgb)
+
+    # Shuffled patches of the same image.
+    grid = size // _PATCH
+    order = draw.permutation_keys(grid * grid).argsort(1)
+    cropped = rgb[:, :grid * _PATCH, :grid * _PATCH].float()
+    patches = cropped.reshape(batch, grid, _PATCH, grid, _PATCH, 3).permute(0, 1, 3, 2, 4, 5)
+    patches = patches.reshape(batch, grid * grid, -1)
+    patches = torch.gather(patches, 1, order[..., None].expand_as(patches))
+    shuffled = rgb.float().clone()
+    shuffled[:, :grid * _PATCH, :grid * _PATCH] = patches.view(
+        batch, grid, grid, _PATCH, _PATCH, 3).permute(0, 1, 3, 2, 4, 5).reshape(
+        batch, grid * _PATCH, grid * _PATCH, 3)
+
+    # Two random colours mixed by Perlin noise.
+    colours = draw.uniform(0, 255, (2, 3))
+    weight = (_perlin_draws(size, (4, 64), draw)[..., None] + 1) / 2
+    procedural = colours[:, None, None, 0] * (1 - weight) + colours[:, None, None, 1] * weight
+
+    choice = source[:, None, None, None]
+    return torch.where(choice == 0, from_other, torch.where(choice == 1, shuffled, procedural))
+
+
+def displaced(xyz: torch.Tensor, valid: torch.Tensor, region: torch.Tensor, cfg: AnomalyConfig,
+              draw: _Draws) -> torch.Tensor:
+    """xyz with a smooth bump or dent over `region`: along the normal or the viewing ray, its
+    height a random fraction of the object's RMS radius, its edge Gaussian (cfg.smoothing)."""
+    along_normal = draw.uniform() < 0.5
+    sign = torch.where(draw.uniform() < 0.5, -1.0, 1.0)
+    height = draw.uniform(*cfg.displacement) * sign * _rms_radius(xyz, valid)
+    profile = gaussian_blur(region.float(), cfg.smoothing)
+    profile = profile / profile.flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
+    normals = surface_normals(xyz, valid)
+    rays = xyz / xyz.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+    # Positive height moves towards the camera: against the ray, along the (facing) normal.
+    direction = torch.where(along_normal[:, None, None, None], normals, -rays)
+    offset = (height[:, None, None] * profile * valid)[..., None] * direction
+    return xyz + offset
+
+
+def _rms_radius(xyz: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B,) RMS distance of the valid points from their centroid."""
+    weights = valid[..., None].to(xyz.dtype)
+    count = weights.flatten(1).sum(1).clamp_min(1)
+    centroid = (xyz * weights).flatten(1, 2).sum(1) / count[:, None]
+    spread = ((xyz - centroid[:, None, None]) ** 2).sum(-1) * valid
+    return (spread.flatten(1).sum(1) / count).sqrt()
+
+
+def anomalous_copies(rgb: np.ndarray, xyz: np.ndarray, cfg: AnomalyConfig, seed: int,
+                     copies: int = 2, batch_size: int = 16):
+    """`copies` anomalous versions of every good sample (model-size numpy arrays), seeded:
+    rgb (N * copies, S, S, 3) uint8, xyz float32, mask (N * copies, S, S) bool. For choosing
+    an operating point and selecting models without real defects."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {'rgb': [], 'xyz': [], 'mask': []}
+    for _ in range(copies):
+        for start in range(0, len(rgb), batch_size):
+            made = synthesize(torch.from_numpy(rgb[start:start + batch_size]),
+                              torch.from_numpy(xyz[start:start + batch_size]), cfg, generator,
+                              probability=1.0)
+            out['rgb'].append(made.rgb.numpy())
+            out['xyz'].append(made.xyz.numpy())
+            out['mask'].append(made.mask.numpy())
+    return tuple(np.concatenate(out[k]) for k in ('rgb', 'xyz', 'mask'))

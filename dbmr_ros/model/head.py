@@ -1,0 +1,119 @@
+"""The learned scoring head: a small U-Net that reads the input, its reconstruction and the
+paper's maps per pixel and predicts the probability that the pixel is anomalous. It is trained
+on synthetic anomalies (focal loss on their masks); the network is frozen meanwhile.
+
+It works at half the model's resolution (a strided first convolution) and returns logits at
+full resolution: about 1 GFLOP per 224 x 224 frame for the default widths.
+"""
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dbmr_ros.model.grid import surface_normals
+from dbmr_ros.model.inputs import Groups, metric_xyz, ModelInput
+
+# Per-pixel input channels, in order (see `head_inputs`).
+INPUT_CHANNELS = (('image', 3), ('reconstruction', 3), ('map_2d', 1), ('map_3d', 1),
+                  ('valid', 1), ('normals', 3), ('xyz', 3))
+NUM_INPUTS = sum(n for _, n in INPUT_CHANNELS)
+
+
+def head_inputs(inp: ModelInput, reconstruction: torch.Tensor, map_2d: torch.Tensor,
+                map_3d: torch.Tensor) -> torch.Tensor:
+    """The head's per-pixel inputs (B, NUM_INPUTS, S, S), channels as INPUT_CHANNELS.
+
+    reconstruction: (B, 3, S, S) normalised image; map_2d, map_3d: the paper's normalised raw
+    maps (B, S, S), log-compressed here (a defect can be hundreds of times a typical good
+    pixel). Geometry: the surface normals (pose-independent local shape) and the normalised
+    points, zero on the background.
+    """
+    valid = inp.valid.to(inp.images.dtype)
+    normals = surface_normals(metric_xyz(inp), inp.valid) * valid[..., None]
+    channels = [inp.images, reconstruction.to(inp.images.dtype), torch.log1p(map_2d)[:, None],
+                torch.log1p(map_3d)[:, None], valid[:, None], normals.permute(0, 3, 1, 2),
+                inp.xyz.permute(0, 3, 1, 2)]
+    return torch.cat(channels, dim=1)
+
+
+def _conv(in_dim: int, out_dim: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_dim, out_dim, 3, stride=stride, padding=1, bias=False),
+                         nn.BatchNorm2d(out_dim), nn.ReLU(inplace=True))
+
+
+class ScoringHead(nn.Module):
+    """(B, NUM_INPUTS, S, S) pixels and (B, context_dim, g, g) token context -> anomaly logits
+    (B, S, S).
+
+    Encoder: the inputs normalised per channel, a stride-2 convolution to S/2, then one level per
+    further width, each halving the resolution; the token context (the network's decoder
+    features on its patch grid) is projected and added at the coarsest level, so every pixel
+    knows what the network expects around it; decoder: upsample, concatenate the skip, two
+    convolutions; 1x1 to one channel at S/2, bilinear to S. Any S: each level upsamples to its
+    skip's size.
+    """
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), in_dim: int = NUM_INPUTS,
+                 context_dim: int = 0):
+        super().__init__()
+        self.input_norm = nn.BatchNorm2d(in_dim)
+        self.stem = nn.Sequential(_conv(in_dim, widths[0], stride=2), _conv(widths[0], widths[0]))
+        self.down = nn.ModuleList(nn.Sequential(_conv(a, b), _conv(b, b))
+                                  for a, b in zip(widths[:-1], widths[1:]))
+        self.context = nn.Sequential(nn.Conv2d(context_dim, widths[-1], 1, bias=False),
+                                     nn.BatchNorm2d(widths[-1])) if context_dim else None
+        self.up = nn.ModuleList(nn.Sequential(_conv(a + b, a), _conv(a, a))
+                                for a, b in zip(widths[:-1], widths[1:]))
+        self.out = nn.Conv2d(widths[0], 1, 1)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor = None) -> torch.Tensor:
+        size = x.shape[-2:]
+        skips = [self.stem(self.input_norm(x))]
+        for block in self.down:
+            skips.append(block(F.max_pool2d(skips[-1], 2)))
+        y = skips.pop()
+        if self.context is not None:
+            y = torch.relu(y + F.interpolate(self.context(context), size=y.shape[-2:],
+                                             mode='bilinear', align_corners=False))
+        for block in reversed(self.up):
+            skip = skips.pop()
+            y = block(torch.cat([F.interpolate(y, size=skip.shape[-2:], mode='bilinear',
+                                               align_corners=False), skip], dim=1))
+        logits = F.interpolate(self.out(y), size=size, mode='bilinear', align_corners=False)
+        return logits[:, 0]
+
+
+def token_context(features_2d: torch.Tensor, features_3d: torch.Tensor, groups: Groups,
+                  image_size: int) -> torch.Tensor:
+    """(B, 2 * Dd, g, g): each patch's 2D decoder feature, and the 3D decoder feature of the
+    point group whose centre lies nearest to the patch centre in the image."""
+    batch, length, dim = features_2d.shape
+    grid = int(round(length ** 0.5))
+    step = image_size / grid
+    centres = (torch.arange(grid, device=features_2d.device, dtype=torch.float32) + 0.5) * step
+    rows, cols = torch.meshgrid(centres, centres, indexing='ij')
+    patches = torch.stack([rows.flatten(), cols.flatten()], -1)                   # (L, 2)
+    group_pixels = torch.stack([groups.center_pixels // image_size,
+                                groups.center_pixels % image_size], -1).float()   # (B, G, 2)
+    nearest = torch.cdist(patches.expand(batch, -1, -1), group_pixels).argmin(-1)  # (B, L)
+    per_patch_3d = torch.gather(features_3d, 1, nearest[..., None].expand(-1, -1, dim))
+    both = torch.cat([features_2d, per_patch_3d.to(features_2d.dtype)], dim=-1)    # (B, L, 2D)
+    return both.transpose(1, 2).reshape(batch, 2 * dim, grid, grid)
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
+               min_share: float = 1e-3) -> torch.Tensor:
+    """Binary focal loss (Lin et al. 2017) of logits against a {0, 1} target, any shape,
+    summed and divided by the number of anomalous pixels, as RetinaNet does.
+
+    Confident pixels count little, and the normalisation keeps the few anomalous pixels (a
+    defect is often under 1 % of the image) from being drowned out: averaged over all pixels,
+    predicting 'normal' everywhere costs almost nothing and the head learns exactly that. The
+    divisor is at least `min_share` of the pixels, so a batch with one tiny anomaly does not
+    get a hundredfold weight.
+    """
+    target = target.to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction='none')
+    p_true = torch.exp(-bce)
+    return ((1 - p_true) ** gamma * bce).sum() / target.sum().clamp_min(min_share * target.numel())

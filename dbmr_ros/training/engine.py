@@ -1,0 +1,141 @@
+"""One epoch of each training stage.
+
+Stage 1, reconstruction: DBMRNet learns masked reconstruction of good samples, some of them
+corrupted by synthetic anomalies; the targets are always the clean sample, so the network
+learns what a good part has where a defect is (the paper's 2D, 3D and cross-modal losses).
+Stage 2, scoring head: the network is frozen; on freshly corrupted samples the head reads the
+input, its reconstruction and the paper's maps, and learns the anomaly masks (focal loss).
+
+Every step runs on the model's device; random numbers come from the CPU generator (see
+`dbmr_ros.data.anomalies`), so a seed gives the same run on any device.
+"""
+import math
+import time
+from typing import Dict, NamedTuple
+
+import torch
+from tqdm import tqdm
+
+from dbmr_ros.data.anomalies import AnomalyConfig, synthesize
+from dbmr_ros.model.dbmrnet import DBMRNet
+from dbmr_ros.model.head import focal_loss
+from dbmr_ros.model.inputs import clean_targets, Groups, group_points, ModelInput, prepare, \
+    Targets
+from dbmr_ros.model.scoring import head_features
+
+
+class TrainBatch(NamedTuple):
+    inp: ModelInput     # the (possibly corrupted) network input
+    groups: Groups
+    targets: Targets    # the clean sample
+    mask: torch.Tensor  # (B, S, S) bool, synthetic anomalies
+
+
+def augment(rgb: torch.Tensor, xyz: torch.Tensor, generator: torch.Generator,
+            brightness_jitter: float = 0.0):
+    """The same random flip / 90-degree rotation of the registered grids (points unchanged), and
+    a random brightness factor per image in [1 - jitter, 1 + jitter] (lighting changes)."""
+    k, flip = torch.randint(0, 4, (2,), generator=generator).tolist()
+    rgb, xyz = torch.rot90(rgb, k, (1, 2)), torch.rot90(xyz, k, (1, 2))
+    if flip % 2:
+        rgb, xyz = rgb.flip(2), xyz.flip(2)
+    if brightness_jitter > 0:
+        factor = 1 + brightness_jitter * (2 * torch.rand(len(rgb), 1, 1, 1,
+                                                         generator=generator) - 1)
+        rgb = (rgb.float() * factor.to(rgb.device)).round().clamp(0, 255).to(torch.uint8)
+    return rgb.contiguous(), xyz.contiguous()
+
+
+def make_batch(rgb: torch.Tensor, xyz: torch.Tensor, model_cfg, anomalies: AnomalyConfig,
+               generator: torch.Generator, augmentation: bool, brightness_jitter: float,
+               device) -> TrainBatch:
+    """Model-size good samples (B, S, S, 3) -> augmented, corrupted, grouped, with targets."""
+    rgb, xyz = rgb.to(device), xyz.to(device)
+    if augmentation:
+        rgb, xyz = augment(rgb, xyz, generator, brightness_jitter)
+    corrupted = synthesize(rgb, xyz, anomalies, generator)
+    inp = prepare(corrupted.rgb, corrupted.xyz, model_cfg.num_points, model_cfg.group_size,
+                  generator=generator)
+    groups = group_points(inp, model_cfg.num_groups, model_cfg.group_size)
+    return TrainBatch(inp, groups, clean_targets(inp, groups, rgb, xyz), corrupted.mask)
+
+
+class EpochRunner:
+    """The batches of one epoch with a progress bar, loss totals and images per second."""
+
+    def __init__(self, batches, description: str, enabled: bool):
+        self.progress = tqdm(batches, desc=description, disable=not enabled, leave=False,
+                             unit='batch')
+        self.totals: Dict[str, float] = {}
+        self.count = 0
+        self.started = time.perf_counter()
+
+    def __iter__(self):
+        return iter(self.progress)
+
+    def record(self, losses: Dict[str, torch.Tensor], size: int) -> None:
+        for key, value in losses.items():
+            self.totals[key] = self.totals.get(key, 0.0) + float(value.detach()) * size
+        self.count += size
+        speed = self.count / (time.perf_counter() - self.started)
+        self.progress.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}",
+                                  img_s=f'{speed:.1f}')
+
+    def means(self) -> Dict[str, float]:
+        means = {k: v / max(self.count, 1) for k, v in self.totals.items()}
+        means['images_per_second'] = self.count / (time.perf_counter() - self.started)
+        return means
+
+
+def unmasked_step(step: int, share: float) -> bool:
+    """Whether optimizer step `step` sees every token: an evenly spaced `share` of the steps, a
+    function of the step count only, so every DDP rank takes the same kind of step and a resumed
+    run continues the schedule exactly."""
+    return math.floor((step + 1) * share) > math.floor(step * share)
+
+
+def reconstruction_epoch(net, model: DBMRNet, data, batches, optimizer, scheduler, cfg,
+                         generator: torch.Generator, device, description: str,
+                         progress: bool) -> Dict[str, float]:
+    """Stage 1 over `batches` (index tensors into data = (rgb, xyz) CPU tensors).
+    net: the model or its DistributedDataParallel wrapper."""
+    model.train()
+    runner = EpochRunner(batches, description, progress)
+    for index in runner:
+        batch = make_batch(data[0][index], data[1][index], model.cfg, cfg.anomaly_config(),
+                           generator, cfg.augment, cfg.brightness_jitter, device)
+        masked = not unmasked_step(scheduler.last_epoch, model.cfg.unmasked_share)
+        out = net(batch.inp.images, batch.groups, generator, batch.targets, masked)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        runner.record({'loss': out.loss, **out.losses}, len(index))
+    return runner.means()
+
+
+def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cfg, stats: dict,
+               generator: torch.Generator, device, description: str,
+               progress: bool) -> Dict[str, float]:
+    """Stage 2: the scoring head on synthetic anomalies, the network frozen.
+    head_net: model.scoring_head or its DistributedDataParallel wrapper."""
+    model.eval()
+    model.scoring_head.train()
+    runner = EpochRunner(batches, description, progress)
+    for index in runner:
+        batch = make_batch(data[0][index], data[1][index], model.cfg, cfg.anomaly_config(),
+                           generator, cfg.augment, cfg.brightness_jitter, device)
+        with torch.no_grad():
+            tokens = model.score_tokens(batch.inp.images, batch.groups)
+            features = head_features(model, batch.inp, batch.groups, tokens, stats)
+        loss = focal_loss(head_net(features.inputs, features.context), batch.mask)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.scoring_head.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        runner.record({'loss': loss}, len(index))
+    return runner.means()

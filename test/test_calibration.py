@@ -1,0 +1,114 @@
+"""Calibration: threshold rules, the score definition a threshold is tied to, dbmr-calibrate."""
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from dbmr_ros import calibration
+from dbmr_ros.calibrate import main as calibrate_main
+from dbmr_ros.calibration import (Calibration, CalibrationError, choose_threshold,
+                                  score_definition, Threshold)
+from dbmr_ros.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
+from dbmr_ros.data.preprocess import PreprocessConfig
+from dbmr_ros.detector import Detector
+from dbmr_ros.model import DBMRConfig, DBMRNet
+
+SMALL = DBMRConfig(image_size=64, patch_size=8, num_points=400, num_groups=24, group_size=12,
+                   embed_dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_heads=2,
+                   head_widths=(8, 16))
+PCFG = PreprocessConfig(image_size=64, dbscan_min_points=8)
+
+
+def test_balanced_rule_cuts_midway_between_separable_sets():
+    value, rule = choose_threshold([0.1, 0.2, 0.3], [0.5, 0.7, 0.9])
+    assert value == pytest.approx(0.4)
+    assert 'balanced accuracy 1.000' in rule and '3 good scores' in rule
+
+
+def test_balanced_rule_maximises_tpr_plus_tnr_on_overlapping_sets():
+    good = [0.1, 0.2, 0.3, 0.45, 0.6]
+    anomalous = [0.4, 0.5, 0.7, 0.8]
+    value, _ = choose_threshold(good, anomalous)
+    predicted_good = np.asarray(good) <= value
+    predicted_bad = np.asarray(anomalous) > value
+    best = (predicted_good.mean() + predicted_bad.mean()) / 2
+    for cut in np.linspace(0, 1, 201):  # no other cut does better
+        other = ((np.asarray(good) <= cut).mean() + (np.asarray(anomalous) > cut).mean()) / 2
+        assert other <= best + 1e-12
+
+
+def test_good_quantile_rule_and_errors():
+    value, rule = choose_threshold([1.0, 2.0, 3.0], [], 'good-quantile', 1.0, 1.5)
+    assert value == pytest.approx(4.5) and 'quantile 1.0 of 3 good scores x 1.5' == rule
+    with pytest.raises(CalibrationError, match='synthetic'):
+        choose_threshold([1.0], [])
+    with pytest.raises(CalibrationError, match='unknown threshold rule'):
+        choose_threshold([1.0], [2.0], 'magic')
+    with pytest.raises(CalibrationError, match='no good samples'):
+        choose_threshold([], [2.0])
+
+
+def test_a_threshold_is_refused_for_another_score_definition():
+    fitted = Calibration.manual(SMALL, {'mean_2d': 1.0, 'mean_3d': 2.0}, 0.5)
+    assert fitted.threshold_for(SMALL, 'learned') == 0.5
+    assert fitted.threshold_for(SMALL, 'paper') == 0.5
+    smoother = dataclasses.replace(SMALL, smoothing_sigma=2.0)
+    with pytest.raises(CalibrationError, match="smoothing_sigma.*dbmr-calibrate"):
+        fitted.threshold_for(smoother, 'learned')
+    # A code change that bumps SCORE_VERSION invalidates every stored threshold.
+    old = dataclasses.replace(fitted.thresholds['paper'], definition={
+        **fitted.thresholds['paper'].definition, 'version': calibration.SCORE_VERSION - 1})
+    stale = Calibration(fitted.stats, {'paper': old})
+    with pytest.raises(CalibrationError, match='version'):
+        stale.threshold_for(SMALL, 'paper')
+    assert Calibration().threshold_for(SMALL, 'paper') is None
+
+
+def test_calibration_round_trips_through_a_checkpoint(tmp_path):
+    fitted = Calibration({'mean_2d': 0.25, 'mean_3d': 4.0},
+                         {'learned': Threshold(0.3, 'rule a', score_definition(SMALL, 'learned'))},
+                         'somewhere')
+    meta = CheckpointMeta(model=SMALL, preprocess=PCFG, calibration=fitted)
+    path = save_checkpoint(tmp_path / 'm.safetensors', DBMRNet(SMALL).state_dict(), meta)
+    loaded = load_checkpoint(path)[1].calibration
+    assert loaded == fitted
+    detector = Detector.from_checkpoint(path, 'cpu')
+    assert detector.threshold == 0.3 and detector.scoring == 'learned'
+    assert Detector.from_checkpoint(path, 'cpu', scoring='paper').threshold is None
+
+
+def test_detector_refuses_a_stale_threshold(tmp_path):
+    stale = Calibration.manual(dataclasses.replace(SMALL, map_margin=3), {}, 0.5)
+    meta = CheckpointMeta(model=SMALL, preprocess=PCFG, calibration=stale)
+    path = save_checkpoint(tmp_path / 'stale.safetensors', DBMRNet(SMALL).state_dict(), meta)
+    with pytest.raises(CalibrationError, match='map_margin'):
+        Detector.from_checkpoint(path, 'cpu')
+
+
+def test_dbmr_calibrate_writes_a_new_checkpoint_and_keeps_the_input(synthetic_root, tmp_path,
+                                                                    capsys):
+    torch.manual_seed(0)
+    stale = Calibration.manual(dataclasses.replace(SMALL, map_margin=3), {'mean_2d': 9.0}, 9.0)
+    source = save_checkpoint(tmp_path / 'in.safetensors', DBMRNet(SMALL).state_dict(),
+                             CheckpointMeta(model=SMALL, preprocess=PCFG, calibration=stale))
+    before = source.read_bytes()
+    target = tmp_path / 'out.safetensors'
+    args = ['--checkpoint', str(source), '--output', str(target), '--dataset', 'synthetic',
+            '--data-root', str(synthetic_root), '--category', 'puck', '--device', 'cpu',
+            '--copies', '1']
+    assert calibrate_main(args) == 0
+    out = capsys.readouterr().out
+    assert 'learned: threshold' in out and 'paper: threshold' in out
+    assert source.read_bytes() == before, 'the input checkpoint is never modified'
+    fitted = load_checkpoint(target)[1].calibration
+    assert set(fitted.thresholds) == {'learned', 'paper'}
+    assert 'puck validation (3 samples)' in fitted.fitted_on
+    assert fitted.stats['mean_2d'] != 9.0
+    detector = Detector.from_checkpoint(target, 'cpu')   # the stale definition is gone
+    assert detector.threshold == fitted.thresholds['learned'].value
+    # An existing output is never overwritten without --overwrite.
+    assert calibrate_main(args) == 2
+    assert 'exists' in capsys.readouterr().err
+    assert calibrate_main(args + ['--overwrite', '--rule', 'good-quantile']) == 0
+    assert 'quantile' in load_checkpoint(target)[1].calibration.thresholds['paper'].rule
