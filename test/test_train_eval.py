@@ -138,12 +138,12 @@ def test_resume_after_kill_mid_epoch(synthetic_root, tmp_path, config):
     run = tmp_path / 'killed'
     command = [str(BIN / 'dbmr-train'), *_train_args(synthetic_root, run, slow)]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300
     state = run / 'train_state.pt'
-    while time.monotonic() < deadline and not (state.exists() and 'epoch 3/6' in (
-            run / 'train.log').read_text()):
+    # The event: the state of epoch 3 is on disk (saved atomically, so a read sees a whole
+    # file), i.e. the run is inside epoch 4, the first head epoch. Kill it there.
+    while time.monotonic() < deadline and _saved_epoch(state) < 3:
         time.sleep(0.05)
-    time.sleep(0.3)  # inside epoch 4
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     saved = torch.load(state, weights_only=True)['epoch']
@@ -157,6 +157,13 @@ def test_resume_after_kill_mid_epoch(synthetic_root, tmp_path, config):
     a = Detector.from_checkpoint(reference / 'model.safetensors', 'cpu').model
     b = Detector.from_checkpoint(run / 'model.safetensors', 'cpu').model
     assert weights_digest(a) == weights_digest(b)
+
+
+def _saved_epoch(state) -> int:
+    try:
+        return torch.load(state, weights_only=True)['epoch']
+    except FileNotFoundError:
+        return 0
 
 
 def test_ddp_two_processes_gloo(synthetic_root, config, tmp_path):
