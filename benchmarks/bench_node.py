@@ -30,7 +30,7 @@ from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Header
 
 from dbmr_ros.data.sample import valid_mask
-from dbmr_ros.resources import default_model_path, use_large_data_profile
+from dbmr_ros.resources import default_model_path, use_dds_defaults, use_large_data_profile
 from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, image_from_array,
                                       image_to_rgb)
 from dbmr_ros.visualize import blend, colorize
@@ -129,6 +129,8 @@ def main(argv=None) -> int:
     parser.add_argument('--dds-defaults', action='store_true',
                         help="Fast DDS's defaults instead of config/fastdds_large_data.xml")
     args = parser.parse_args(argv)
+    if args.dds_defaults:
+        use_dds_defaults()
     profile = "Fast DDS defaults" if args.dds_defaults else use_large_data_profile()
     print(f'DDS profile: {profile}')
 

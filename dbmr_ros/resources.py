@@ -33,3 +33,9 @@ def use_large_data_profile() -> str:
     """Make this process and the ones it starts use that profile, unless the user already chose
     a Fast DDS profile. Call before the first rclpy.init(). Returns the profile in effect."""
     return os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', str(dds_profile_path()))
+
+
+def use_dds_defaults() -> None:
+    """Fast DDS's own defaults for this process and the ones it starts (the node included: an
+    empty FASTDDS_DEFAULT_PROFILES_FILE counts as the user's choice), for comparisons."""
+    os.environ['FASTDDS_DEFAULT_PROFILES_FILE'] = ''

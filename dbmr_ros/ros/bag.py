@@ -36,7 +36,7 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from dbmr_ros.data.datasets import DATASETS, DatasetError, open_dataset
 from dbmr_ros.data.sample import valid_mask
-from dbmr_ros.resources import use_large_data_profile
+from dbmr_ros.resources import use_dds_defaults, use_large_data_profile
 from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, image_from_array,
                                       image_to_rgb)
 
@@ -676,7 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.dds_defaults:
+    if args.dds_defaults:
+        use_dds_defaults()
+    else:
         use_large_data_profile()
     try:
         return int(args.func(args) or 0)
