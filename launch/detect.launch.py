@@ -7,9 +7,9 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
@@ -54,4 +54,10 @@ def generate_launch_description():
                                                     value_type=bool)}],
         condition=IfCondition(LaunchConfiguration('rviz')),
     )
-    return LaunchDescription(arguments + [detector, rviz])
+    # Multi-MB clouds and images between processes on one host need the large shared-memory
+    # segment of the package's Fast DDS profile (config/fastdds_large_data.xml says why); a
+    # profile the user already chose is kept.
+    dds_profile = SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE', EnvironmentVariable(
+        'FASTDDS_DEFAULT_PROFILES_FILE',
+        default_value=os.path.join(share, 'config', 'fastdds_large_data.xml')))
+    return LaunchDescription(arguments + [dds_profile, detector, rviz])

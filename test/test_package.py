@@ -80,6 +80,14 @@ def test_launch_file_matches_setup_py():
             'camera_info_topic', 'use_sim_time', 'rviz'} <= arguments
     remapped = {ast.literal_eval(t.elts[0]) for t in detector['remappings'].elts}
     assert remapped == {'image', 'points', 'camera_info'}
+    # The processes it starts get the large-data profile unless the user chose one.
+    set_env = [c for c in ast.walk(tree) if isinstance(c, ast.Call)
+               and getattr(c.func, 'id', '') == 'SetEnvironmentVariable']
+    assert [ast.literal_eval(c.args[0]) for c in set_env] == ['FASTDDS_DEFAULT_PROFILES_FILE']
+    fallback = set_env[0].args[1]
+    assert fallback.func.id == 'EnvironmentVariable' and \
+        ast.literal_eval(fallback.args[0]) == 'FASTDDS_DEFAULT_PROFILES_FILE'
+    assert 'fastdds_large_data.xml' in ast.unparse(fallback)
 
 
 def test_launch_description_builds_where_launch_ros_exists():
