@@ -66,3 +66,16 @@ def test_map_is_higher_on_the_defect_than_on_the_rest_of_the_object(scored):
                           / result.anomaly_map[on_object & ~sample.gt].mean())
     assert len(ratios) >= 25
     assert np.median(ratios) > 3.0, np.round(ratios, 2)
+
+
+def test_paper_scoring_gives_the_paper_rows_of_the_learned_scoring():
+    """`scoring: paper` skips the head's inputs, and its maps are the learned result's paper
+    maps exactly."""
+    sample = render_sample(np.random.default_rng(1), 'puck', 256, 'stain')
+    learned = Detector.from_checkpoint(default_model_path(), 'cpu')(sample.rgb, sample.xyz)
+    paper = Detector.from_checkpoint(default_model_path(), 'cpu',
+                                     scoring='paper')(sample.rgb, sample.xyz)
+    assert paper.scoring == 'paper' and paper.score == learned.paper_score
+    assert np.array_equal(paper.anomaly_map, learned.paper_map)
+    assert np.array_equal(paper.map_2d, learned.map_2d)
+    assert np.array_equal(paper.map_3d, learned.map_3d)

@@ -112,8 +112,12 @@ def anomaly_maps(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: TokenS
     if scoring not in SCORINGS:
         raise ValueError(f'scoring must be one of {SCORINGS}, got {scoring!r}')
     sigma = model.cfg.smoothing_sigma
-    features = head_features(model, inp, groups, tokens, stats)
-    paper, paper_2d, paper_3d = paper_maps(features.map_2d, features.map_3d, inp.valid, sigma)
+    if scoring == 'learned':
+        features = head_features(model, inp, groups, tokens, stats)
+        map_2d, map_3d = features.map_2d, features.map_3d
+    else:  # the head's inputs are not needed
+        map_2d, map_3d = normalised(*raw_maps(tokens, inp, groups, model.cfg.score_2d), stats)
+    paper, paper_2d, paper_3d = paper_maps(map_2d, map_3d, inp.valid, sigma)
     anomaly = paper
     if scoring == 'learned':
         anomaly = learned_map(model.scoring_head(features.inputs, features.context), inp.valid,
