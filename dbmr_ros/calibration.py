@@ -14,6 +14,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from dbmr_ros.data.anomalies import AnomalyConfig, anomalous_copies
+from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.model.config import DBMRConfig
 from dbmr_ros.model.head import INPUT_CHANNELS
 from dbmr_ros.model.scoring import SCORINGS
@@ -155,7 +156,7 @@ def fit_stats(detector, rgb: np.ndarray, xyz: np.ndarray, batch_size: int = 8) -
     for start in range(0, len(rgb), batch_size):
         raw_2d, raw_3d = detector.raw_maps_prepared(rgb[start:start + batch_size],
                                                     xyz[start:start + batch_size])
-        foreground = (xyz[start:start + batch_size] != 0).any(-1)
+        foreground = valid_mask(xyz[start:start + batch_size])
         accumulator.add(raw_2d.numpy(), raw_3d.numpy(), foreground)
     return accumulator.stats()
 

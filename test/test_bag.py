@@ -84,8 +84,10 @@ def test_play_and_record_over_ros(synthetic_root, tmp_path):
     deadline = time.monotonic() + 60
     while player.poll() is None and time.monotonic() < deadline:
         executor.spin_once(timeout_sec=0.05)
-    end = time.monotonic() + 2
-    while time.monotonic() < end:
+    # Messages still in flight when the player exits: wait for them (the event), bounded.
+    end = time.monotonic() + 60
+    while time.monotonic() < end and not (len(got['image']) >= len(expected)
+                                          and len(got['points']) >= len(expected)):
         executor.spin_once(timeout_sec=0.05)
     assert player.returncode == 0, player.stdout.read()
     recorder.send_signal(signal.SIGINT)

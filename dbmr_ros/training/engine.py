@@ -100,9 +100,10 @@ def reconstruction_epoch(net, model: DBMRNet, data, batches, optimizer, schedule
     """Stage 1 over `batches` (index tensors into data = (rgb, xyz) CPU tensors).
     net: the model or its DistributedDataParallel wrapper."""
     model.train()
+    anomalies = cfg.anomaly_config()
     runner = EpochRunner(batches, description, progress)
     for index in runner:
-        batch = make_batch(data[0][index], data[1][index], model.cfg, cfg.anomaly_config(),
+        batch = make_batch(data[0][index], data[1][index], model.cfg, anomalies,
                            generator, cfg.augment, cfg.brightness_jitter, device)
         masked = not unmasked_step(scheduler.last_epoch, model.cfg.unmasked_share)
         out = net(batch.inp.images, batch.groups, generator, batch.targets, masked)
@@ -123,9 +124,10 @@ def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cf
     head_net: model.scoring_head or its DistributedDataParallel wrapper."""
     model.eval()
     model.scoring_head.train()
+    anomalies = cfg.anomaly_config()
     runner = EpochRunner(batches, description, progress)
     for index in runner:
-        batch = make_batch(data[0][index], data[1][index], model.cfg, cfg.anomaly_config(),
+        batch = make_batch(data[0][index], data[1][index], model.cfg, anomalies,
                            generator, cfg.augment, cfg.brightness_jitter, device)
         with torch.no_grad():
             tokens = model.score_tokens(batch.inp.images, batch.groups)
