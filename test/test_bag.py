@@ -1,7 +1,6 @@
 """dbmr-bag: dataset -> bag round trip, play/record over real ROS 2, replay evaluation."""
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from rosbags.rosbag2 import Writer
 from rosbags.rosbag2.writer import StoragePlugin
 from rosgraph_msgs.msg import Clock
@@ -75,13 +75,18 @@ def test_play_and_record_over_ros(synthetic_root, tmp_path):
     executor = rclpy.executors.SingleThreadedExecutor()
     executor.add_node(node)
     recorded = tmp_path / 'recorded'
-    recorder = subprocess.Popen([str(BIN / 'dbmr-bag'), 'record', TOPICS['image'],
-                                 '--output', str(recorded), '--discovery-timeout', '30'],
+    played = [TOPICS['image'], TOPICS['points']]
+    # Events, not sleeps: the recorder stops once it has every frame, the player starts once
+    # the probe and the recorder both subscribe to each topic.
+    recorder = subprocess.Popen([str(BIN / 'dbmr-bag'), 'record', *played, '--output',
+                                 str(recorded), '--discovery-timeout', '60', '--messages',
+                                 str(len(expected))],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     player = subprocess.Popen([str(BIN / 'dbmr-bag'), 'play', str(bag), '--clock', '--rate',
-                               '4', '--reliable', '--delay', '3'],
+                               '4', '--reliable', '--topics', *played, '--delay', '0',
+                               '--wait-for-subscribers', '2', '--wait-timeout', '120'],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180
     while player.poll() is None and time.monotonic() < deadline:
         executor.spin_once(timeout_sec=0.05)
     # Messages still in flight when the player exits: wait for them (the event), bounded.
@@ -90,15 +95,22 @@ def test_play_and_record_over_ros(synthetic_root, tmp_path):
                                           and len(got['points']) >= len(expected)):
         executor.spin_once(timeout_sec=0.05)
     assert player.returncode == 0, player.stdout.read()
-    recorder.send_signal(signal.SIGINT)
-    assert recorder.wait(timeout=30) == 0, recorder.stdout.read()
+    try:
+        assert recorder.wait(timeout=120) == 0, recorder.stdout.read()
+    finally:
+        recorder.kill()
     executor.shutdown()
     node.destroy_node()
     assert got['image'] == expected and got['points'] == expected  # once each, in order
     clock = got['clock']
     assert clock and all(b >= a for a, b in zip(clock, clock[1:]))
     assert clock[0] <= expected[0] and clock[-1] >= expected[-1]
-    assert sum(1 for c, _, _ in read_messages(recorded)) == len(expected)
+    recorded_stamps = {topic: [] for topic in played}
+    for connection, _, raw in read_messages(recorded):
+        cls = Image if connection.topic == TOPICS['image'] else PointCloud2
+        recorded_stamps[connection.topic].append(
+            stamp_of(deserialize_message(raw, cls).header))
+    assert all(stamps == expected for stamps in recorded_stamps.values())
 
 
 @pytest.fixture(scope='module')
@@ -192,6 +204,15 @@ def test_eval_without_ground_truth_and_damaged_bags(synthetic_root, small_checkp
     assert result.returncode == 2
     assert "unknown message type 'foo_msgs/msg/Bar'" in result.stdout + result.stderr
     assert 'no message to play' in result.stderr
+    # Nobody listens to a topic the user asked to wait for: a clear error after the timeout.
+    lonely = subprocess.run([str(BIN / 'dbmr-bag'), 'play', str(bag), '--topics',
+                             TOPICS['camera_info'], '--wait-for-subscribers', '1',
+                             '--wait-timeout', '0.5', '--remap',
+                             f"{TOPICS['camera_info']}:=/nobody_listens_{os.getpid()}"],
+                            capture_output=True, text=True, timeout=60)
+    assert lonely.returncode == 2
+    assert f"fewer than 1 subscribers (topic: count): {{'{TOPICS['camera_info']}': 0}}" \
+        in lonely.stderr
     missing = subprocess.run([str(BIN / 'dbmr-bag'), 'eval', '--input', str(tmp_path / 'nope'),
                               '--results', str(results), '--output', str(tmp_path / 'x')],
                              capture_output=True, text=True, timeout=60)

@@ -288,6 +288,18 @@ class Player:
         self.flush()
         return published
 
+    def wait_for_subscribers(self, count: int, timeout: float) -> Dict[str, int]:
+        """Block until every played topic has `count` matched subscriptions (so nothing is
+        published before a recorder or node listens); returns the topics still short."""
+        deadline = time.monotonic() + timeout
+        while True:
+            short = {topic: publisher.get_subscription_count()
+                     for topic, publisher in self.publishers.items()
+                     if publisher is not None and publisher.get_subscription_count() < count}
+            if not short or time.monotonic() > deadline:
+                return short
+            time.sleep(0.05)
+
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until reliable subscribers acknowledged everything, so a process that exits
         right after playing does not lose its last messages."""
@@ -337,6 +349,11 @@ class Recorder:
             self.writer.write(self.connections[topic], self.node.get_clock().now().nanoseconds,
                               raw)
             self.counts[topic] += 1
+
+    def has_recorded(self, messages: int) -> bool:
+        """True once every topic has `messages` messages written."""
+        with self.lock:
+            return all(count >= messages for count in self.counts.values())
 
     def close(self):
         with self.lock:
@@ -469,6 +486,10 @@ def cmd_play(args) -> int:
         player = Player(node, args.bag, set(args.topics) if args.topics else None,
                         _remaps(args.remap), args.reliable,
                         warn=lambda m: node.get_logger().warning(m))
+        short = player.wait_for_subscribers(args.wait_for_subscribers, args.wait_timeout)
+        if short:
+            raise BagError(f'after {args.wait_timeout:g} s these topics have fewer than '
+                           f'{args.wait_for_subscribers} subscribers (topic: count): {short}')
         time.sleep(args.delay)
         count = player.play(args.rate, args.clock, args.loop, stop=stop)
         print(f'published {count} messages from {args.bag}')
@@ -494,8 +515,9 @@ def cmd_record(args) -> int:
         if missing:
             node.get_logger().warning(f'not (yet) published, not recorded: {missing}')
         deadline = time.monotonic() + args.duration if args.duration else None
-        while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
-            stop.wait(0.1)
+        while not stop.is_set() and (deadline is None or time.monotonic() < deadline) \
+                and not (args.messages and recorder.has_recorded(args.messages)):
+            stop.wait(0.05)
     finally:
         recorder.close()
         spinner.stop()
@@ -645,6 +667,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--reliable', action='store_true',
                    help='publish reliably whatever QoS the bag recorded')
     p.add_argument('--delay', type=float, default=0.5, help='seconds to wait before playing')
+    p.add_argument('--wait-for-subscribers', type=int, default=0, metavar='N',
+                   help='before playing, wait until every topic has N subscribers (a recorder '
+                   'or node that must not miss the first message)')
+    p.add_argument('--wait-timeout', type=float, default=30.0,
+                   help='seconds --wait-for-subscribers waits before giving up (exit 2)')
     p.set_defaults(func=cmd_play)
     p = sub.add_parser('record', help='record topics to a bag')
     p.add_argument('topics', nargs='+')
@@ -653,6 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--use-sim-time', action='store_true', help='stamp with /clock time')
     p.add_argument('--duration', type=float, default=0.0, help='seconds (0: until Ctrl-C)')
     p.add_argument('--discovery-timeout', type=float, default=10.0)
+    p.add_argument('--messages', type=int, default=0, metavar='N',
+                   help='stop once every topic has N messages recorded (0: no limit)')
     p.set_defaults(func=cmd_record)
     p = sub.add_parser('eval', help='evaluate a results bag against an input bag')
     p.add_argument('--input', required=True, help='the bag that was played')
