@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dbmr_ros.ros.launch_arguments import OVERRIDABLE, parameter_overrides
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
@@ -76,8 +78,21 @@ def test_launch_file_matches_setup_py():
     arguments = {ast.literal_eval(c.args[0]) for c in ast.walk(tree)
                  if isinstance(c, ast.Call) and getattr(c.func, 'id', '') ==
                  'DeclareLaunchArgument'}
-    assert {'model_path', 'device', 'params_file', 'image_topic', 'points_topic',
-            'camera_info_topic', 'use_sim_time', 'rviz'} <= arguments
+    assert {'namespace', 'model_path', 'device', 'scoring', 'threshold', 'params_file',
+            'image_topic', 'points_topic', 'camera_info_topic', 'use_sim_time',
+            'rviz'} <= arguments
+    assert ast.unparse(detector['namespace']) == "LaunchConfiguration('namespace')"
+    # Issue #12 bug 1: parameters are the user's file, then only the arguments given.
+    assert ast.unparse(detector['parameters']) == \
+        "[LaunchConfiguration('params_file')] + ([overrides] if overrides else [])"
+    defaults = {ast.literal_eval(c.args[0]): ast.literal_eval(
+        next(k.value for k in c.keywords if k.arg == 'default_value'))
+        for c in ast.walk(tree) if isinstance(c, ast.Call)
+        and getattr(c.func, 'id', '') == 'DeclareLaunchArgument'
+        and isinstance(c.args[0], ast.Constant)
+        and isinstance(next(k.value for k in c.keywords if k.arg == 'default_value'),
+                       ast.Constant)}
+    assert all(defaults[name] == '' for name in OVERRIDABLE), defaults
     remapped = {ast.literal_eval(t.elts[0]) for t in detector['remappings'].elts}
     assert remapped == {'image', 'points', 'camera_info'}
     # The processes it starts get the large-data profile unless the user chose one.
@@ -88,6 +103,27 @@ def test_launch_file_matches_setup_py():
     assert fallback.func.id == 'EnvironmentVariable' and \
         ast.literal_eval(fallback.args[0]) == 'FASTDDS_DEFAULT_PROFILES_FILE'
     assert 'fastdds_large_data.xml' in ast.unparse(fallback)
+
+
+def test_launch_arguments_override_the_params_file_only_when_given():
+    """Issue #12 bug 1: a model_path in the user's YAML survives a launch without
+    model_path:=; the arguments that were given are typed."""
+    not_given = {name: '' for name in OVERRIDABLE}
+    assert parameter_overrides(not_given) == {}
+    given = dict(not_given, model_path='/models/line3.safetensors', use_sim_time='True',
+                 threshold='2.5')
+    assert parameter_overrides(given) == {'model_path': '/models/line3.safetensors',
+                                          'use_sim_time': True, 'threshold': 2.5}
+    with pytest.raises(ValueError, match="use_sim_time:='yes': expected true or false"):
+        parameter_overrides({'use_sim_time': 'yes'})
+    with pytest.raises(ValueError, match="threshold:='high': expected a number"):
+        parameter_overrides({'threshold': 'high'})
+    # Every overridable argument is a node parameter of that type in config/detect.yaml.
+    values = yaml.safe_load((REPO / 'config' / 'detect.yaml').read_text())[
+        '/**']['ros__parameters']
+    for name, kind in OVERRIDABLE.items():
+        if name != 'use_sim_time':  # a parameter every node has
+            assert isinstance(values[name], kind), name
 
 
 def test_launch_description_builds_where_launch_ros_exists():
