@@ -223,3 +223,12 @@ def test_colcon_build(tmp_path):
                            cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     assert str(install) in probe.stdout.splitlines()[0]
     assert probe.stdout.splitlines()[1] == str(install / 'share' / 'dbmr_ros')
+    # Issue #12 bug 2: the installed train finds its preset config in the share directory
+    # (it looked in site-packages/config and crashed) and gets as far as the missing data.
+    train = subprocess.run(['bash', '-c', 'source install/setup.bash && '
+                            f'{install}/lib/dbmr_ros/train --dataset synthetic --data-root '
+                            f'{tmp_path}/no_data --category puck --output {tmp_path}/run'],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert train.returncode == 2, train.stdout + train.stderr
+    assert 'no_data' in train.stderr and 'Traceback' not in train.stderr, train.stderr
+    assert 'train_tiny.yaml' not in train.stderr
