@@ -81,6 +81,18 @@ class Detector:
         return Detector(self.model, dataclasses.replace(self.meta, calibration=calibration),
                         self.device, self.mixed_precision, scoring or self.scoring)
 
+    def warm_up(self) -> bool:
+        """One inference on a synthetic frame, so that the first real frame's latency is not the
+        allocator's and the kernels' start-up cost. False when this preprocessing config
+        rejects the synthetic frame (nothing was warmed up)."""
+        from dbmr_ros.data.synthetic import render_sample
+        sample = render_sample(np.random.default_rng(0), 'puck', self.image_size)
+        try:
+            self(sample.rgb, sample.xyz)
+        except ValueError:
+            return False
+        return True
+
     @property
     def image_size(self) -> int:
         return self.meta.preprocess.image_size

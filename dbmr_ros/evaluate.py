@@ -16,8 +16,8 @@ from dbmr_ros.data.datasets import DATASETS, DatasetError, open_dataset
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
 from dbmr_ros.model.scoring import SCORINGS
-from dbmr_ros.report import (CategoryResults, markdown_table, write_metrics, write_overlay,
-                             write_plots)
+from dbmr_ros.report import (CategoryResults, markdown_table, overlay_indices, write_metrics,
+                             write_overlay, write_plots)
 from dbmr_ros.visualize import display_range
 
 
@@ -34,13 +34,13 @@ def evaluate_category(detector: Detector, kind, root, category, cache: Preproces
                       overlay_dir: Path, num_overlays: int, log=print) -> CategoryResults:
     refs = open_dataset(kind, root, category, 'test')
     results = CategoryResults()
-    step = max(len(refs) // max(num_overlays, 1), 1)
+    overlays = set(overlay_indices(len(refs), num_overlays))
     for i, ref in enumerate(refs):
         sample = ref.load()
         result = detector(sample.rgb, sample.xyz, cache.cleaned(ref.xyz_path, sample.xyz))
         results.add(sample.label, sample.gt, result.anomaly_map, result.map_2d, result.map_3d,
                     result.score, result.paper_map, result.paper_score)
-        if num_overlays and i % step == 0 and i // step < num_overlays:
+        if i in overlays:
             write_overlay(overlay_dir, ref.name, sample.rgb, sample.xyz, sample.gt,
                           result.anomaly_map, display_range(detector.threshold,
                                                             result.anomaly_map),

@@ -141,6 +141,14 @@ def write_plots(results: Dict[str, CategoryResults], directory: Path,
     return paths
 
 
+def overlay_indices(count: int, num_overlays: int) -> List[int]:
+    """Which of `count` samples get an overlay: `num_overlays` of them, evenly spaced."""
+    if num_overlays <= 0:
+        return []
+    step = max(count // num_overlays, 1)
+    return list(range(0, count, step))[:num_overlays]
+
+
 def write_overlay(directory: Path, name: str, rgb, xyz, gt, anomaly_map, vmax: float,
                   score: float, threshold: Optional[float]) -> Path:
     from dbmr_ros.data.io import write_rgb
@@ -152,7 +160,11 @@ def write_overlay(directory: Path, name: str, rgb, xyz, gt, anomaly_map, vmax: f
 
 
 def write_metrics(path: Path, per_category: Dict[str, dict], extra: dict) -> dict:
-    document = {**extra, 'per_category': per_category, 'mean': mean_over(per_category)}
+    """metrics.json, written atomically: `extra`, plus per category and mean metrics where
+    there are any (an evaluation without ground truth has none)."""
+    document = dict(extra)
+    if per_category:
+        document.update(per_category=per_category, mean=mean_over(per_category))
     tmp = path.with_suffix('.tmp')
     tmp.write_text(json.dumps(document, indent=2))
     tmp.replace(path)

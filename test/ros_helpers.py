@@ -19,7 +19,8 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Bool, Float32, Header
 from visualization_msgs.msg import MarkerArray
 
-from dbmr_ros.ros.conversions import cloud_from_arrays, image_from_array
+from dbmr_ros.ros import result_message
+from dbmr_ros.ros.conversions import cloud_from_arrays, image_from_array, stamp_ns as stamp_of
 
 BIN = Path(sys.executable).parent
 OUTPUTS = {'anomaly_score': Float32, 'is_anomalous': Bool, 'anomaly_map': Image,
@@ -130,7 +131,7 @@ class Probe(Node):
 
     def result_for(self, stamp_ns):
         for msg in self.messages('result'):
-            if msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec == stamp_ns:
+            if stamp_of(msg.header) == stamp_ns:
                 return msg
         return None
 
@@ -150,7 +151,7 @@ class Probe(Node):
 
 
 def result_score(msg: DiagnosticArray) -> float:
-    return float({kv.key: kv.value for kv in msg.status[0].values}['score'])
+    return result_message.decode(msg).score
 
 
 def ensure_rclpy():

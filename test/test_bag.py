@@ -20,7 +20,8 @@ from dbmr_ros.data import open_dataset
 from dbmr_ros.evaluate import main as eval_main
 from dbmr_ros.resources import default_model_path
 from dbmr_ros.ros.bag import (evaluate_bags, main as bag_main, read_frames, read_messages,
-                              replay_eval, stamp_of, TOPICS)
+                              replay_eval, TOPICS)
+from dbmr_ros.ros.conversions import stamp_ns
 from dbmr_ros.train import main as train_main
 from ros_helpers import ensure_rclpy
 
@@ -67,9 +68,9 @@ def test_play_and_record_over_ros(synthetic_root, tmp_path):
     got = {'image': [], 'points': [], 'clock': []}
     reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
     node.create_subscription(Image, TOPICS['image'],
-                             lambda m: got['image'].append(stamp_of(m.header)), reliable)
+                             lambda m: got['image'].append(stamp_ns(m.header)), reliable)
     node.create_subscription(PointCloud2, TOPICS['points'],
-                             lambda m: got['points'].append(stamp_of(m.header)), reliable)
+                             lambda m: got['points'].append(stamp_ns(m.header)), reliable)
     node.create_subscription(Clock, '/clock', lambda m: got['clock'].append(
         m.clock.sec * 10**9 + m.clock.nanosec), 100)
     executor = rclpy.executors.SingleThreadedExecutor()
@@ -109,7 +110,7 @@ def test_play_and_record_over_ros(synthetic_root, tmp_path):
     for connection, _, raw in read_messages(recorded):
         cls = Image if connection.topic == TOPICS['image'] else PointCloud2
         recorded_stamps[connection.topic].append(
-            stamp_of(deserialize_message(raw, cls).header))
+            stamp_ns(deserialize_message(raw, cls).header))
     assert all(stamps == expected for stamps in recorded_stamps.values())
 
 

@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import Image, PointCloud2, PointField
 
+from dbmr_ros.detector import AnomalyResult
+from dbmr_ros.report import overlay_indices
+from dbmr_ros.ros import result_message
 from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, ConversionError,
-                                      image_from_array, image_to_rgb, organize_cloud, pack_rgb,
-                                      register_to_image)
+                                      image_from_array, image_to_float, image_to_rgb,
+                                      organize_cloud, pack_rgb, register_to_image, stamp_ns)
 
 
 def _image(pixels: np.ndarray, encoding: str, pad: int = 0) -> Image:
@@ -143,3 +146,42 @@ def test_register_to_image_multiples():
     assert register_to_image(xyz, (16, 16)).shape == (16, 16, 3)
     with pytest.raises(ConversionError, match='not registered'):
         register_to_image(xyz, (6, 6))
+
+
+@pytest.mark.parametrize('big_endian', [False, True])
+def test_float_map_honours_step_and_byte_order(big_endian):
+    """A recorded 32FC1 anomaly map with row padding (as another publisher may send it)."""
+    amap = np.random.default_rng(1).random((4, 6)).astype(np.float32)
+    rows = amap.astype('>f4' if big_endian else '<f4').view(np.uint8).reshape(4, -1)
+    msg = _image(rows, '32FC1', pad=8)
+    msg.width, msg.is_bigendian = 6, big_endian
+    np.testing.assert_array_equal(image_to_float(msg), amap)
+    np.testing.assert_array_equal(image_to_float(image_from_array(amap, '32FC1')), amap)
+    with pytest.raises(ConversionError, match="expected a 32FC1 image, got 'rgb8'"):
+        image_to_float(_image(np.zeros((2, 2, 3), np.uint8), 'rgb8'))
+
+
+def test_result_message_round_trip():
+    """~/result is written and read by one module: the score reads back bit-exact."""
+    from std_msgs.msg import Header
+    header = Header(frame_id='camera')
+    header.stamp.sec, header.stamp.nanosec = 1_700_000_000, 123
+    blank = np.zeros((2, 2), np.float32)
+    result = AnomalyResult(score=0.1 + 0.2, anomaly_map=blank, is_anomalous=True,
+                           map_2d=blank, map_3d=blank, paper_map=blank, paper_score=0.0,
+                           scoring='paper', timings_ms={'network': 12.345})
+    msg = result_message.encode('dbmr_detector', header, result, 0.25, 40.0)
+    decoded = result_message.decode(msg)
+    assert decoded.stamp_ns == stamp_ns(header) == 1_700_000_000_000_000_123
+    assert decoded.score == 0.1 + 0.2 and decoded.is_anomalous and decoded.scoring == 'paper'
+    assert decoded.threshold == 0.25
+    assert decoded.timings_ms == {'processing': 40.0, 'network': 12.35}
+    assert result_message.decode(result_message.encode('n', header, result, None, 1.0)
+                                 ).threshold is None
+    assert result_message.decode(type(msg)()) is None
+
+
+def test_overlay_indices_evenly_spaced():
+    assert overlay_indices(20, 8) == [0, 2, 4, 6, 8, 10, 12, 14]
+    assert overlay_indices(3, 8) == [0, 1, 2]
+    assert overlay_indices(5, 0) == []

@@ -17,7 +17,8 @@ from dbmr_ros.data import open_dataset
 from dbmr_ros.data.preprocess import PreprocessConfig
 from dbmr_ros.detector import Detector
 from dbmr_ros.model import DBMRConfig, DBMRNet
-from dbmr_ros.ros.conversions import cloud_from_arrays, cloud_to_xyz, image_from_array
+from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, image_from_array,
+                                      stamp_ns)
 from ros_helpers import ensure_rclpy, header, NodeProcess, Probe, result_score, tum_frame
 
 NODE_CFG = DBMRConfig(image_size=64, patch_size=8, num_points=400, num_groups=24,
@@ -92,8 +93,7 @@ def _check_outputs(probe, stamp, frame_id, shape):
         {n: len(probe.messages(n)) for n in names}
     height, width = shape
     for name in ('anomaly_map', 'heatmap', 'cloud', 'result'):
-        msg = [m for m in probe.messages(name) if m.header.stamp.sec * 10**9 +
-               m.header.stamp.nanosec == stamp][-1]
+        msg = [m for m in probe.messages(name) if stamp_ns(m.header) == stamp][-1]
         assert msg.header.frame_id == frame_id, name
     amap = [m for m in probe.messages('anomaly_map')][-1]
     assert (amap.height, amap.width, amap.encoding, amap.step) == (height, width, '32FC1',

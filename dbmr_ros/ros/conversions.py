@@ -35,6 +35,35 @@ def _buffer(data) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8)
 
 
+def stamp_ns(header) -> int:
+    """A message header's stamp in integer nanoseconds (what frames are matched by)."""
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def _rows(msg: Image, row_bytes: int) -> np.ndarray:
+    """(height, row_bytes) uint8 view of an image's pixel rows, honouring `step` padding."""
+    height, width, step = msg.height, msg.width, msg.step
+    if height == 0 or width == 0:
+        raise ConversionError(f'empty image ({width}x{height})')
+    if step < row_bytes:
+        raise ConversionError(f'image step {step} is smaller than width * pixel size '
+                              f'{row_bytes}')
+    data = _buffer(msg.data)
+    if data.size < height * step:
+        raise ConversionError(f'image data has {data.size} bytes, height * step needs '
+                              f'{height * step}')
+    return data[:height * step].reshape(height, step)[:, :row_bytes]
+
+
+def image_to_float(msg: Image) -> np.ndarray:
+    """sensor_msgs/Image 32FC1 (an anomaly map) -> (H, W) float32, honouring `step` and the
+    byte order."""
+    if msg.encoding != '32FC1':
+        raise ConversionError(f'expected a 32FC1 image, got {msg.encoding!r}')
+    rows = _rows(msg, msg.width * 4)
+    return rows.copy().view('>f4' if msg.is_bigendian else '<f4').astype(np.float32)
+
+
 def image_to_rgb(msg: Image) -> np.ndarray:
     """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> (H, W, 3) uint8 RGB.
 
@@ -45,19 +74,8 @@ def image_to_rgb(msg: Image) -> np.ndarray:
         raise ConversionError(f'unsupported image encoding {msg.encoding!r}; supported: '
                               f'{sorted(IMAGE_ENCODINGS)}')
     channels, dtype, order = IMAGE_ENCODINGS[msg.encoding]
-    height, width, step = msg.height, msg.width, msg.step
-    row_bytes = width * channels * np.dtype(dtype).itemsize
-    if height == 0 or width == 0:
-        raise ConversionError(f'empty image ({width}x{height})')
-    if step < row_bytes:
-        raise ConversionError(f'image step {step} is smaller than width * pixel size '
-                              f'{row_bytes}')
-    data = _buffer(msg.data)
-    if data.size < height * step:
-        raise ConversionError(f'image data has {data.size} bytes, height * step needs '
-                              f'{height * step}')
-    pixels = data[:height * step].reshape(height, step)[:, :row_bytes].reshape(
-        height, width, channels)
+    row_bytes = msg.width * channels * np.dtype(dtype).itemsize
+    pixels = _rows(msg, row_bytes).reshape(msg.height, msg.width, channels)
     if order == 'mono':
         return np.repeat(pixels, 3, axis=2)
     rgb = pixels[..., :3]

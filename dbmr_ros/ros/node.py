@@ -19,30 +19,26 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 SetParametersResult)
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data, QoSProfile
-from scipy.ndimage import find_objects, label
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Bool, Float32
-from visualization_msgs.msg import Marker, MarkerArray
+from visualization_msgs.msg import MarkerArray
 
 from dbmr_ros.checkpoint import CheckpointError
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.detector import Detector
 from dbmr_ros.model.scoring import SCORINGS
 from dbmr_ros.resources import default_model_path, use_large_data_profile
-from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, ConversionError,
+from dbmr_ros.ros.conversions import (cloud_to_xyz, ConversionError,
                                       image_from_array, image_to_rgb,
                                       intrinsics_from_camera_info, organize_cloud,
-                                      register_to_image)
+                                      register_to_image, stamp_ns)
+from dbmr_ros.ros import outputs, result_message
+from dbmr_ros.ros.frame_worker import FaultThrottle, LatestWins, RateLimit
 from dbmr_ros.ros.sync import ApproximateTimeSync
-from dbmr_ros.visualize import blend, colorize, display_range
 
 NODE_NAME = 'dbmr_detector'
 QOS_CHOICES = ('sensor_data', 'default')
 DEVICES = ('auto', 'cpu', 'cuda')
-
-
-def stamp_ns(header) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
 def _float_range(lo, hi):
@@ -58,12 +54,10 @@ class DetectorNode(Node):
         self.processing_ms = deque(maxlen=50)
         self.arrivals = deque(maxlen=50)
         self._warned = set()
-        self._error_log = {}
         self._camera_k: Optional[np.ndarray] = None
-        self._last_processed = 0.0
-        self._pending = None
-        self._condition = threading.Condition()
-        self._running = True
+        self.frames = LatestWins()
+        self.rate_limit = RateLimit(lambda: self.get_parameter('max_rate_hz').value)
+        self.faults = FaultThrottle(period=2.0)
 
         model_path = self.get_parameter('model_path').value or str(default_model_path())
         self.model_path = model_path
@@ -104,17 +98,6 @@ class DetectorNode(Node):
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.add_on_set_parameters_callback(self._validate_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
-
-    def _warm_up(self):
-        """One inference on a synthetic frame before the first real one, so the first frame's
-        latency is not the allocator's and the kernels' start-up cost."""
-        from dbmr_ros.data.synthetic import render_sample
-        size = self.detector.image_size
-        sample = render_sample(np.random.default_rng(0), 'puck', size)
-        try:
-            self.detector(sample.rgb, sample.xyz)
-        except ValueError as error:  # e.g. a preprocessing config that empties this frame
-            self.get_logger().info(f'warm-up skipped: {error}')
 
     # --- parameters ----------------------------------------------------------------------
 
@@ -195,11 +178,8 @@ class DetectorNode(Node):
         """Latest wins: replace (and count) a pair the worker has not started yet."""
         self.stats['received'] += 1
         self.arrivals.append(time.monotonic())
-        with self._condition:
-            if self._pending is not None:
-                self.stats['dropped'] += 1
-            self._pending = (image, cloud)
-            self._condition.notify()
+        if self.frames.offer((image, cloud)):
+            self.stats['dropped'] += 1
 
     # --- inference worker ----------------------------------------------------------------
 
@@ -207,7 +187,9 @@ class DetectorNode(Node):
         """Load and warm up the model (on the inference thread); False on failure."""
         try:
             self.detector = Detector.from_checkpoint(model_path, device, scoring=scoring)
-            self._warm_up()
+            if not self.detector.warm_up():
+                self.get_logger().info('warm-up skipped: the synthetic warm-up frame does not '
+                                       'suit this preprocessing config')
             return True
         except Exception as error:  # noqa: BLE001 - re-raised by the constructor
             self._startup_error = error
@@ -218,20 +200,14 @@ class DetectorNode(Node):
     def _work(self, model_path: str, device: str, scoring: Optional[str]):
         if not self._load(model_path, device, scoring):
             return
-        while self._running:
-            with self._condition:
-                while self._pending is None and self._running:
-                    self._condition.wait(timeout=0.5)
-                if not self._running:
-                    return
-                image, cloud = self._pending
-                self._pending = None
-            rate = self.get_parameter('max_rate_hz').value
-            now = time.monotonic()
-            if rate > 0 and now - self._last_processed < 1.0 / rate:
+        while True:
+            pair = self.frames.take()
+            if pair is None:  # closed: the node is shutting down
+                return
+            image, cloud = pair
+            if not self.rate_limit.allow():
                 self.stats['skipped_rate'] += 1
                 continue
-            self._last_processed = now
             try:
                 self._process(image, cloud)
                 self.stats['processed'] += 1
@@ -240,21 +216,14 @@ class DetectorNode(Node):
             except Exception as error:  # noqa: BLE001 - one bad frame must not kill the node
                 self._fail(stamp_ns(image.header), f'failed ({type(error).__name__})', error)
 
-    def _fail(self, stamp: int, what: str, error: Exception, period: float = 2.0):
-        """Count and report a failed frame; each distinct fault is logged at most every
-        `period` seconds, so a stream of bad frames neither floods the log nor hides another
-        fault."""
+    def _fail(self, stamp: int, what: str, error: Exception):
+        """Count and report a failed frame (each distinct fault at most every 2 s)."""
         self.stats['failed'] += 1
         reason = f'{what}: {error}'
         self.stats['last_error'] = f'frame {stamp} {reason}'
-        now = time.monotonic()
-        last, suppressed = self._error_log.get(reason, (-math.inf, 0))
-        if now - last < period:
-            self._error_log[reason] = (last, suppressed + 1)
-            return
-        repeats = f' ({suppressed} more since last report)' if suppressed else ''
-        self.get_logger().error(f'frame {stamp} {reason}{repeats}')
-        self._error_log[reason] = (now, 0)
+        line = self.faults.report(reason)
+        if line is not None:
+            self.get_logger().error(f'frame {stamp} {line}')
 
     def frame_arrays(self, image: Image, cloud: PointCloud2):
         """Messages -> (rgb (H, W, 3) uint8, xyz (H, W, 3) float32 registered to the image)."""
@@ -293,70 +262,22 @@ class DetectorNode(Node):
         want_cloud = self.get_parameter('publish_cloud').value and \
             self.pub_cloud.get_subscription_count() > 0
         if want_heatmap or want_cloud:
-            colours = colorize(result.anomaly_map,
-                               display_range(self.detector.threshold, result.anomaly_map))
+            colours = outputs.anomaly_colours(result.anomaly_map, self.detector.threshold)
         if want_heatmap:
-            blended = blend(rgb, colours, self.get_parameter('heatmap_alpha').value)
-            self.pub_heatmap.publish(image_from_array(blended[..., ::-1], 'bgr8', header))
+            self.pub_heatmap.publish(outputs.heatmap_message(
+                rgb, colours, self.get_parameter('heatmap_alpha').value, header))
         if want_cloud:
-            points = np.where(valid[..., None], xyz, np.float32(np.nan))
-            self.pub_cloud.publish(cloud_from_arrays(points, colours, result.anomaly_map,
-                                                     header))
+            self.pub_cloud.publish(outputs.cloud_message(xyz, valid, colours,
+                                                         result.anomaly_map, header))
         if self.pub_markers.get_subscription_count():
-            self.pub_markers.publish(self.markers(header, xyz, valid, result))
+            self.pub_markers.publish(outputs.markers_message(
+                header, xyz, valid, result.score, result.is_anomalous, result.anomaly_map,
+                self.detector.threshold))
         self.processing_ms.append((time.perf_counter() - started) * 1e3)
 
     def result_message(self, header, result, started: float) -> DiagnosticArray:
-        """The frame's result with the input's header (Float32 has none): what bag evaluation
-        matches by stamp. The score is written with repr(), so it reads back bit-exact."""
-        status = DiagnosticStatus(name=self.get_name(), hardware_id=header.frame_id,
-                                  level=DiagnosticStatus.WARN if result.is_anomalous
-                                  else DiagnosticStatus.OK,
-                                  message='anomalous' if result.is_anomalous else 'good')
-        values = {'score': repr(float(result.score)), 'scoring': result.scoring,
-                  'is_anomalous': str(bool(result.is_anomalous)).lower(),
-                  'threshold': repr(self.detector.threshold),
-                  'processing_ms': f'{(time.perf_counter() - started) * 1e3:.2f}',
-                  **{f'{step}_ms': f'{ms:.2f}' for step, ms in result.timings_ms.items()}}
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        return DiagnosticArray(header=header, status=[status])
-
-    def markers(self, header, xyz: np.ndarray, valid: np.ndarray, result) -> MarkerArray:
-        """Score text above the object and a box around every region above the threshold.
-        valid: (H, W) bool, the pixels of xyz with a point."""
-        array_ = MarkerArray()
-        array_.markers.append(Marker(header=header, ns='dbmr', id=0, action=Marker.DELETEALL))
-        anomalous = result.is_anomalous
-        text = Marker(header=header, ns='dbmr_score', id=1, type=Marker.TEXT_VIEW_FACING,
-                      action=Marker.ADD, text=f'{"ANOMALY " if anomalous else ""}'
-                      f'{result.score:.3f}')
-        object_points = xyz[valid]
-        centre = object_points.mean(axis=0)
-        text.pose.position.x, text.pose.position.y = float(centre[0]), float(centre[1])
-        text.pose.position.z = float(object_points[:, 2].min() - 0.02)
-        text.pose.orientation.w = 1.0
-        text.scale.z = 0.02
-        text.color.r, text.color.g, text.color.b, text.color.a = (
-            (1.0, 0.2, 0.2, 1.0) if anomalous else (0.2, 1.0, 0.2, 1.0))
-        array_.markers.append(text)
-        if self.detector.threshold is None:
-            return array_
-        regions, _ = label(result.anomaly_map > self.detector.threshold)
-        for i, window in enumerate(find_objects(regions)[:20]):
-            inside = (regions[window] == i + 1) & valid[window]
-            if inside.sum() < 4:
-                continue
-            points = xyz[window][inside]
-            lo, hi = points.min(axis=0), points.max(axis=0)
-            box = Marker(header=header, ns='dbmr_regions', id=10 + i, type=Marker.CUBE,
-                         action=Marker.ADD)
-            box.pose.position.x, box.pose.position.y, box.pose.position.z = (
-                float(v) for v in (lo + hi) / 2)
-            box.pose.orientation.w = 1.0
-            box.scale.x, box.scale.y, box.scale.z = (float(max(v, 0.002)) for v in hi - lo)
-            box.color.r, box.color.a = 1.0, 0.4
-            array_.markers.append(box)
-        return array_
+        return result_message.encode(self.get_name(), header, result, self.detector.threshold,
+                                     (time.perf_counter() - started) * 1e3)
 
     # --- diagnostics ---------------------------------------------------------------------
 
@@ -387,9 +308,7 @@ class DetectorNode(Node):
         self.pub_diagnostics.publish(msg)
 
     def destroy_node(self):
-        self._running = False
-        with self._condition:
-            self._condition.notify_all()
+        self.frames.close()
         if self.worker.is_alive():
             self.worker.join(timeout=5.0)
         return super().destroy_node()
