@@ -59,8 +59,12 @@ def conversion_overhead(frames: int = 50) -> dict:
     header = Header(frame_id='camera')
     image_msg = image_from_array(rgb, 'rgb8', header)
     cloud_msg = cloud_from_arrays(xyz, header=header)
-    anomaly = np.random.default_rng(0).random((480, 640)).astype(np.float32)
-    threshold = 0.9
+    # A map like the model's: smooth, two defect-sized blobs above the threshold (a map of
+    # random noise would make thousands of one-pixel regions that no real map has).
+    v, u = np.mgrid[0:480, 0:640]
+    anomaly = (0.2 + np.exp(-((u - 200) ** 2 + (v - 150) ** 2) / 800.0)
+               + 0.8 * np.exp(-((u - 450) ** 2 + (v - 300) ** 2) / 400.0)).astype(np.float32)
+    threshold = 0.6
     inputs, outputs_ms = [], []
     for _ in range(frames):
         start = time.perf_counter()

@@ -2,7 +2,6 @@
 preprocessing and synthetic-anomaly config, calibration, dataset/class, code version).
 Loading never unpickles anything. Writes are atomic (temp file + rename)."""
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
@@ -15,6 +14,7 @@ from dbmr_ros import __version__
 from dbmr_ros.calibration import Calibration
 from dbmr_ros.data.anomalies import AnomalyConfig
 from dbmr_ros.data.preprocess import PreprocessConfig
+from dbmr_ros.files import atomic_write
 from dbmr_ros.model.config import DBMRConfig
 from dbmr_ros.model.dbmrnet import DBMRNet
 
@@ -64,10 +64,8 @@ def save_checkpoint(path, state_dict: Dict[str, torch.Tensor], meta: CheckpointM
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to('cpu').contiguous() for k, v in state_dict.items()}
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    save_file(tensors, str(tmp), metadata={'dbmr': meta.to_json()})
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp),
+                                                    metadata={'dbmr': meta.to_json()}))
 
 
 def load_checkpoint(path):

@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from dbmr_ros import metrics
+from dbmr_ros.files import atomic_write
 from dbmr_ros.visualize import report_panel
 
 METRIC_KEYS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1', 'aupro@0.05', 'aupro@0.01')
@@ -165,7 +166,5 @@ def write_metrics(path: Path, per_category: Dict[str, dict], extra: dict) -> dic
     document = dict(extra)
     if per_category:
         document.update(per_category=per_category, mean=mean_over(per_category))
-    tmp = path.with_suffix('.tmp')
-    tmp.write_text(json.dumps(document, indent=2))
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(document, indent=2)))
     return document

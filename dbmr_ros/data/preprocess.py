@@ -22,6 +22,7 @@ from threadpoolctl import ThreadpoolController
 
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.dataclass_dict import from_dict, to_dict
+from dbmr_ros.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -295,7 +296,5 @@ class PreprocessCache:
                 pass  # a damaged cache entry is recomputed below
         result = clean_point_cloud(xyz, self.cfg)
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f'.{os.getpid()}.tmp.npy')
-        np.save(tmp, result)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: np.save(tmp, result))
         return result

@@ -39,7 +39,10 @@ def markers_message(header, xyz: np.ndarray, valid: np.ndarray, score: float,
     array_.markers.append(Marker(header=header, ns='dbmr', id=0, action=Marker.DELETEALL))
     text = Marker(header=header, ns='dbmr_score', id=1, type=Marker.TEXT_VIEW_FACING,
                   action=Marker.ADD, text=f'{"ANOMALY " if is_anomalous else ""}{score:.3f}')
-    object_points = xyz[valid]
+    # The label's place needs no precision: every 4th row and column (16x fewer points).
+    object_points = xyz[::4, ::4][valid[::4, ::4]]
+    if not len(object_points):
+        object_points = xyz[valid]
     centre = object_points.mean(axis=0)
     text.pose.position.x, text.pose.position.y = float(centre[0]), float(centre[1])
     text.pose.position.z = float(object_points[:, 2].min() - 0.02)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from dbmr_ros.files import atomic_write
+
 LOG = logging.getLogger('dbmr-train')
 
 
@@ -38,9 +40,7 @@ def set_rng_state(state: dict, generator: torch.Generator) -> None:
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def distributed():
