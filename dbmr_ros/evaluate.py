@@ -16,8 +16,7 @@ from dbmr_ros.data.datasets import DATASETS, DatasetError, open_dataset
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
 from dbmr_ros.model.scoring import SCORINGS
-from dbmr_ros.report import (CategoryResults, markdown_table, overlay_indices, write_metrics,
-                             write_overlay, write_plots)
+from dbmr_ros.report import CategoryResults, overlay_indices, write_evaluation, write_overlay
 from dbmr_ros.visualize import display_range
 
 
@@ -55,20 +54,17 @@ def run(args) -> dict:
     overlay_dir = output / 'overlays'
     overlay_dir.mkdir(exist_ok=True)
     cache = PreprocessCache(detector.meta.preprocess, args.cache_dir)
-    per_category, collected = {}, {}
+    collected = {}
     started = time.perf_counter()
     for category in args.category:
         collected[category] = evaluate_category(
             detector, args.dataset, args.data_root, category, cache, overlay_dir,
             args.num_overlays, log=print if args.verbose else (lambda *_: None))
-        per_category[category] = collected[category].compute()
-    write_plots(collected, output, detector.scoring)
-    document = write_metrics(output / 'metrics.json', per_category, {
-        'checkpoint': str(args.checkpoint), 'dataset': args.dataset,
-        'scoring': detector.scoring, 'threshold': detector.threshold,
-        'seconds': time.perf_counter() - started})
-    title = f'{args.dataset}: {Path(args.checkpoint).name}'
-    table = markdown_table(per_category, title, detector.scoring)
+    document, table = write_evaluation(
+        output, collected, {'checkpoint': str(args.checkpoint), 'dataset': args.dataset,
+                            'scoring': detector.scoring, 'threshold': detector.threshold,
+                            'seconds': time.perf_counter() - started},
+        f'{args.dataset}: {Path(args.checkpoint).name}', detector.scoring)
     (output / 'results.md').write_text(table)
     print(table)
     print(f'wrote {output}/metrics.json, results.md, curves_*.png, overlays/')

@@ -4,7 +4,7 @@ dbmr-eval and the rosbag evaluation."""
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -140,6 +140,17 @@ def write_plots(results: Dict[str, CategoryResults], directory: Path,
         plt.close(figure)
         paths.append(path)
     return paths
+
+
+def write_evaluation(output: Path, collected: Dict[str, CategoryResults], extra: dict,
+                     title: str, scoring: str) -> Tuple[dict, str]:
+    """The one way results become a report (dbmr-eval and the bag evaluation): metrics.json
+    (`extra` + per category + mean), curves_<category>.png; returns (document, Markdown table
+    of the metrics, '' without ground truth)."""
+    per_category = {name: results.compute() for name, results in collected.items()}
+    write_plots(collected, output, scoring)
+    document = write_metrics(output / 'metrics.json', per_category, extra)
+    return document, markdown_table(per_category, title, scoring) if per_category else ''
 
 
 def overlay_indices(count: int, num_overlays: int) -> List[int]:

@@ -15,8 +15,7 @@ def evaluate_bags(input_bag, results_bag, output, threshold=None, num_overlays: 
                   warn=print) -> dict:
     """Match results to inputs by header stamp; metrics (where the input bag has ground truth),
     latency (result receive time - input stamp, bag clock) and frames without a result."""
-    from dbmr_ros.report import (CategoryResults, markdown_table, overlay_indices,
-                                 write_metrics, write_overlay)
+    from dbmr_ros.report import CategoryResults, overlay_indices, write_evaluation, write_overlay
     from dbmr_ros.visualize import display_range
     frames = read_frames(input_bag, warn=warn)
     frames = {s: f for s, f in frames.items() if 'rgb' in f}
@@ -58,21 +57,20 @@ def evaluate_bags(input_bag, results_bag, output, threshold=None, num_overlays: 
                'results_bag': str(results_bag)}
     labelled = [s for s in matched if frames[s].get('gt') is not None
                 and 'map' in results[s]]
-    per_category = {}
+    collected = {}
     if labelled:
-        collected = CategoryResults()
+        collected['bag'] = CategoryResults()
         for s in labelled:
-            amap = results[s]['map']
-            collected.add(int(frames[s]['gt'].any()), frames[s]['gt'], amap, None, None,
-                          results[s]['score'])
-        per_category['bag'] = collected.compute()
+            collected['bag'].add(int(frames[s]['gt'].any()), frames[s]['gt'], results[s]['map'],
+                                 None, None, results[s]['score'])
     for i, s in enumerate(matched[j] for j in overlay_indices(len(matched), num_overlays)):
         frame, result = frames[s], results[s]
         if 'map' in result and 'xyz' in frame:
             write_overlay(output / 'overlays', f'frame_{i:03d}_{s}', frame['rgb'], frame['xyz'],
                           frame.get('gt'), result['map'], display_range(threshold, result['map']),
                           result['score'], threshold)
-    document = write_metrics(output / 'metrics.json', per_category, summary)
+    document, table = write_evaluation(output, collected, summary, 'Detection metrics',
+                                       scoring)
     report = ['# Rosbag replay evaluation', '', f'- input bag: `{input_bag}`',
               f'- results bag: `{results_bag}`', '',
               '| frames | with result | without result | latency p50 ms | latency p99 ms |',
@@ -80,8 +78,8 @@ def evaluate_bags(input_bag, results_bag, output, threshold=None, num_overlays: 
               f'| {summary["frames"]} | {summary["frames_with_result"]} | '
               f'{summary["frames_without_result"]} | {_fmt(summary["latency_ms_p50"])} | '
               f'{_fmt(summary["latency_ms_p99"])} |', '']
-    if per_category:
-        report.append(markdown_table(per_category, 'Detection metrics', scoring))
+    if table:
+        report.append(table)
     else:
         report.append('The input bag has no ground truth: scores, latency and drops only.')
     (output / 'report.md').write_text('\n'.join(report) + '\n')
