@@ -15,7 +15,7 @@ from dbmr_ros.model import DBMRConfig, DBMRNet, PRESETS
 from dbmr_ros.model.head import focal_loss, head_inputs, INPUT_CHANNELS, NUM_INPUTS, ScoringHead
 from dbmr_ros.model.inputs import even_ranks, group_points, prepare
 from dbmr_ros.model.masking import no_masking, random_masking
-from dbmr_ros.model.point_ops import chamfer_l1, chamfer_l2, fps, fps_torch, knn, knn_torch
+from dbmr_ros.model.point_ops import chamfer_l2, fps, fps_torch, knn, knn_torch
 from dbmr_ros.model.scoring import group_map
 from dbmr_ros.model.transformer import local_alignment_mask
 
@@ -190,7 +190,7 @@ def test_chamfer_known_values():
     # a -> c: squared distances 4 and 5 (mean 4.5); c -> a: 4.
     assert float(chamfer_l2(a, c)) == pytest.approx(8.5)
     a.requires_grad_(True)
-    chamfer_l1(a, b).backward()  # identical sets: finite gradient at distance 0
+    chamfer_l2(a, b).backward()  # identical sets: finite gradient at distance 0
     assert torch.isfinite(a.grad).all()
 
 

@@ -70,11 +70,3 @@ def chamfer_l2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     other set, both ways, summed. a: (M, P, 3), b: (M, Q, 3) -> (M,)."""
     d = torch.cdist(a, b) ** 2
     return d.min(dim=2).values.mean(dim=1) + d.min(dim=1).values.mean(dim=1)
-
-
-def chamfer_l1(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """L1 Chamfer (mean Euclidean distances) with a sqrt that has a finite gradient at 0."""
-    d = torch.cdist(a, b) ** 2
-    dist_ab = torch.sqrt(d.min(dim=2).values + eps)
-    dist_ba = torch.sqrt(d.min(dim=1).values + eps)
-    return (dist_ab.mean(dim=1) + dist_ba.mean(dim=1)) / 2

@@ -147,13 +147,6 @@ def cloud_to_xyz(msg: PointCloud2) -> np.ndarray:
     return xyz
 
 
-def pack_rgb(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 -> (...,) float32 whose bits are 0x00RRGGBB (the PCL / rviz convention)."""
-    packed = np.zeros(rgb.shape[:-1] + (4,), dtype=np.uint8)
-    packed[..., :3] = rgb[..., ::-1]  # little-endian 0x00RRGGBB is the bytes B, G, R, 0
-    return packed.view('<f4')[..., 0]
-
-
 def cloud_from_arrays(xyz: np.ndarray, rgb: Optional[np.ndarray] = None,
                       anomaly: Optional[np.ndarray] = None, header=None,
                       dense: bool = False) -> PointCloud2:
