@@ -67,3 +67,34 @@ def test_best_effort_large_clouds_at_30_hz_none_lost(height, width):
         executor.shutdown()
         spinner.join(timeout=10)
         node.destroy_node()
+
+
+def test_dbmr_bag_records_a_best_effort_camera(tmp_path):
+    """A camera driver publishes best effort: the recorder subscribes best effort (a reliable
+    subscription would never match it) and writes the QoS it was offered."""
+    from rosbags.interfaces import QosReliability
+    from dbmr_ros.ros.bag import read_messages
+    topic, bag = f'/record_probe_{os.getpid()}/points', tmp_path / 'camera_bag'
+    recorder = subprocess.Popen([str(Path(sys.executable).parent / 'dbmr-bag'), 'record', topic,
+                                 '--output', str(bag), '--messages', '20', '--duration', '180',
+                                 '--discovery-timeout', '120'],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # More frames than recorded: a best-effort frame sent before the recorder's side of
+    # discovery completes is legitimately missed.
+    camera = subprocess.Popen([sys.executable, str(HERE / 'cloud_stream.py'), topic, '60', '20',
+                               '64', '64'], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.STDOUT, text=True)
+    try:
+        output = recorder.communicate(timeout=240)[0]
+        assert recorder.returncode == 0, output
+    finally:
+        recorder.kill()
+        camera.stdin.close()
+        try:
+            camera.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            camera.kill()
+    messages = list(read_messages(bag))
+    assert len(messages) == 20, output
+    offered = messages[0][0].ext.offered_qos_profiles
+    assert [q.reliability for q in offered] == [QosReliability.BEST_EFFORT]

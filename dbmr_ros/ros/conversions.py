@@ -220,3 +220,19 @@ def register_to_image(xyz: np.ndarray, image_shape: Tuple[int, int]) -> np.ndarr
         return np.repeat(np.repeat(xyz, factor, axis=0), factor, axis=1)
     raise ConversionError(f'cloud {cw}x{ch} is not registered to image {width}x{height} '
                           '(same size or an integer multiple either way)')
+
+
+def frame_to_arrays(image: Image, cloud: PointCloud2, intrinsics: Optional[np.ndarray]
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+    """A synchronised image and cloud -> (rgb (H, W, 3) uint8, xyz (H, W, 3) float32 registered
+    to the image): organized clouds map directly (same size or an integer multiple either
+    way), unorganized ones are projected with the 3x3 camera intrinsics (ConversionError
+    without). The node and `dbmr-bag to-dataset` both use it."""
+    rgb = image_to_rgb(image)
+    xyz = cloud_to_xyz(cloud)
+    if cloud.height > 1:
+        return rgb, register_to_image(xyz, rgb.shape[:2])
+    if intrinsics is None:
+        raise ConversionError('unorganized cloud without camera intrinsics (no camera_info '
+                              'received)')
+    return rgb, organize_cloud(xyz, intrinsics, rgb.shape[:2])

@@ -28,10 +28,8 @@ from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.detector import Detector
 from dbmr_ros.model.scoring import SCORINGS
 from dbmr_ros.resources import default_model_path, use_large_data_profile
-from dbmr_ros.ros.conversions import (cloud_to_xyz, ConversionError,
-                                      image_from_array, image_to_rgb,
-                                      intrinsics_from_camera_info, organize_cloud,
-                                      register_to_image, stamp_ns)
+from dbmr_ros.ros.conversions import (ConversionError, frame_to_arrays, image_from_array,
+                                      intrinsics_from_camera_info, stamp_ns)
 from dbmr_ros.ros import outputs, result_message
 from dbmr_ros.ros.frame_worker import FaultThrottle, LatestWins, RateLimit
 from dbmr_ros.ros.sync import ApproximateTimeSync
@@ -232,18 +230,11 @@ class DetectorNode(Node):
             if msg.height * msg.width > limit:
                 raise ConversionError(f'{what} of {msg.width}x{msg.height} exceeds '
                                       f'max_input_pixels {limit}')
-        rgb = image_to_rgb(image)
-        xyz = cloud_to_xyz(cloud)
-        if cloud.height > 1:
-            return rgb, register_to_image(xyz, rgb.shape[:2])
-        if self._camera_k is None:
-            if 'no_intrinsics' not in self._warned:
-                self._warned.add('no_intrinsics')
-                self.get_logger().warning('unorganized point cloud and no camera_info '
-                                          'received: frames are skipped until intrinsics '
-                                          'arrive')
-            raise ConversionError('unorganized cloud without camera intrinsics')
-        return rgb, organize_cloud(xyz, self._camera_k, rgb.shape[:2])
+        if cloud.height <= 1 and self._camera_k is None and 'no_intrinsics' not in self._warned:
+            self._warned.add('no_intrinsics')
+            self.get_logger().warning('unorganized point cloud and no camera_info received: '
+                                      'frames are skipped until intrinsics arrive')
+        return frame_to_arrays(image, cloud, self._camera_k)
 
     def _process(self, image: Image, cloud: PointCloud2):
         started = time.perf_counter()

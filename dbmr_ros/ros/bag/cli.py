@@ -1,6 +1,7 @@
 """dbmr-bag: rosbag2 tools (sqlite3 and MCAP, via the pure-Python `rosbags` package).
 
     from-dataset  write a labelled test set as sensor messages (+ /ground_truth/mask)
+    to-dataset    a recording -> a dataset folder (MVTec 3D-AD layout) to train or evaluate on
     play          publish a bag over ROS 2 with its recorded timing and QoS (+ /clock)
     record        record topics to a bag (raw, as received)
     eval          metrics, latency and drops from an input bag and a results bag
@@ -29,6 +30,7 @@ from dbmr_ros.ros.bag.recorder import Recorder
 from dbmr_ros.ros.bag.replay import replay_eval
 from dbmr_ros.ros.bag.spin import BackgroundSpin
 from dbmr_ros.ros.bag.storage import BagError
+from dbmr_ros.ros.bag.to_dataset import find_topics, to_dataset
 
 
 def _remaps(pairs) -> Dict[str, str]:
@@ -91,6 +93,19 @@ def cmd_record(args) -> int:
     return 0
 
 
+def cmd_to_dataset(args) -> int:
+    topics = find_topics(args.bag, args.image_topic, args.points_topic, args.camera_info_topic)
+    print(f'pairing {topics.image} with {topics.points}'
+          + (f', intrinsics from {topics.camera_info}' if topics.camera_info else '')
+          + (f', labels from {topics.gt}' if topics.gt and args.split != 'train' else ''))
+    counts = to_dataset(args.bag, args.output, args.category, topics, args.sync_slop,
+                        args.sync_queue_size, args.every, args.validation_fraction,
+                        args.validation_bag, args.split, args.overwrite)
+    print(f'wrote {Path(args.output) / args.category}: ' + ', '.join(
+        f'{key} {count}' for key, count in sorted(counts.items())))
+    return 0
+
+
 def cmd_eval(args) -> int:
     document = evaluate_bags(args.input, args.results, args.output, args.threshold,
                              args.num_overlays)
@@ -123,6 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--rate', type=float, default=2.0, help='frames per second of the stamps')
     p.add_argument('--frame-id', default='camera_color_optical_frame')
     p.set_defaults(func=lambda a: from_dataset(a) and 0)
+    p = sub.add_parser('to-dataset', help='a recording -> a dataset folder (MVTec 3D-AD layout)')
+    p.add_argument('bag')
+    p.add_argument('--output', required=True, help='dataset root (the --data-root of dbmr-train)')
+    p.add_argument('--category', required=True, help='category folder to create under it')
+    p.add_argument('--image-topic', help='default: the bag\'s only Image topic')
+    p.add_argument('--points-topic', help='default: the bag\'s only PointCloud2 topic')
+    p.add_argument('--camera-info-topic', help='default: the bag\'s only CameraInfo topic '
+                   '(needed for unorganized clouds)')
+    p.add_argument('--sync-slop', type=float, default=0.05,
+                   help='largest image / cloud stamp difference in seconds (as the node)')
+    p.add_argument('--sync-queue-size', type=int, default=10)
+    p.add_argument('--every', type=int, default=1, help='keep every n-th pair')
+    p.add_argument('--validation-fraction', type=float, default=0.15,
+                   help='the last part of the recording that becomes validation/good')
+    p.add_argument('--validation-bag', help='a second recording for validation/good instead')
+    p.add_argument('--split', default='auto', choices=('auto', 'train', 'test'),
+                   help='auto: test (labelled) when the bag has /ground_truth/mask, else train')
+    p.add_argument('--overwrite', action='store_true', help='replace an existing category')
+    p.set_defaults(func=cmd_to_dataset)
     p = sub.add_parser('play', help='publish a bag over ROS 2')
     p.add_argument('bag')
     p.add_argument('--rate', type=float, default=1.0)

@@ -4,7 +4,7 @@ import time
 from typing import List
 
 from rclpy.node import Node
-from rclpy.qos import QoSProfile
+from rclpy.qos import QoSProfile, ReliabilityPolicy
 
 from dbmr_ros.ros.bag.storage import bag_qos, message_class, open_writer, TYPESTORE
 
@@ -22,21 +22,30 @@ class Recorder:
         self.closed = False
 
     def discover(self, timeout: float = 30.0) -> List[str]:
-        """Subscribe to every topic whose type is known; returns those still missing."""
+        """Subscribe to every topic whose type and publishers are known; returns those still
+        missing. A topic with a best-effort publisher (camera drivers' sensor-data QoS) is
+        recorded best effort: a reliable subscription would never match it."""
         deadline = time.monotonic() + timeout
         while True:
             types = dict(self.node.get_topic_names_and_types())
             for topic in self.topics:
                 if topic in self.connections or topic not in types:
                     continue
+                publishers = self.node.get_publishers_info_by_topic(topic)
+                if not publishers:
+                    continue
+                reliable = all(p.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+                               for p in publishers)
                 msgtype = types[topic][0]
                 cls = message_class(msgtype)
                 with self.lock:
                     self.connections[topic] = self.writer.add_connection(
                         topic, msgtype, typestore=TYPESTORE,
-                        offered_qos_profiles=[bag_qos(True)])
-                self.node.create_subscription(cls, topic, lambda raw, t=topic: self._on(t, raw),
-                                              QoSProfile(depth=100), raw=True)
+                        offered_qos_profiles=[bag_qos(reliable)])
+                self.node.create_subscription(
+                    cls, topic, lambda raw, t=topic: self._on(t, raw),
+                    QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE if reliable
+                               else ReliabilityPolicy.BEST_EFFORT), raw=True)
             missing = [t for t in self.topics if t not in self.connections]
             if not missing or time.monotonic() > deadline:
                 return missing

@@ -76,6 +76,22 @@ def open_writer(path, storage: str) -> Writer:
 
 # --- reading -----------------------------------------------------------------------------
 
+def bag_topics(path) -> Dict[str, str]:
+    """topic -> message type of every connection in a bag."""
+    path = Path(path)
+    if not path.exists():
+        raise BagError(f'bag {path} does not exist')
+    try:
+        reader = Reader(path)
+        reader.open()
+    except (ReaderError, OSError, ValueError, KeyError) as error:
+        raise BagError(f'cannot open bag {path}: {error}') from error
+    try:
+        return {c.topic: c.msgtype for c in reader.connections}
+    finally:
+        reader.close()
+
+
 def read_messages(path, topics=None, warn: Callable[[str], None] = print):
     """Yield (topic, msgtype, log_time_ns, rawdata) in log-time order. A damaged bag (for
     example a truncated last message) stops the iteration with a clear warning, keeping every
