@@ -76,8 +76,8 @@ def open_writer(path, storage: str) -> Writer:
 
 # --- reading -----------------------------------------------------------------------------
 
-def bag_topics(path) -> Dict[str, str]:
-    """topic -> message type of every connection in a bag."""
+def open_reader(path) -> Reader:
+    """An opened rosbags Reader; BagError (with the reason) for a missing or unreadable bag."""
     path = Path(path)
     if not path.exists():
         raise BagError(f'bag {path} does not exist')
@@ -86,6 +86,12 @@ def bag_topics(path) -> Dict[str, str]:
         reader.open()
     except (ReaderError, OSError, ValueError, KeyError) as error:
         raise BagError(f'cannot open bag {path}: {error}') from error
+    return reader
+
+
+def bag_topics(path) -> Dict[str, str]:
+    """topic -> message type of every connection in a bag."""
+    reader = open_reader(path)
     try:
         return {c.topic: c.msgtype for c in reader.connections}
     finally:
@@ -97,13 +103,7 @@ def read_messages(path, topics=None, warn: Callable[[str], None] = print):
     example a truncated last message) stops the iteration with a clear warning, keeping every
     message read before the damage."""
     path = Path(path)
-    if not path.exists():
-        raise BagError(f'bag {path} does not exist')
-    try:
-        reader = Reader(path)
-        reader.open()
-    except (ReaderError, OSError, ValueError, KeyError) as error:
-        raise BagError(f'cannot open bag {path}: {error}') from error
+    reader = open_reader(path)
     count = 0
     try:
         connections = [c for c in reader.connections if topics is None or c.topic in topics]
