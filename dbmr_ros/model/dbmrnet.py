@@ -25,8 +25,8 @@ from dbmr_ros.model.config import DBMRConfig
 from dbmr_ros.model.embedding import PatchEmbedding, PointEmbedding, sincos_2d
 from dbmr_ros.model.head import ScoringHead
 from dbmr_ros.model.inputs import Groups, Targets
-from dbmr_ros.model.masking import Masking, masking_from_noise, no_masking, random_masking, select
-from dbmr_ros.model.point_ops import chamfer_l2
+from dbmr_ros.model.masking import Masking, masking_from_noise, no_masking, random_masking
+from dbmr_ros.model.point_ops import chamfer_l2, gather
 from dbmr_ros.model.transformer import Block, local_alignment_mask
 
 
@@ -136,12 +136,12 @@ class DBMRNet(nn.Module):
         Returns visible encoder tokens E^v_2D (B, L_vis, D) and E^v_3D (B, G_vis, D).
         """
         batch, device = embedded.tokens_2d.shape[0], embedded.tokens_2d.device
-        visible_2d = select(embedded.tokens_2d, masking_2d.keep) + self.modality_2d
-        visible_3d = select(embedded.tokens_3d, masking_3d.keep) + self.modality_3d
+        visible_2d = gather(embedded.tokens_2d, masking_2d.keep) + self.modality_2d
+        visible_3d = gather(embedded.tokens_3d, masking_3d.keep) + self.modality_3d
         grid = torch.arange(self.cfg.num_patches, device=device).expand(batch, -1)
-        patch_cells = select(torch.stack([grid // self.cfg.grid_size, grid % self.cfg.grid_size],
+        patch_cells = gather(torch.stack([grid // self.cfg.grid_size, grid % self.cfg.grid_size],
                                          dim=-1), masking_2d.keep)
-        group_cells = select(self.cells(groups.center_pixels), masking_3d.keep)
+        group_cells = gather(self.cells(groups.center_pixels), masking_3d.keep)
         mask = local_alignment_mask(patch_cells, group_cells, self.cfg.alignment_radius)
         x = torch.cat([visible_2d, visible_3d], dim=1)
         for block in self.encoder:
@@ -158,7 +158,7 @@ class DBMRNet(nn.Module):
         def with_mask_tokens(visible, token, masking):
             hidden = token.expand(visible.shape[0], masking.restore.shape[1] - visible.shape[1],
                                   -1)
-            return select(torch.cat([visible, hidden], dim=1), masking.restore)
+            return gather(torch.cat([visible, hidden], dim=1), masking.restore)
 
         full_2d = with_mask_tokens(self.decoder_embed(encoded_2d), self.mask_token_2d,
                                    masking_2d) + self.decoder_pos_2d
@@ -221,7 +221,7 @@ class DBMRNet(nn.Module):
         per_group = chamfer_l2(pred_groups.flatten(0, 1), target).view_as(weight_3d)
         cells = self.cells(groups.center_pixels)
         center_patch = cells[..., 0] * self.cfg.grid_size + cells[..., 1]    # (B, G)
-        image_tokens = select(features_2d, center_patch)                     # (B, G, Dd)
+        image_tokens = gather(features_2d, center_patch)                     # (B, G, Dd)
         cross = self.head_cross(image_tokens).view(-1, self.cfg.group_size, 3)
         per_cross = chamfer_l2(cross, target).view_as(weight_3d)
         norm_3d = weight_3d.sum().clamp_min(1e-6)

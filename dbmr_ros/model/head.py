@@ -13,6 +13,7 @@ from torch import nn
 
 from dbmr_ros.model.grid import surface_normals
 from dbmr_ros.model.inputs import Groups, metric_xyz, ModelInput
+from dbmr_ros.model.point_ops import gather
 
 # Per-pixel input channels, in order (see `head_inputs`).
 INPUT_CHANNELS = (('image', 3), ('reconstruction', 3), ('map_2d', 1), ('map_3d', 1),
@@ -97,7 +98,7 @@ def token_context(features_2d: torch.Tensor, features_3d: torch.Tensor, groups: 
     group_pixels = torch.stack([groups.center_pixels // image_size,
                                 groups.center_pixels % image_size], -1).float()   # (B, G, 2)
     nearest = torch.cdist(patches.expand(batch, -1, -1), group_pixels).argmin(-1)  # (B, L)
-    per_patch_3d = torch.gather(features_3d, 1, nearest[..., None].expand(-1, -1, dim))
+    per_patch_3d = gather(features_3d, nearest)                                  # (B, L, D)
     both = torch.cat([features_2d, per_patch_3d.to(features_2d.dtype)], dim=-1)    # (B, L, 2D)
     return both.transpose(1, 2).reshape(batch, 2 * dim, grid, grid)
 

@@ -34,10 +34,3 @@ def random_masking(batch: int, length: int, ratio: float, device=None,
 def no_masking(batch: int, length: int, device=None) -> Masking:
     order = torch.arange(length, device=device).expand(batch, length)
     return Masking(order, torch.zeros(batch, length, device=device), order)
-
-
-def select(tokens: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-    """tokens (B, L, ...), indices (B, L') -> (B, L', ...)."""
-    shape = indices.shape + tokens.shape[2:]
-    index = indices.reshape(*indices.shape, *([1] * (tokens.dim() - 2))).expand(shape)
-    return torch.gather(tokens, 1, index)
