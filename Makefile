@@ -27,7 +27,7 @@ lint: setup
 	$(PY) -m flake8 dbmr_ros test benchmarks launch setup.py
 
 test: setup
-	$(PY) -m pytest -q -rs test
+	$(PY) -m pytest -q -rfEs test
 
 demo: setup
 	$(PY) -m dbmr_ros.demo
