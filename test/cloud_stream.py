@@ -1,11 +1,13 @@
 """A camera-like publisher in its own process (used by test_dds.py): best-effort organized
 PointCloud2 frames of `height` x `width` points (x, y, z, rgb: 16 bytes each) on `topic` at
-`hz`, stamped 1, 2, 3, ... ns. It starts once a subscriber matched and stays alive (so its
-shared-memory segment does too) until its stdin closes.
+`hz`, stamped 1, 2, 3, ... ns (COUNT 0: until stdin closes, like a camera). It starts once a
+subscriber matched and stays alive (so its shared-memory segment does too) until its stdin
+closes.
 
     python cloud_stream.py TOPIC COUNT HZ HEIGHT WIDTH
 """
 import sys
+import threading
 import time
 
 import numpy as np
@@ -30,14 +32,17 @@ def main(topic: str, count: int, hz: float, height: int, width: int) -> int:
         time.sleep(0.01)
     print(f'subscribers {publisher.get_subscription_count()}, {len(message.data)} bytes per '
           'frame', flush=True)
-    start = time.perf_counter()
-    for i in range(count):
+    reader_done = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), reader_done.set()), daemon=True).start()
+    start, i = time.perf_counter(), 0
+    while (i < count or count == 0) and not reader_done.is_set():
         while time.perf_counter() < start + i / hz:  # the camera's frame clock
             time.sleep(0.0005)
         message.header.stamp.nanosec = i + 1
         publisher.publish(message)
-    print(f'published {count}', flush=True)
-    sys.stdin.read()  # until the reader is done
+        i += 1
+    print(f'published {i}', flush=True)
+    reader_done.wait()
     node.destroy_node()
     rclpy.shutdown()
     return 0

@@ -79,9 +79,9 @@ def test_dbmr_bag_records_a_best_effort_camera(tmp_path):
                                  '--output', str(bag), '--messages', '20', '--duration', '180',
                                  '--discovery-timeout', '120'],
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    # More frames than recorded: a best-effort frame sent before the recorder's side of
-    # discovery completes is legitimately missed.
-    camera = subprocess.Popen([sys.executable, str(HERE / 'cloud_stream.py'), topic, '60', '20',
+    # A camera streams until the recording is done: best-effort frames sent before the
+    # recorder's side of discovery completes are legitimately missed, later ones are not.
+    camera = subprocess.Popen([sys.executable, str(HERE / 'cloud_stream.py'), topic, '0', '20',
                                '64', '64'], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                               stderr=subprocess.STDOUT, text=True)
     try:

@@ -71,7 +71,7 @@ def cmd_record(args) -> int:
     rclpy.init()
     node = Node('dbmr_bag_recorder', parameter_overrides=[
         rclpy.parameter.Parameter('use_sim_time', value=args.use_sim_time)])
-    recorder = Recorder(node, args.output, args.topics, args.storage)
+    recorder = Recorder(node, args.output, args.topics, args.storage, args.messages)
     spinner = BackgroundSpin(node)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -82,7 +82,7 @@ def cmd_record(args) -> int:
             node.get_logger().warning(f'not (yet) published, not recorded: {missing}')
         deadline = time.monotonic() + args.duration if args.duration else None
         while not stop.is_set() and (deadline is None or time.monotonic() < deadline) \
-                and not (args.messages and recorder.has_recorded(args.messages)):
+                and not recorder.is_full():
             stop.wait(0.05)
     finally:
         recorder.close()
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--duration', type=float, default=0.0, help='seconds (0: until Ctrl-C)')
     p.add_argument('--discovery-timeout', type=float, default=10.0)
     p.add_argument('--messages', type=int, default=0, metavar='N',
-                   help='stop once every topic has N messages recorded (0: no limit)')
+                   help='record N messages per topic, then stop (0: no limit)')
     p.set_defaults(func=cmd_record)
     p = sub.add_parser('eval', help='evaluate a results bag against an input bag')
     p.add_argument('--input', required=True, help='the bag that was played')

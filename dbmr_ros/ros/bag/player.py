@@ -66,8 +66,8 @@ class Player:
                     wait = (log_time - first) / 1e9 / rate - (time.monotonic() - start - offset)
                     if wait <= 0:
                         break
-                    if clock:
-                        self._publish_clock(bag_now())
+                    if clock:  # never past the message: /clock must not step back below
+                        self._publish_clock(min(bag_now(), log_time))
                     time.sleep(min(wait, 0.01))
                 held = time.monotonic()
                 while gate is not None and not gate(topic, log_time) and not stop.is_set() \

@@ -13,8 +13,10 @@ class Recorder:
     """Subscribes (raw) to topics once they are discovered and writes what arrives, stamped with
     the receive time on the node's clock (the bag's clock under use_sim_time)."""
 
-    def __init__(self, node: Node, path, topics: List[str], storage: str = 'mcap'):
-        self.node, self.topics = node, list(topics)
+    def __init__(self, node: Node, path, topics: List[str], storage: str = 'mcap',
+                 max_messages: int = 0):
+        """max_messages > 0: at most that many messages per topic are written."""
+        self.node, self.topics, self.max_messages = node, list(topics), max_messages
         self.writer = open_writer(path, storage)
         self.lock = threading.Lock()
         self.connections = {}
@@ -53,16 +55,17 @@ class Recorder:
 
     def _on(self, topic: str, raw: bytes):
         with self.lock:
-            if self.closed:
+            if self.closed or 0 < self.max_messages <= self.counts[topic]:
                 return
             self.writer.write(self.connections[topic], self.node.get_clock().now().nanoseconds,
                               raw)
             self.counts[topic] += 1
 
-    def has_recorded(self, messages: int) -> bool:
-        """True once every topic has `messages` messages written."""
+    def is_full(self) -> bool:
+        """True once every topic has max_messages messages written (never without a limit)."""
         with self.lock:
-            return all(count >= messages for count in self.counts.values())
+            return self.max_messages > 0 and all(count >= self.max_messages
+                                                 for count in self.counts.values())
 
     def close(self):
         with self.lock:
