@@ -16,7 +16,7 @@ from pathlib import Path
 from dbmr_ros.data import open_dataset
 from dbmr_ros.data.preprocess import clean_point_cloud
 from dbmr_ros.data.sample import valid_mask
-from dbmr_ros.train import TrainConfig
+from dbmr_ros.training.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 

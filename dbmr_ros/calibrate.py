@@ -18,8 +18,9 @@ from dbmr_ros.data.datasets import DATASETS, DatasetError
 from dbmr_ros.data.io import read_rgb, read_xyz
 from dbmr_ros.data.preprocess import preprocess, PreprocessCache
 from dbmr_ros.detector import Detector, resolve_device
+from dbmr_ros.files import refuse_existing_output
 from dbmr_ros.infer import find_pairs
-from dbmr_ros.train import load_split
+from dbmr_ros.data.prepared import load_split
 
 
 def good_samples(args, detector: Detector):
@@ -44,8 +45,7 @@ def good_samples(args, detector: Detector):
 
 def run(args) -> calibration.Calibration:
     source, target = Path(args.checkpoint), Path(args.output)
-    if target.exists() and not args.overwrite:
-        raise FileExistsError(f'{target} exists; pass --overwrite to replace it')
+    refuse_existing_output(target, args.overwrite, holds='a checkpoint')
     detector = _uncalibrated(source, args.device)
     rgb, xyz, described = good_samples(args, detector)
     anomalies = detector.meta.anomalies or AnomalyConfig()

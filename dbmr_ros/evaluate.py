@@ -15,16 +15,14 @@ from dbmr_ros.checkpoint import CheckpointError
 from dbmr_ros.data.datasets import DATASETS, DatasetError, open_dataset
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
+from dbmr_ros.files import refuse_existing_output
 from dbmr_ros.model.scoring import SCORINGS
 from dbmr_ros.report import CategoryResults, overlay_indices, write_evaluation, write_overlay
 from dbmr_ros.visualize import display_range
 
 
 def prepare_output(path, overwrite: bool) -> Path:
-    output = Path(path)
-    if output.exists() and any(output.iterdir()) and not overwrite:
-        raise FileExistsError(f'{output} already holds results; pass --overwrite to replace '
-                              'them')
+    output = refuse_existing_output(path, overwrite, holds='results')
     output.mkdir(parents=True, exist_ok=True)
     return output
 

@@ -17,3 +17,16 @@ def atomic_write(path, write: Callable[[Path], None]) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def refuse_existing_output(path, replace: bool = False, flag: str = '--overwrite',
+                           holds: str = 'files') -> Path:
+    """The one rule for outputs: a file, or a folder that is not empty, is never replaced unless
+    the user asked for it (`replace`, given by `flag`; flag '' when nothing may replace it).
+    Raises FileExistsError saying how to proceed; returns `path` as a Path."""
+    path = Path(path)
+    taken = path.exists() and not (path.is_dir() and not any(path.iterdir()))
+    if taken and not replace:
+        how = f'pass {flag} to replace it' if flag else 'choose another path'
+        raise FileExistsError(f'{path} already holds {holds}; {how}')
+    return path

@@ -13,26 +13,23 @@ import dataclasses
 import math
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import torch.distributed as dist
-import yaml
 
 from dbmr_ros import calibration
 from dbmr_ros.checkpoint import CheckpointMeta, save_checkpoint
-from dbmr_ros.data.anomalies import AnomalyConfig
-from dbmr_ros.data.datasets import DATASETS, DatasetError, open_dataset
-from dbmr_ros.data.preprocess import preprocess, PreprocessCache, PreprocessConfig
-from dbmr_ros.dataclass_dict import from_dict
+from dbmr_ros.data.datasets import DATASETS, DatasetError
+from dbmr_ros.data.prepared import load_split
+from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector, resolve_device
-from dbmr_ros.model import DBMRConfig, DBMRNet, PRESETS
-from dbmr_ros.model.inputs import denormalise_images
+from dbmr_ros.files import refuse_existing_output
+from dbmr_ros.model import DBMRNet, PRESETS
 from dbmr_ros.resources import share_dir
-from dbmr_ros.training import engine
+from dbmr_ros.training import engine, progress
+from dbmr_ros.training.config import TrainConfig
 from dbmr_ros.training.util import (atomic_torch_save, broadcast_buffers, distributed, LOG,
                                     lr_factor, rng_state, set_rng_state, setup_logging,
                                     weights_digest)
@@ -40,64 +37,6 @@ from dbmr_ros.training.util import (atomic_torch_save, broadcast_buffers, distri
 CHECKPOINT = 'checkpoint.safetensors'
 TRAIN_STATE = 'train_state.pt'
 FINAL = 'model.safetensors'
-
-
-@dataclass
-class TrainConfig:
-    preset: str = 'tiny'
-    model: dict = field(default_factory=dict)
-    preprocess: dict = field(default_factory=dict)
-    anomalies: dict = field(default_factory=dict)
-    epochs: int = 100
-    head_epochs: int = 100
-    batch_size: int = 8
-    lr: float = 1e-3
-    head_lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_epochs: int = 5
-    grad_clip: float = 1.0
-    augment: bool = True
-    brightness_jitter: float = 0.15
-    seed: int = 0
-    threshold_rule: str = 'balanced'
-    threshold_quantile: float = 1.0
-    threshold_margin: float = 1.0
-    calibration_copies: int = 2
-    eval_every: int = 10
-    log_images_every: int = 10
-
-    @classmethod
-    def load(cls, path) -> 'TrainConfig':
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        return from_dict(cls, values, f'{path}: training')
-
-    def model_config(self):
-        if self.preset not in PRESETS:
-            raise ValueError(f'unknown preset {self.preset!r}; choose one of {list(PRESETS)}')
-        return DBMRConfig.from_dict({**PRESETS[self.preset].to_dict(), **self.model})
-
-    def preprocess_config(self, image_size: int) -> PreprocessConfig:
-        return PreprocessConfig.from_dict({**self.preprocess, 'image_size': image_size})
-
-    def anomaly_config(self) -> AnomalyConfig:
-        return AnomalyConfig.from_dict(self.anomalies)
-
-    def threshold_rule_config(self) -> calibration.ThresholdRule:
-        return calibration.ThresholdRule(self.threshold_rule, self.threshold_quantile,
-                                         self.threshold_margin)
-
-
-def load_split(kind, root, category, split, pcfg: PreprocessConfig, cache: PreprocessCache):
-    """All samples of a split preprocessed to model size: rgb (N, S, S, 3) uint8, xyz (N, S, S, 3)
-    float32 (the background removal is cached, never written into the dataset)."""
-    rgbs, xyzs = [], []
-    for ref in open_dataset(kind, root, category, split):
-        sample = ref.load()
-        rgb, xyz = preprocess(sample.rgb, sample.xyz, pcfg, cache.cleaned(ref.xyz_path,
-                                                                          sample.xyz))
-        rgbs.append(rgb)
-        xyzs.append(xyz)
-    return np.stack(rgbs), np.stack(xyzs)
 
 
 def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainConfig):
@@ -147,10 +86,8 @@ def train(args) -> Path:
         device = resolve_device(args.device)
     output = Path(args.output)
     if rank == 0:
-        has_run = output.exists() and any(output.iterdir())
-        if has_run and not (args.resume or args.overwrite):
-            raise FileExistsError(f'{output} already holds a run; pass --resume to continue it '
-                                  'or --overwrite to replace it')
+        refuse_existing_output(output, args.resume or args.overwrite,
+                               '--resume to continue it, or --overwrite', 'a run')
         output.mkdir(parents=True, exist_ok=True)
     if world > 1:
         dist.barrier()
@@ -226,14 +163,14 @@ def train(args) -> Path:
         history.append(means['loss'])
         meta = dataclasses.replace(meta, epoch=epoch + 1)
         if rank == 0:
-            _log_epoch(writer, description, means, epoch + 1)
+            progress.log_epoch(writer, description, means, epoch + 1)
             stage_end = epoch + 1 in (cfg.epochs, total)
             if stage_end or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
                 meta, selection = evaluate_and_calibrate(model, meta, device, val, cfg)
-                _log_selection(writer, selection, epoch + 1)
+                progress.log_selection(writer, selection, epoch + 1)
                 save_checkpoint(output / CHECKPOINT, model.state_dict(), meta)
             if cfg.log_images_every and (epoch + 1) % cfg.log_images_every == 0:
-                _log_reconstructions(writer, model, data, device, epoch + 1)
+                progress.log_reconstructions(writer, model, data, device, epoch + 1)
             atomic_torch_save({'model': model.state_dict(), 'epoch': epoch + 1,
                                'optimizers': [o.state_dict() for o in optimizers],
                                'schedulers': [s.state_dict() for s in schedulers],
@@ -254,37 +191,6 @@ def train(args) -> Path:
         dist.barrier()
         dist.destroy_process_group()
     return final
-
-
-def _log_epoch(writer, description: str, means: dict, epoch: int) -> None:
-    for key, value in means.items():
-        writer.add_scalar(f'train/{key}', value, epoch)
-    losses = ' '.join(f'{k.replace("loss_", "")} {v:.4f}' for k, v in means.items()
-                      if k.startswith('loss_'))
-    LOG.info('%s loss %.4f%s %.1f img/s', description, means['loss'],
-             f' ({losses})' if losses else '', means['images_per_second'])
-
-
-def _log_selection(writer, selection: dict, epoch: int) -> None:
-    """The selection set: validation/good + synthetic anomalies on it (model resolution)."""
-    for scoring, values in selection.items():
-        for key, value in values.items():
-            writer.add_scalar(f'selection_{scoring}/{key}', value, epoch)
-    LOG.info('epoch %d selection set (validation + synthetic anomalies): %s', epoch, '; '.join(
-        f'{s} ' + ' '.join(f'{k} {v:.3f}' for k, v in values.items())
-        for s, values in selection.items()))
-
-
-def _log_reconstructions(writer, model: DBMRNet, data, device, epoch: int) -> None:
-    model.eval()
-    cfg = model.cfg
-    with torch.no_grad():
-        batch = engine.make_batch(data[0][:2], data[1][:2], cfg, AnomalyConfig(probability=1.0),
-                                  torch.Generator().manual_seed(epoch), False, 0.0, device)
-        rec, _ = model.reconstruct(model.embed(batch.inp.images, batch.groups), batch.groups)
-    pair = torch.cat([denormalise_images(batch.inp.images), denormalise_images(rec),
-                      denormalise_images(batch.targets.images)], dim=2)
-    writer.add_images('input | reconstruction | clean', (pair / 255.0).permute(0, 3, 1, 2), epoch)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -109,6 +109,6 @@ def test_dbmr_calibrate_writes_a_new_checkpoint_and_keeps_the_input(synthetic_ro
     assert detector.threshold == fitted.thresholds['learned'].value
     # An existing output is never overwritten without --overwrite.
     assert calibrate_main(args) == 2
-    assert 'exists' in capsys.readouterr().err
+    assert 'already holds a checkpoint; pass --overwrite' in capsys.readouterr().err
     assert calibrate_main(args + ['--overwrite', '--rule', 'good-quantile']) == 0
     assert 'quantile' in load_checkpoint(target)[1].calibration.thresholds['paper'].rule

@@ -4,6 +4,7 @@ import os
 import cv2
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from dbmr_ros.data import open_dataset, PreprocessConfig, preprocess
@@ -12,8 +13,20 @@ from dbmr_ros.data.io import read_xyz
 from dbmr_ros.data.preprocess import (_near_cluster, clean_point_cloud, fit_plane_ransac,
                                       keep_largest_cluster, PreprocessCache,
                                       remove_support_plane, resize_mask, square_padding)
-from dbmr_ros.data.sample import valid_mask
+from dbmr_ros.data.sample import invalid_to_zero, valid_mask
 from dbmr_ros.data.synthetic import DEFECTS, render_sample, write_dataset
+
+
+def test_one_definition_of_a_valid_point_for_numpy_and_torch():
+    xyz = np.array([[[0.1, 0.2, 0.3], [0, 0, 0], [np.nan, 0.2, 0.3], [0, 0, 0.5],
+                     [np.inf, 0, 0], [0, -0.0, 0]]], dtype=np.float32)
+    expected = np.array([[True, False, False, True, False, False]])
+    np.testing.assert_array_equal(valid_mask(xyz), expected)
+    np.testing.assert_array_equal(valid_mask(torch.from_numpy(xyz)).numpy(), expected)
+    zeroed = invalid_to_zero(xyz)  # a point with one NaN coordinate is invalid as a whole
+    assert zeroed.dtype == np.float32 and np.isfinite(zeroed).all()
+    np.testing.assert_array_equal(zeroed[~expected], 0)
+    np.testing.assert_array_equal(zeroed[expected], xyz[expected])
 
 
 def test_mvtec3d_reader_real_layout(mvtec_root):

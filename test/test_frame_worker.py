@@ -1,6 +1,10 @@
-"""The node's hand-off, rate limit and fault throttling, without DDS (frame_worker.py)."""
+"""The node's hand-off, rate limit, fault throttling and frame counters, without DDS
+(frame_worker.py, diagnostics.py)."""
 import threading
 
+from diagnostic_msgs.msg import DiagnosticStatus
+
+from dbmr_ros.ros.diagnostics import FrameCounters
 from dbmr_ros.ros.frame_worker import FaultThrottle, LatestWins, RateLimit
 
 
@@ -66,3 +70,28 @@ def test_fault_throttle_reports_each_fault_and_the_repeats_it_held_back():
     clock.now += 2.5
     assert throttle.report('bad encoding') == 'bad encoding (2 more since last report)'
     assert throttle.report('bad encoding') is None
+
+
+def test_frame_counters_and_the_diagnostic_status_they_give():
+    clock = FakeClock()
+    counters = FrameCounters(clock)
+    status = counters.status('dbmr_detector', 'cpu', '/m.safetensors', None)
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == DiagnosticStatus.OK and status.message == 'running'
+    assert values['input_rate_hz'] == '0.00' and values['processing_time_ms'] == 'n/a'
+    for i in range(11):  # 11 pairs 0.1 s apart: 10 Hz; the second replaced the first
+        counters.arrived(replaced_waiting=i == 1)
+        clock.now += 0.1
+    counters.done(40.0)
+    counters.done(60.0)
+    counters.rate_limited += 1
+    values = {kv.key: kv.value for kv in counters.status('n', 'cpu', 'm', 0.5).values}
+    assert values['input_rate_hz'] == '10.00' and values['processing_time_ms'] == '50.0'
+    assert (values['frames_received'], values['frames_processed'], values['frames_dropped'],
+            values['frames_rate_limited'], values['threshold']) == ('11', '2', '1', '1', '0.5')
+    counters.error('frame 7 skipped: bad encoding')
+    status = counters.status('n', 'cpu', 'm', 0.5)
+    values = {kv.key: kv.value for kv in status.values}
+    assert status.level == DiagnosticStatus.WARN and status.message == 'frames failing'
+    assert values['frames_failed'] == '1'
+    assert values['last_error'] == 'frame 7 skipped: bad encoding'

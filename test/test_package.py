@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from dbmr_ros.ros.launch_arguments import OVERRIDABLE, parameter_overrides
+from dbmr_ros.ros.parameters import PARAMETERS
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -140,9 +141,7 @@ def test_launch_description_builds_where_launch_ros_exists():
 def test_params_file_declares_every_node_parameter():
     params = yaml.safe_load((REPO / 'config' / 'detect.yaml').read_text())
     values = params['/**']['ros__parameters']
-    declared = set(re.findall(r"declare\('(\w+)'", (REPO / 'dbmr_ros' / 'ros' /
-                                                    'node.py').read_text()))
-    assert set(values) == declared
+    assert values == {p.name: p.default for p in PARAMETERS}  # same names, same defaults
     text = (REPO / 'config' / 'detect.yaml').read_text()
     for name in values:  # every parameter has a comment right above it
         lines = text.splitlines()

@@ -126,7 +126,7 @@ def test_clear_errors(rgbd_frames, synthetic_root, tmp_path, capsys):
                      '0']) == 0
     assert bag_main(['to-dataset', str(tmp_path / 'late'), '--output', str(tmp_path / 'd'),
                      '--category', 'y', '--sync-slop', '0.09']) == 2
-    assert 'exists and is not empty; pass --overwrite' in capsys.readouterr().err
+    assert 'already holds a dataset; pass --overwrite' in capsys.readouterr().err
     _driver_bag(tmp_path / 'depth_image', rgbd_frames, encoding='32FC1')
     assert bag_main(['to-dataset', str(tmp_path / 'depth_image'), '--output',
                      str(tmp_path / 'd'), '--category', 'z']) == 2

@@ -23,6 +23,7 @@ from typing import NamedTuple, Tuple
 import numpy as np
 import torch
 
+from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.dataclass_dict import from_dict, to_dict
 from dbmr_ros.model.grid import gaussian_blur, surface_normals
 
@@ -87,7 +88,7 @@ def synthesize(rgb: torch.Tensor, xyz: torch.Tensor, cfg: AnomalyConfig,
     batch, device = rgb.shape[0], rgb.device
     p = cfg.probability if probability is None else probability
     draw = _Draws(generator, batch, device)
-    valid = (xyz != 0).any(-1)
+    valid = valid_mask(xyz)
 
     anomalous = draw.uniform() < p
     modality = draw.choice(cfg.modality_weights)                     # 0 rgb, 1 3D, 2 both

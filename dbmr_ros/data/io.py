@@ -5,6 +5,8 @@ import cv2
 import numpy as np
 import tifffile
 
+from dbmr_ros.data.sample import invalid_to_zero
+
 
 def read_rgb(path) -> np.ndarray:
     """(H, W, 3) uint8 RGB from any image file OpenCV reads."""
@@ -43,9 +45,7 @@ def read_xyz(path) -> np.ndarray:
     xyz = tifffile.imread(str(path))
     if xyz.ndim != 3 or xyz.shape[2] != 3:
         raise ValueError(f'{path}: expected an (H, W, 3) xyz TIFF, got shape {xyz.shape}')
-    xyz = np.asarray(xyz, dtype=np.float32)
-    xyz[~np.isfinite(xyz).all(axis=2)] = 0.0
-    return xyz
+    return invalid_to_zero(xyz)
 
 
 def write_xyz(path, xyz: np.ndarray) -> None:

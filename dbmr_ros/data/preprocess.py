@@ -20,7 +20,7 @@ from scipy.spatial import cKDTree
 from sklearn.cluster import DBSCAN
 from threadpoolctl import ThreadpoolController
 
-from dbmr_ros.data.sample import valid_mask
+from dbmr_ros.data.sample import invalid_to_zero, valid_mask
 from dbmr_ros.dataclass_dict import from_dict, to_dict
 from dbmr_ros.files import atomic_write
 
@@ -216,7 +216,7 @@ def clean_point_cloud(xyz: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
 
 
 def _clean_point_cloud(xyz: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    xyz = np.where(np.isfinite(xyz), xyz, 0.0).astype(np.float32)
+    xyz = invalid_to_zero(xyz)
     if cfg.max_depth > 0:
         xyz[xyz[..., 2] > cfg.max_depth] = 0.0
     if cfg.remove_plane:

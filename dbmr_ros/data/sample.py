@@ -34,8 +34,17 @@ class Sample:
                              f'{self.rgb.shape[:2]}')
 
 
-def valid_mask(xyz: np.ndarray) -> np.ndarray:
-    """(..., H, W) bool: pixels with a finite, non-zero 3D point."""
-    # Per channel: reductions over a length-3 last axis are ~7x slower in numpy.
+def valid_mask(xyz):
+    """(..., H, W, 3) numpy array or torch tensor -> (..., H, W) bool of the same kind: pixels
+    with a finite, non-zero 3D point. The one definition of a valid point (readers, the
+    preprocessing, the model, the anomaly synthesis and the node all use it)."""
     x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
-    return np.isfinite(x) & np.isfinite(y) & np.isfinite(z) & ((x != 0) | (y != 0) | (z != 0))
+    # Per channel: reductions over a length-3 last axis are ~7x slower in numpy.
+    finite = (lambda a: a.isfinite()) if hasattr(xyz, 'isfinite') else np.isfinite  # torch
+    return finite(x) & finite(y) & finite(z) & ((x != 0) | (y != 0) | (z != 0))
+
+
+def invalid_to_zero(xyz: np.ndarray) -> np.ndarray:
+    """(..., H, W, 3) -> float32 copy with every invalid point exactly (0, 0, 0), the convention of
+    every reader (a point with one NaN coordinate is invalid as a whole)."""
+    return np.where(valid_mask(xyz)[..., None], xyz, np.float32(0)).astype(np.float32)

@@ -17,6 +17,7 @@ import numpy as np
 
 from dbmr_ros.data.io import write_gray, write_rgb, write_xyz
 from dbmr_ros.data.sample import Sample
+from dbmr_ros.files import refuse_existing_output
 
 CATEGORIES = ('puck', 'dome', 'box')
 DEFECTS = ('dent', 'bump', 'hole', 'cut', 'stain', 'scratch', 'combined')
@@ -207,8 +208,7 @@ def write_dataset(root, category: str = 'puck', size: int = 256, n_train: int = 
     Refuses to write into a category folder that already holds files (nothing is overwritten).
     """
     category_dir = Path(root) / category
-    if category_dir.exists() and any(category_dir.iterdir()):
-        raise FileExistsError(f'{category_dir} exists and is not empty; choose another root')
+    refuse_existing_output(category_dir, flag='', holds='a dataset')
     rng = np.random.default_rng(seed)
     plan = [('train', 'good', None, n_train), ('validation', 'good', None, n_validation),
             ('test', 'good', None, n_test_good)]

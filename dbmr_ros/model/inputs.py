@@ -6,6 +6,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.model.point_ops import fps, gather, knn
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
@@ -54,7 +55,7 @@ def prepare(rgb: torch.Tensor, xyz: torch.Tensor, num_points: int, min_points: i
     generator the spacing gets a random offset per sample (training augmentation).
     """
     batch, size = xyz.shape[0], xyz.shape[1]
-    valid = torch.isfinite(xyz).all(-1) & (xyz != 0).any(-1)
+    valid = valid_mask(xyz)
     counts = valid.flatten(1).sum(1)
     if int(counts.min()) < min_points:
         raise ValueError(f'a cloud has {int(counts.min())} valid points after preprocessing; '

@@ -9,14 +9,12 @@ import math
 import sys
 import threading
 import time
-from collections import deque
 from typing import Optional
 
 import numpy as np
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
-                                SetParametersResult)
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data, QoSProfile
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
@@ -26,31 +24,22 @@ from visualization_msgs.msg import MarkerArray
 from dbmr_ros.checkpoint import CheckpointError
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.detector import Detector
-from dbmr_ros.model.scoring import SCORINGS
 from dbmr_ros.resources import default_model_path, use_large_data_profile
 from dbmr_ros.ros.conversions import (ConversionError, frame_to_arrays, image_from_array,
                                       intrinsics_from_camera_info, stamp_ns)
-from dbmr_ros.ros import outputs, result_message
+from dbmr_ros.ros import outputs, parameters, result_message
+from dbmr_ros.ros.diagnostics import FrameCounters
 from dbmr_ros.ros.frame_worker import FaultThrottle, LatestWins, RateLimit
 from dbmr_ros.ros.sync import ApproximateTimeSync
 
 NODE_NAME = 'dbmr_detector'
-QOS_CHOICES = ('sensor_data', 'default')
-DEVICES = ('auto', 'cpu', 'cuda')
-
-
-def _float_range(lo, hi):
-    return [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
 
 
 class DetectorNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        self._declare_parameters()
-        self.stats = {'received': 0, 'processed': 0, 'dropped': 0, 'failed': 0,
-                      'skipped_rate': 0, 'last_error': ''}
-        self.processing_ms = deque(maxlen=50)
-        self.arrivals = deque(maxlen=50)
+        parameters.declare(self)
+        self.counters = FrameCounters()
         self._warned = set()
         self._camera_k: Optional[np.ndarray] = None
         self.frames = LatestWins()
@@ -99,37 +88,6 @@ class DetectorNode(Node):
 
     # --- parameters ----------------------------------------------------------------------
 
-    def _declare_parameters(self):
-        def declare(name, default, description, read_only=False, **ranges):
-            self.declare_parameter(name, default, ParameterDescriptor(
-                description=description, read_only=read_only, **ranges))
-        declare('model_path', '', 'DBMRNet checkpoint (.safetensors); empty: the shipped '
-                'default model', read_only=True)
-        declare('device', 'auto', 'inference device: auto | cpu | cuda', read_only=True)
-        declare('scoring', '', 'anomaly map and score: learned (the scoring head) | paper '
-                '(the DBMRNet paper\'s); empty: the checkpoint\'s', read_only=True)
-        declare('threshold', -1.0, 'image score above which a frame is anomalous; negative: '
-                'the checkpoint\'s calibrated threshold. Changeable at run time.')
-        declare('sync_slop', 0.05, 'max stamp difference (s) of a synchronised image/cloud pair',
-                read_only=True, floating_point_range=_float_range(0.0, 10.0))
-        declare('sync_queue_size', 10, 'messages kept per input for synchronisation',
-                read_only=True, integer_range=[IntegerRange(from_value=1, to_value=1000,
-                                                            step=1)])
-        declare('input_qos', 'sensor_data', 'input QoS: sensor_data (best effort, camera '
-                'drivers) | default (reliable)', read_only=True)
-        declare('heatmap_alpha', 0.5, 'opacity of the colour map over the image in ~/heatmap',
-                floating_point_range=_float_range(0.0, 1.0))
-        declare('publish_cloud', True, 'publish ~/cloud (input points coloured by anomaly)')
-        declare('max_rate_hz', 0.0, 'process at most this many frames per second (0: as fast '
-                'as possible)', floating_point_range=_float_range(0.0, 1000.0))
-        declare('max_input_pixels', 16_777_216, 'larger images or clouds are rejected',
-                integer_range=[IntegerRange(from_value=1, to_value=1 << 30, step=1)])
-        for name, choices in (('device', DEVICES), ('input_qos', QOS_CHOICES),
-                              ('scoring', ('',) + SCORINGS)):
-            value = self.get_parameter(name).value
-            if value not in choices:
-                raise ValueError(f'parameter {name}={value!r}: choose one of {choices}')
-
     def _validate_parameters(self, params) -> SetParametersResult:
         for p in params:
             if p.name == 'threshold' and not math.isfinite(p.value):
@@ -174,10 +132,7 @@ class DetectorNode(Node):
 
     def _on_pair(self, image: Image, cloud: PointCloud2):
         """Latest wins: replace (and count) a pair the worker has not started yet."""
-        self.stats['received'] += 1
-        self.arrivals.append(time.monotonic())
-        if self.frames.offer((image, cloud)):
-            self.stats['dropped'] += 1
+        self.counters.arrived(replaced_waiting=self.frames.offer((image, cloud)))
 
     # --- inference worker ----------------------------------------------------------------
 
@@ -204,11 +159,10 @@ class DetectorNode(Node):
                 return
             image, cloud = pair
             if not self.rate_limit.allow():
-                self.stats['skipped_rate'] += 1
+                self.counters.rate_limited += 1
                 continue
             try:
                 self._process(image, cloud)
-                self.stats['processed'] += 1
             except (ConversionError, ValueError, RuntimeError) as error:
                 self._fail(stamp_ns(image.header), 'skipped', error)
             except Exception as error:  # noqa: BLE001 - one bad frame must not kill the node
@@ -216,9 +170,8 @@ class DetectorNode(Node):
 
     def _fail(self, stamp: int, what: str, error: Exception):
         """Count and report a failed frame (each distinct fault at most every 2 s)."""
-        self.stats['failed'] += 1
         reason = f'{what}: {error}'
-        self.stats['last_error'] = f'frame {stamp} {reason}'
+        self.counters.error(f'frame {stamp} {reason}')
         line = self.faults.report(reason)
         if line is not None:
             self.get_logger().error(f'frame {stamp} {line}')
@@ -264,7 +217,7 @@ class DetectorNode(Node):
             self.pub_markers.publish(outputs.markers_message(
                 header, xyz, valid, result.score, result.is_anomalous, result.anomaly_map,
                 self.detector.threshold))
-        self.processing_ms.append((time.perf_counter() - started) * 1e3)
+        self.counters.done((time.perf_counter() - started) * 1e3)
 
     def result_message(self, header, result, started: float) -> DiagnosticArray:
         return result_message.encode(self.get_name(), header, result, self.detector.threshold,
@@ -273,28 +226,8 @@ class DetectorNode(Node):
     # --- diagnostics ---------------------------------------------------------------------
 
     def _publish_diagnostics(self):
-        arrivals = list(self.arrivals)
-        rate = (len(arrivals) - 1) / (arrivals[-1] - arrivals[0]) if len(arrivals) > 1 and \
-            arrivals[-1] > arrivals[0] else 0.0
-        timings = list(self.processing_ms)
-        status = DiagnosticStatus(name=f'{self.get_name()}: anomaly detection',
-                                  hardware_id=str(self.detector.device))
-        recent_error = self.stats['last_error'] and self.stats['failed'] > 0
-        status.level = DiagnosticStatus.WARN if recent_error else DiagnosticStatus.OK
-        status.message = 'running' if not recent_error else 'frames failing'
-        values = {'model_loaded': 'true', 'model_path': self.model_path,
-                  'device': str(self.detector.device),
-                  'threshold': str(self.detector.threshold),
-                  'input_rate_hz': f'{rate:.2f}',
-                  'processing_time_ms': f'{np.mean(timings):.1f}' if timings else 'n/a',
-                  'frames_received': str(self.stats['received']),
-                  'frames_processed': str(self.stats['processed']),
-                  'frames_dropped': str(self.stats['dropped']),
-                  'frames_rate_limited': str(self.stats['skipped_rate']),
-                  'frames_failed': str(self.stats['failed']),
-                  'last_error': self.stats['last_error']}
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
-        msg = DiagnosticArray(status=[status])
+        msg = DiagnosticArray(status=[self.counters.status(
+            self.get_name(), str(self.detector.device), self.model_path, self.detector.threshold)])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub_diagnostics.publish(msg)
 

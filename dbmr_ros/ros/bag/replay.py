@@ -8,6 +8,7 @@ from pathlib import Path
 import rclpy
 from rclpy.node import Node
 
+from dbmr_ros.files import refuse_existing_output
 from dbmr_ros.ros.bag.evaluation import evaluate_bags
 from dbmr_ros.ros.bag.player import Player
 from dbmr_ros.ros.bag.recorder import Recorder
@@ -19,9 +20,7 @@ def replay_eval(bag, output, model_path='', device='auto', rate=1.0, lockstep=Tr
                 timeout=120.0, log=print) -> dict:
     """Start the node (use_sim_time, reliable inputs), play the bag with /clock, record the
     results, evaluate. Returns the evaluation document."""
-    output = Path(output)
-    if output.exists() and any(output.iterdir()):
-        raise BagError(f'{output} already holds results; choose another --output')
+    output = refuse_existing_output(output, flag='', holds='results')
     output.mkdir(parents=True, exist_ok=True)
     results_bag = output / 'results_bag'
     node_log = open(output / 'node.log', 'w')

@@ -7,7 +7,6 @@ import importlib
 from pathlib import Path
 from typing import Callable, Dict
 
-import numpy as np
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.serialization import deserialize_message
 from rosbags.interfaces import (Qos, QosDurability, QosHistory, QosLiveliness,
@@ -17,6 +16,8 @@ from rosbags.rosbag2.writer import StoragePlugin
 from rosbags.typesys import get_typestore, Stores
 from sensor_msgs.msg import Image, PointCloud2
 
+from dbmr_ros.data.sample import invalid_to_zero
+from dbmr_ros.files import refuse_existing_output
 from dbmr_ros.ros.conversions import cloud_to_xyz, image_to_rgb, stamp_ns
 
 TOPICS = {'image': '/camera/color/image_raw', 'points': '/camera/depth/points',
@@ -66,8 +67,7 @@ def rclpy_qos(connection, force_reliable: bool) -> QoSProfile:
 
 def open_writer(path, storage: str) -> Writer:
     path = Path(path)
-    if path.exists():
-        raise BagError(f'{path} exists; bags are never overwritten, choose another path')
+    refuse_existing_output(path, flag='', holds='a bag')  # bags are never overwritten
     plugin = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}[storage]
     writer = Writer(path, version=9, storage_plugin=plugin)
     writer.open()
@@ -141,8 +141,7 @@ def read_frames(path, image_topic=TOPICS['image'], points_topic=TOPICS['points']
         if key == 'rgb':
             frame['rgb'] = image_to_rgb(msg)
         elif key == 'xyz':
-            xyz = cloud_to_xyz(msg)
-            frame['xyz'] = np.where(np.isfinite(xyz), xyz, 0.0).astype(np.float32)
+            frame['xyz'] = invalid_to_zero(cloud_to_xyz(msg))
         else:
             frame['gt'] = image_to_rgb(msg)[..., 0] > 0
     return frames

@@ -19,6 +19,8 @@ import numpy as np
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 
 from dbmr_ros.data.io import write_gray, write_rgb, write_xyz
+from dbmr_ros.data.sample import invalid_to_zero
+from dbmr_ros.files import refuse_existing_output
 from dbmr_ros.ros.bag.storage import BagError, bag_topics, decode, read_messages, TOPICS
 from dbmr_ros.ros.conversions import (ConversionError, frame_to_arrays,
                                       intrinsics_from_camera_info, image_to_rgb, stamp_ns)
@@ -109,8 +111,7 @@ def frames(bag, topics: Topics, slop: float, queue_size: int, every: int = 1, wa
                 hint = ' (give --camera-info-topic)' if 'intrinsics' in str(error) else ''
                 raise BagError(f'{bag}: frame {stamp_ns(image.header)}: {error}{hint}') \
                     from error
-            xyz = np.where(np.isfinite(xyz).all(axis=2, keepdims=True), xyz, 0.0)
-            yield stamp_ns(image.header), rgb, xyz.astype(np.float32), gts.get(
+            yield stamp_ns(image.header), rgb, invalid_to_zero(xyz), gts.get(
                 stamp_ns(image.header))
     if not count:
         gap = _nearest_gap_ms(stamps['image'], stamps['points'])
@@ -139,8 +140,7 @@ def to_dataset(bag, output, category: str, topics: Optional[Topics] = None,
     written beside the target and renamed into place at the end: a failed conversion leaves no
     half-written dataset, and --overwrite replaces the old one only once the new one is done."""
     category_dir = Path(output) / category
-    if category_dir.exists() and any(category_dir.iterdir()) and not overwrite:
-        raise BagError(f'{category_dir} exists and is not empty; pass --overwrite to replace it')
+    refuse_existing_output(category_dir, overwrite, holds='a dataset')
     topics = topics or find_topics(bag)
     if split == 'test' and topics.gt is None:
         raise BagError(f'{bag} has no {TOPICS["gt"]} topic: it cannot become a test split')

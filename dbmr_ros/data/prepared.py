@@ -1,0 +1,19 @@
+"""A dataset split preprocessed to model size, as the training, calibration and selection code
+reads it (arrays in memory; the background removal cached, never written into the dataset)."""
+import numpy as np
+
+from dbmr_ros.data.datasets import open_dataset
+from dbmr_ros.data.preprocess import preprocess, PreprocessCache, PreprocessConfig
+
+
+def load_split(kind, root, category, split, pcfg: PreprocessConfig, cache: PreprocessCache):
+    """All samples of a split preprocessed to model size: rgb (N, S, S, 3) uint8, xyz (N, S, S, 3)
+    float32 (the background removal is cached, never written into the dataset)."""
+    rgbs, xyzs = [], []
+    for ref in open_dataset(kind, root, category, split):
+        sample = ref.load()
+        rgb, xyz = preprocess(sample.rgb, sample.xyz, pcfg, cache.cleaned(ref.xyz_path,
+                                                                          sample.xyz))
+        rgbs.append(rgb)
+        xyzs.append(xyz)
+    return np.stack(rgbs), np.stack(xyzs)
