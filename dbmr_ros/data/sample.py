@@ -45,6 +45,13 @@ def valid_mask(xyz):
 
 
 def invalid_to_zero(xyz: np.ndarray) -> np.ndarray:
-    """(..., H, W, 3) -> float32 copy with every invalid point exactly (0, 0, 0), the convention of
-    every reader (a point with one NaN coordinate is invalid as a whole)."""
-    return np.where(valid_mask(xyz)[..., None], xyz, np.float32(0)).astype(np.float32)
+    """(..., H, W, 3) -> float32 with every invalid point exactly (0, 0, 0), the convention of
+    every reader (a point with one NaN coordinate is invalid as a whole). A float32 input that
+    already follows it is returned as it is, not copied."""
+    xyz = np.asarray(xyz, dtype=np.float32)
+    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+    finite = np.isfinite(x) & np.isfinite(y) & np.isfinite(z)
+    if finite.all():  # then the invalid points are the zero ones already
+        return xyz
+    valid = finite & ((x != 0) | (y != 0) | (z != 0))
+    return np.where(valid[..., None], xyz, np.float32(0))
