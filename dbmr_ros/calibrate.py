@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from dbmr_ros import calibration
-from dbmr_ros.checkpoint import build_model, CheckpointError, save_checkpoint
+from dbmr_ros.checkpoint import build_model, save_checkpoint
+from dbmr_ros.command import run_command
 from dbmr_ros.data.anomalies import AnomalyConfig
-from dbmr_ros.data.datasets import DATASETS, DatasetError
+from dbmr_ros.data.datasets import DATASETS
 from dbmr_ros.data.io import read_rgb, read_xyz
 from dbmr_ros.data.preprocess import preprocess, PreprocessCache
 from dbmr_ros.detector import Detector, resolve_device
@@ -99,13 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (calibration.CalibrationError, CheckpointError, DatasetError, FileExistsError,
-            FileNotFoundError, ValueError) as error:
-        print(f'dbmr-calibrate: error: {error}', file=sys.stderr)
-        return 2
-    return 0
+    return run_command('dbmr-calibrate', lambda: run(args) and None)
 
 
 if __name__ == '__main__':

@@ -37,7 +37,7 @@ def resolve_device(device: str = 'auto') -> torch.device:
     if device == 'auto':
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     if device.startswith('cuda') and not torch.cuda.is_available():
-        raise RuntimeError(f'device {device!r} requested but CUDA is not available')
+        raise ValueError(f'device {device!r} requested but CUDA is not available')
     return torch.device(device)
 
 

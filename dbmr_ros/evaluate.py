@@ -10,9 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from dbmr_ros.calibration import CalibrationError
-from dbmr_ros.checkpoint import CheckpointError
-from dbmr_ros.data.datasets import DATASETS, DatasetError, open_dataset
+from dbmr_ros.command import run_command
+from dbmr_ros.data.datasets import DATASETS, open_dataset
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
 from dbmr_ros.files import refuse_existing_output
@@ -89,13 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except (CalibrationError, CheckpointError, DatasetError, FileExistsError, ValueError,
-            RuntimeError) as error:
-        print(f'dbmr-eval: error: {error}', file=sys.stderr)
-        return 2
-    return 0
+    return run_command('dbmr-eval', lambda: run(args) and None)
 
 
 if __name__ == '__main__':

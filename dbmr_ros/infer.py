@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dbmr_ros.calibration import CalibrationError
-from dbmr_ros.checkpoint import CheckpointError
+from dbmr_ros.command import run_command
 from dbmr_ros.data.io import read_rgb, read_xyz, write_rgb
 from dbmr_ros.detector import Detector
 from dbmr_ros.evaluate import prepare_output
@@ -75,13 +74,7 @@ def main(argv=None) -> int:
                         help="'learned' (scoring head) or 'paper' (default: the checkpoint's)")
     parser.add_argument('--overwrite', action='store_true')
     args = parser.parse_args(argv)
-    try:
-        run(args)
-    except (CalibrationError, CheckpointError, FileNotFoundError, FileExistsError,
-            ValueError) as error:
-        print(f'dbmr-infer: error: {error}', file=sys.stderr)
-        return 2
-    return 0
+    return run_command('dbmr-infer', lambda: run(args) and None)
 
 
 if __name__ == '__main__':

@@ -21,7 +21,8 @@ import torch.distributed as dist
 
 from dbmr_ros import calibration
 from dbmr_ros.checkpoint import CheckpointMeta, save_checkpoint
-from dbmr_ros.data.datasets import DATASETS, DatasetError
+from dbmr_ros.command import run_command
+from dbmr_ros.data.datasets import DATASETS
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector, resolve_device
@@ -215,12 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[list] = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        train(args)
-    except (DatasetError, FileExistsError, ValueError, RuntimeError, OSError) as error:
-        print(f'dbmr-train: error: {error}', file=sys.stderr)
-        return 2
-    return 0
+    return run_command('dbmr-train', lambda: train(args) and None)
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ from typing import Optional
 
 import numpy as np
 
+from dbmr_ros.command import run_command
 from dbmr_ros.data.io import write_gray, write_rgb, write_xyz
 from dbmr_ros.data.sample import Sample
 from dbmr_ros.files import refuse_existing_output
@@ -243,14 +244,9 @@ def main(argv=None) -> int:
                         help=f'test samples per defect type {DEFECTS}')
     parser.add_argument('--seed', type=int, default=0)
     args = parser.parse_args(argv)
-    try:
-        path = write_dataset(args.output, args.category, args.size, args.train, args.validation,
-                             args.test_good, args.test_per_defect, args.seed)
-    except (FileExistsError, ValueError) as error:
-        print(f'dbmr-synthetic: {error}', file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    return run_command('dbmr-synthetic', lambda: print(write_dataset(
+        args.output, args.category, args.size, args.train, args.validation, args.test_good,
+        args.test_per_defect, args.seed)))
 
 
 if __name__ == '__main__':

@@ -21,7 +21,8 @@ from typing import Dict
 import rclpy
 from rclpy.node import Node
 
-from dbmr_ros.data.datasets import DATASETS, DatasetError
+from dbmr_ros.command import run_command
+from dbmr_ros.data.datasets import DATASETS
 from dbmr_ros.resources import use_dds_defaults, use_large_data_profile
 from dbmr_ros.ros.bag.evaluation import evaluate_bags, print_summary
 from dbmr_ros.ros.bag.from_dataset import from_dataset
@@ -209,11 +210,7 @@ def main(argv=None) -> int:
         use_dds_defaults()
     else:
         use_large_data_profile()
-    try:
-        return int(args.func(args) or 0)
-    except (BagError, DatasetError, FileExistsError, ValueError) as error:
-        print(f'dbmr-bag: error: {error}', file=sys.stderr)
-        return 2
+    return run_command('dbmr-bag', lambda: args.func(args), more_errors=(BagError,))
 
 
 if __name__ == '__main__':
