@@ -11,9 +11,9 @@ import yaml
 from dbmr_ros.data import open_dataset, PreprocessConfig, preprocess
 from dbmr_ros.data.datasets import DatasetError, eyescandies_depth_to_xyz
 from dbmr_ros.data.io import read_xyz
-from dbmr_ros.data.clustering import _near_cluster, keep_largest_cluster
+from dbmr_ros.data.clustering import _near_cluster, largest_cluster_mask, largest_grid_cluster
 from dbmr_ros.data.preprocess import (clean_point_cloud, fit_plane_ransac, PreprocessCache,
-                                      remove_support_plane, resize_mask, square_padding)
+                                      resize_mask, square_padding, support_plane_mask)
 from dbmr_ros.data.sample import invalid_to_zero, valid_mask
 from dbmr_ros.data.synthetic import DEFECTS, render_sample, write_dataset
 
@@ -74,21 +74,18 @@ def test_strided_clustering_matches_the_exact_reference(mvtec_root):
     gives."""
     from scipy.spatial import cKDTree
     cfg = PreprocessConfig()
-    sample = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'test')[6].load()
-    without_plane = remove_support_plane(sample.xyz, cfg)
-    exact = valid_mask(keep_largest_cluster(without_plane, cfg.dbscan_eps,
-                                            cfg.dbscan_min_points, stride=1))
-    strided = valid_mask(keep_largest_cluster(without_plane, cfg.dbscan_eps,
-                                              cfg.dbscan_min_points, stride=3))
+    xyz = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'test')[6].load().xyz
+    valid = valid_mask(xyz) & ~support_plane_mask(xyz, valid_mask(xyz), cfg)
+    exact = largest_cluster_mask(xyz, valid, cfg.dbscan_eps, cfg.dbscan_min_points, stride=1)
+    strided = largest_cluster_mask(xyz, valid, cfg.dbscan_eps, cfg.dbscan_min_points, stride=3)
     assert (exact != strided).sum() < 0.005 * exact.sum(), ((exact != strided).sum(), exact.sum())
 
-    valid = valid_mask(without_plane)
     clustered_grid = strided[::3, ::3]
     searched = np.zeros_like(valid)
-    distance, _ = cKDTree(without_plane[::3, ::3][clustered_grid]).query(
-        without_plane[valid], distance_upper_bound=cfg.dbscan_eps)
+    distance, _ = cKDTree(xyz[::3, ::3][clustered_grid]).query(
+        xyz[valid], distance_upper_bound=cfg.dbscan_eps)
     searched[valid] = np.isfinite(distance)
-    shortcut = _near_cluster(without_plane, valid, clustered_grid, 3, cfg.dbscan_eps)
+    shortcut = _near_cluster(xyz, valid, clustered_grid, 3, cfg.dbscan_eps)
     assert shortcut.sum() > 10000 and np.array_equal(shortcut, searched)
 
 
@@ -101,13 +98,12 @@ def test_grid_clustering_keeps_exactly_what_dbscan_keeps(mvtec_root):
     refs = [r for r in refs if r.name.endswith(('015', '000', '007'))]
     refs += open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'test')[4:8]
     for ref in refs:
-        cfg = PreprocessConfig()
-        without_plane = remove_support_plane(ref.load().xyz, cfg)
-        by_dbscan = keep_largest_cluster(without_plane, cfg.dbscan_eps, cfg.dbscan_min_points,
-                                         cfg.dbscan_stride, 'dbscan')
-        by_grid = keep_largest_cluster(without_plane, cfg.dbscan_eps, cfg.dbscan_min_points,
-                                       cfg.dbscan_stride, 'grid')
-        assert valid_mask(by_grid).sum() > 10000, ref.name
+        cfg, xyz = PreprocessConfig(), ref.load().xyz
+        valid = valid_mask(xyz) & ~support_plane_mask(xyz, valid_mask(xyz), cfg)
+        by_dbscan, by_grid = (largest_cluster_mask(xyz, valid, cfg.dbscan_eps,
+                                                   cfg.dbscan_min_points, cfg.dbscan_stride,
+                                                   method) for method in ('dbscan', 'grid'))
+        assert by_grid.sum() > 10000, ref.name
         np.testing.assert_array_equal(by_grid, by_dbscan, err_msg=ref.name)
         np.testing.assert_array_equal(
             clean_point_cloud(ref.load().xyz, cfg),
@@ -125,7 +121,6 @@ def test_grid_clustering_joins_across_depth_jumps_within_eps_only():
     xyz[:, 30:, 2] = 0.5 + 0.05               # another surface 50 mm behind
     xyz[:, 28:30] = 0
     valid = valid_mask(xyz)
-    from dbmr_ros.data.clustering import largest_grid_cluster
     keep = largest_grid_cluster(xyz, valid, eps=0.006)
     assert keep[:, :18].all() and keep[:, 20:28].all() and not keep[:, 30:].any()
     # Without the 3D join (eps smaller than the gap) only the largest patch stays.

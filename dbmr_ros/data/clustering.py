@@ -11,20 +11,10 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 from sklearn.cluster import DBSCAN
 
-from dbmr_ros.data.sample import valid_mask
-
 CLUSTER_METHODS = ('grid', 'dbscan')
 # Grid neighbours linked directly: right, down and both diagonals (8-connectivity); farther
 # neighbours are reached through the KD-tree joining in `largest_grid_cluster`.
 _GRID_OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
-
-
-def keep_largest_cluster(xyz: np.ndarray, eps: float, min_points: int, stride: int = 1,
-                         method: str = 'dbscan') -> np.ndarray:
-    """Copy of xyz (invalid points zero) keeping only the largest cluster of its valid points
-    (`largest_cluster_mask`)."""
-    keep = largest_cluster_mask(xyz, valid_mask(xyz), eps, min_points, stride, method)
-    return np.where(keep[..., None], xyz, np.zeros((), dtype=xyz.dtype))
 
 
 def largest_cluster_mask(xyz: np.ndarray, valid: np.ndarray, eps: float, min_points: int,

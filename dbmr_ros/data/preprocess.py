@@ -144,13 +144,6 @@ def support_plane_mask(xyz: np.ndarray, valid: np.ndarray, cfg: PreprocessConfig
     return valid & (distance < cfg.plane_clear_distance)
 
 
-def remove_support_plane(xyz: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
-    """Copy of xyz with the support plane (fitted on the border strip) zeroed."""
-    xyz = invalid_to_zero(xyz)
-    return np.where(support_plane_mask(xyz, valid_mask(xyz), cfg)[..., None], np.float32(0),
-                    xyz)
-
-
 def square_padding(height: int, width: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
     """((top, bottom), (left, right)) padding to a square with side rounded up to the next 100."""
     side = max(int(math.ceil(height / 100.0)) * 100, int(math.ceil(width / 100.0)) * 100)
