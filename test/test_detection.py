@@ -12,10 +12,10 @@ parts, and its map localises better than the paper's) and replayed through the n
 The defects are the generator's holes, cuts, stains and combined defects, none of which the
 training's synthetic anomalies draw. Its dents, bumps and thin scratches need the full recipe
 (the shipped model: models/README.md); at this budget they score like good parts. What this
-budget gives on these parts (measured, idle 2 cores): every defective part above five of the
-six good ones, I-AUROC 0.83 (the paper's scoring 0.77), P-AUROC 0.997, AUPRO@0.3 0.98 (paper
-0.91 / 0.65). The sixth good part scores like a defective one (its map covers the inner ring);
-training on 40 instead of 28 parts did not change that (not investigated further).
+budget gives on these parts (`pytest -s` prints it): every defective part above every good one
+(I-AUROC 1.0; the paper's scoring 0.77), P-AUROC 0.983, AUPRO@0.3 0.954 (paper 0.92 / 0.66),
+with learned image scores of 0.16-0.18 for the good parts and 0.18-0.22 for the defective ones:
+the assertions leave room for one part to swap.
 """
 import json
 import subprocess
@@ -38,7 +38,13 @@ MODEL = {'image_size': 128, 'patch_size': 8, 'num_points': 1024, 'num_groups': 6
          'group_size': 16, 'embed_dim': 64, 'depth': 3, 'num_heads': 2, 'decoder_dim': 64,
          'decoder_heads': 2, 'head_widths': [8, 16, 32], 'smoothing_sigma': 2.0,
          'map_margin': 4}
-TRAINING = {'preset': 'tiny', 'model': MODEL, 'preprocess': {'dbscan_min_points': 8},
+# The generator's 160 px parts are seen at 1.3 mm point spacing, and the raised centre of a puck
+# can sit more than the default 6 mm above its ring with no points on the step between them:
+# the default eps then cuts the centre off one good part of the check run (4186 instead of
+# about 5000 points kept), and the model rightly calls the part incomplete. Setting eps for the
+# sensor is what README "Your own parts" asks of a new setup.
+PREPROCESS = {'dbscan_min_points': 8, 'dbscan_eps': 0.009}
+TRAINING = {'preset': 'tiny', 'model': MODEL, 'preprocess': PREPROCESS,
             'epochs': 50, 'head_epochs': 100, 'head_lr': 0.005, 'batch_size': 4,
             'warmup_epochs': 2, 'eval_every': 0, 'log_images_every': 0}
 DETECTABLE = ('hole', 'cut', 'stain', 'combined')
@@ -104,7 +110,8 @@ def test_short_training_separates_defective_parts_and_localises_them(line, tmp_p
     row = json.loads((out / 'metrics.json').read_text())['per_category']['puck']
     print({k: row[k] for k in ('i_auroc', 'p_auroc', 'aupro@0.3')}, 'paper',
           {k: row['paper'][k] for k in ('i_auroc', 'p_auroc', 'aupro@0.3')})
-    assert row['i_auroc'] >= 0.8, row               # image level: defective above good
+    assert row['i_auroc'] >= 0.9, row               # image level: defective above good
+    assert row['i_auroc'] >= row['paper']['i_auroc'] + 0.1, row
     assert row['p_auroc'] >= 0.95, row              # and where the defect is
     assert row['p_auroc'] >= row['paper']['p_auroc'] + 0.03, row
     assert row['aupro@0.3'] >= row['paper']['aupro@0.3'] + 0.1, row
@@ -122,5 +129,5 @@ def test_a_labelled_recording_replayed_through_the_node(line, tmp_path):
     defective = [scores[s] for s, label in labels.items() if label == 1]
     print('good', np.round(sorted(good), 3), 'defective', np.round(sorted(defective), 3))
     assert len(good) == 6 and len(defective) == 2 * len(DETECTABLE)
-    assert image_auroc([0] * len(good) + [1] * len(defective), good + defective) >= 0.8
-    assert min(defective) > np.median(good)
+    assert image_auroc([0] * len(good) + [1] * len(defective), good + defective) >= 0.9
+    assert np.median(defective) > max(good)

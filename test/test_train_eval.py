@@ -75,6 +75,16 @@ def test_train_eval_infer_end_to_end(synthetic_root, config, tmp_path):
         assert row_label in table
     assert (out / 'curves_puck.png').stat().st_size > 1000
     assert len(list((out / 'overlays').glob('*.png'))) == 3
+    # Batches of 3 (what a GPU uses by default) give the same figures as one at a time.
+    batched = tmp_path / 'eval_batched'
+    assert eval_main(['--checkpoint', str(run / 'model.safetensors'), '--dataset', 'synthetic',
+                      '--data-root', str(synthetic_root), '--category', 'puck', '--output',
+                      str(batched), '--device', 'cpu', '--num-overlays', '0',
+                      '--batch-size', '3']) == 0
+    batched_row = json.loads((batched / 'metrics.json').read_text())['per_category']['puck']
+    for key in ('i_auroc', 'p_auroc', 'aupro@0.3'):
+        assert batched_row[key] == pytest.approx(row[key], abs=1e-4), key
+        assert batched_row['paper'][key] == pytest.approx(row['paper'][key], abs=1e-4), key
     # The output of an earlier run is never overwritten without --overwrite.
     before = (out / 'metrics.json').read_bytes()
     assert eval_main(['--checkpoint', str(run / 'model.safetensors'), '--dataset', 'synthetic',
