@@ -37,20 +37,23 @@ def scored():
 
 
 def test_defective_parts_score_above_good_ones(scored):
-    """The learned score ranks the defective parts above the good ones and the calibrated
-    threshold separates most of them. Measured when the model was trained: I-AUROC 0.80, 74 %
-    of the defective and 1 of 6 good parts flagged; thin scratches are the defect it misses
-    (models/README.md). The bounds guard against regressions of the model or the scoring."""
+    """The learned score ranks the defective parts above the good ones, and the calibrated
+    threshold (the balanced rule: best (TPR + TNR) / 2 on validation parts and synthetic
+    anomalies) separates them about as well on these unseen parts. Measured when the model was
+    trained: I-AUROC 0.937; 88 % of the defective and 2 of 6 good parts flagged (balanced
+    accuracy 0.77); thin scratches are the defect it misses (models/README.md). The bounds
+    guard against regressions of the model or the scoring."""
     detector, results = scored
     labels = [int(defect is not None) for _, defect in results]
     scores = [result.score for _, result in results.values()]
     auroc = metrics.image_auroc(labels, scores)
     flagged = np.asarray(scores) > detector.threshold
     good = np.asarray(labels) == 0
+    balanced = (flagged[~good].mean() + (~flagged[good]).mean()) / 2
     print(f'I-AUROC {auroc:.3f}, good flagged {flagged[good].mean():.2f}, defective '
-          f'flagged {flagged[~good].mean():.2f}')
-    assert auroc >= 0.75
-    assert flagged[~good].mean() >= 0.6 and flagged[good].mean() <= 0.2
+          f'flagged {flagged[~good].mean():.2f}, balanced accuracy {balanced:.2f}')
+    assert auroc >= 0.85
+    assert flagged[~good].mean() >= 0.6 and balanced >= 0.7
 
 
 def test_map_is_higher_on_the_defect_than_on_the_rest_of_the_object(scored):
