@@ -78,7 +78,8 @@ def test_play_and_record_over_ros(synthetic_root, tmp_path):
     recorded = tmp_path / 'recorded'
     played = [TOPICS['image'], TOPICS['points']]
     # Events, not sleeps: the recorder stops once it has every frame, the player starts once
-    # the probe and the recorder both subscribe to each topic.
+    # the probe and the recorder both subscribe to each topic and the probe to /clock (without
+    # the latter, a loaded machine let the first /clock messages go before it matched).
     recorder = subprocess.Popen([str(BIN / 'dbmr-bag'), 'record', *played, '--output',
                                  str(recorded), '--discovery-timeout', '60', '--messages',
                                  str(len(expected))],

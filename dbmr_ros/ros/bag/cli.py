@@ -53,7 +53,8 @@ def cmd_play(args) -> int:
         player = Player(node, args.bag, set(args.topics) if args.topics else None,
                         _remaps(args.remap), args.reliable,
                         warn=lambda m: node.get_logger().warning(m))
-        short = player.wait_for_subscribers(args.wait_for_subscribers, args.wait_timeout)
+        short = player.wait_for_subscribers(args.wait_for_subscribers, args.wait_timeout,
+                                            args.clock)
         if short:
             raise BagError(f'after {args.wait_timeout:g} s these topics have fewer than '
                            f'{args.wait_for_subscribers} subscribers (topic: count): {short}')
@@ -170,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--delay', type=float, default=0.5, help='seconds to wait before playing')
     p.add_argument('--wait-for-subscribers', type=int, default=0, metavar='N',
                    help='before playing, wait until every topic has N subscribers (a recorder '
-                   'or node that must not miss the first message)')
+                   'or node that must not miss the first message) and, with --clock, /clock '
+                   'has one')
     p.add_argument('--wait-timeout', type=float, default=30.0,
                    help='seconds --wait-for-subscribers waits before giving up (exit 2)')
     p.set_defaults(func=cmd_play)

@@ -89,14 +89,21 @@ class Player:
         self.flush()
         return published
 
-    def wait_for_subscribers(self, count: int, timeout: float) -> Dict[str, int]:
+    def wait_for_subscribers(self, count: int, timeout: float,
+                             clock: bool = False) -> Dict[str, int]:
         """Block until every played topic has `count` matched subscriptions (so nothing is
-        published before a recorder or node listens); returns the topics still short."""
+        published before a recorder or node listens) and, with `clock`, /clock has one (the
+        sim-time node: its first clock messages must not be lost either); returns the topics
+        still short."""
         deadline = time.monotonic() + timeout
+        wanted = [(topic, publisher, count) for topic, publisher in self.publishers.items()
+                  if publisher is not None]
+        if clock and count > 0:
+            wanted.append(('/clock', self.clock, 1))
         while True:
             short = {topic: publisher.get_subscription_count()
-                     for topic, publisher in self.publishers.items()
-                     if publisher is not None and publisher.get_subscription_count() < count}
+                     for topic, publisher, needed in wanted
+                     if publisher.get_subscription_count() < needed}
             if not short or time.monotonic() > deadline:
                 return short
             time.sleep(0.05)
