@@ -104,9 +104,20 @@ class Player:
             short = {topic: publisher.get_subscription_count()
                      for topic, publisher, needed in wanted
                      if publisher.get_subscription_count() < needed}
-            if not short or time.monotonic() > deadline:
+            if short and time.monotonic() > deadline:
                 return short
+            if not short:
+                break
             time.sleep(0.05)
+        if clock and count > 0:
+            # The writer can see a reader before the reader sees the writer: samples sent in
+            # between are lost once the history (10) moves on. The bag's start time, delivered
+            # and acknowledged before anything plays, is where every clock subscriber starts.
+            self._publish_clock(self.messages[0][0])
+            remaining = Duration(seconds=max(deadline - time.monotonic(), 1.0))
+            if not self.clock.wait_for_all_acked(remaining):
+                return {'/clock': 'start time not acknowledged'}
+        return {}
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until reliable subscribers acknowledged everything, so a process that exits
