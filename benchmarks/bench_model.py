@@ -9,7 +9,12 @@ all its points; background removal at that resolution is part of preprocessing) 
 or a synthetic 400x400 frame where ../shared is absent.
 
     .venv/bin/python benchmarks/bench_model.py [--presets tiny base] [--frames 30]
-        [--score-passes N] [--num-points N]
+        [--score-passes N] [--num-points N] [--device cuda] [--batch N]
+        [--preprocessing auto|numpy|torch]
+
+--batch N scores N copies of the frame per call (offline evaluation); the times are per call,
+frames/s counts frames. --preprocessing picks the Detector's preprocessing (auto: torch on the
+device on CUDA, numpy on the CPU).
 """
 import argparse
 import dataclasses
@@ -50,7 +55,7 @@ def peak_rss_mb() -> float:
 
 
 def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None,
-          num_points=None) -> dict:
+          num_points=None, batch: int = 1, preprocessing: str = 'auto') -> dict:
     cfg = PRESETS[preset]
     if score_passes:
         cfg = dataclasses.replace(cfg, score_passes=score_passes)
@@ -60,7 +65,7 @@ def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None,
     meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(image_size=cfg.image_size),
                           calibration=Calibration.manual(cfg, {'mean_2d': 1.0, 'mean_3d': 1.0},
                                                          1.0))
-    detector = Detector(DBMRNet(cfg), meta, device)
+    detector = Detector(DBMRNet(cfg), meta, device, preprocessing=preprocessing)
     # FLOPs of the network and the scoring (the head) for one frame.
     rgb_s, xyz_s = (a[None] for a in preprocess(rgb, xyz, meta.preprocess))
     inp = prepare(torch.from_numpy(rgb_s).to(device), torch.from_numpy(xyz_s).to(device),
@@ -70,19 +75,21 @@ def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None,
         tokens = detector.model.score_tokens(inp.images, groups)
         anomaly_maps(detector.model, inp, groups, tokens, meta.calibration.stats)
     flops = counter.get_total_flops()
+    rgb_in, xyz_in = ([rgb] * batch, [xyz] * batch) if batch > 1 else (rgb, xyz)
     for _ in range(2):  # warm-up
-        detector(rgb, xyz)
+        detector(rgb_in, xyz_in)
     timings = {k: [] for k in ('preprocess', 'grouping', 'network', 'scoring', 'total')}
     for _ in range(frames):
         start = time.perf_counter()
-        result = detector(rgb, xyz)
+        result = detector(rgb_in, xyz_in)
+        result = result[0] if batch > 1 else result
         # total: the whole call, including checks and resizing the maps to the input size.
         timings['total'].append((time.perf_counter() - start) * 1e3)
         for key, value in result.timings_ms.items():
             timings[key].append(value)
     median = {k: statistics.median(v) for k, v in timings.items()}
     return {'preset': preset, 'params_m': count_parameters(detector.model) / 1e6,
-            'gflops': flops / 1e9, **median, 'fps': 1000.0 / median['total'],
+            'gflops': flops / 1e9, **median, 'fps': 1000.0 * batch / median['total'],
             'peak_rss_mb': peak_rss_mb(), 'valid_points': int(inp.valid.sum()),
             'grouped_points': cfg.num_points}
 
@@ -96,13 +103,17 @@ def main(argv=None) -> int:
     parser.add_argument('--num-points', type=int,
                         help='override the points grouped per cloud (more than the valid ones: '
                              'every valid point is grouped)')
+    parser.add_argument('--batch', type=int, default=1, help='frames per Detector call')
+    parser.add_argument('--preprocessing', default='auto', choices=('auto', 'numpy', 'torch'))
     args = parser.parse_args(argv)
     rgb, xyz, source = load_frame()
-    print(f'input: {source}; device {args.device}; torch threads {torch.get_num_threads()}'
+    gpu = f' ({torch.cuda.get_device_name(args.device)})' if args.device.startswith('cuda') else ''
+    print(f'input: {source}; device {args.device}{gpu}; torch threads {torch.get_num_threads()}'
+          f'; batch {args.batch}; preprocessing {args.preprocessing}'
           + (f'; score_passes {args.score_passes}' if args.score_passes else '')
           + (f'; num_points {args.num_points}' if args.num_points else ''))
-    rows = [bench(p, rgb, xyz, args.frames, args.device, args.score_passes, args.num_points)
-            for p in args.presets]
+    rows = [bench(p, rgb, xyz, args.frames, args.device, args.score_passes, args.num_points,
+                  args.batch, args.preprocessing) for p in args.presets]
     print('| preset | valid / grouped points | params (M) | GFLOPs/frame | preprocess ms | '
           'grouping ms | network ms | scoring ms | total ms | frames/s | peak RSS MB |')
     print('|---|---|---|---|---|---|---|---|---|---|---|')
