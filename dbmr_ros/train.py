@@ -56,15 +56,23 @@ def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainC
              'paper': {k: computed['paper'][k] for k in ('i_auroc', 'p_auroc', 'aupro@0.3')}})
 
 
-def _schedulers(optimizers, cfg: TrainConfig, steps_per_epoch: int):
-    reconstruction, head = optimizers
-    return (torch.optim.lr_scheduler.LambdaLR(reconstruction, lambda step: lr_factor(
-                step, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)),
-            torch.optim.lr_scheduler.LambdaLR(head, lambda step: lr_factor(
-                step, cfg.warmup_epochs * steps_per_epoch, cfg.head_epochs * steps_per_epoch)))
+def build_optimizers(model: DBMRNet, cfg: TrainConfig, steps_per_epoch: int):
+    """(optimizers, schedulers), each (reconstruction stage, head stage): AdamW, warm-up then
+    cosine decay over each stage's steps."""
+    head_parameters = list(model.scoring_head.parameters())
+    head_ids = {id(p) for p in head_parameters}
+    reconstruction = torch.optim.AdamW([p for p in model.parameters() if id(p) not in head_ids],
+                                       lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                       betas=(0.9, 0.95))
+    head = torch.optim.AdamW(head_parameters, lr=cfg.head_lr, weight_decay=1e-4)
+    return (reconstruction, head), (
+        torch.optim.lr_scheduler.LambdaLR(reconstruction, lambda step: lr_factor(
+            step, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)),
+        torch.optim.lr_scheduler.LambdaLR(head, lambda step: lr_factor(
+            step, cfg.warmup_epochs * steps_per_epoch, cfg.head_epochs * steps_per_epoch)))
 
 
-def _stage_network(model: DBMRNet, head_stage: bool, world: int):
+def stage_network(model: DBMRNet, head_stage: bool, world: int):
     """What the optimizer steps through: the network in stage 1, the head in stage 2 (the rest
     frozen), each wrapped for DDP when distributed."""
     for name, parameter in model.named_parameters():
@@ -105,13 +113,8 @@ def train(args) -> Path:
 
     torch.manual_seed(cfg.seed)
     model = DBMRNet(model_cfg).to(device)
-    head_parameters = list(model.scoring_head.parameters())
-    head_ids = {id(p) for p in head_parameters}
-    optimizers = (torch.optim.AdamW([p for p in model.parameters() if id(p) not in head_ids],
-                                    lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95)),
-                  torch.optim.AdamW(head_parameters, lr=cfg.head_lr, weight_decay=1e-4))
     steps_per_epoch = math.ceil(len(train_data[0]) / (cfg.batch_size * world))
-    schedulers = _schedulers(optimizers, cfg, steps_per_epoch)
+    optimizers, schedulers = build_optimizers(model, cfg, steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.seed + rank)
     meta = CheckpointMeta(model=model_cfg, preprocess=pcfg, anomalies=cfg.anomaly_config(),
                           dataset=args.dataset, category=args.category)
@@ -140,7 +143,7 @@ def train(args) -> Path:
     for epoch in range(start_epoch, total):
         head_stage = epoch >= cfg.epochs
         if stage != head_stage:
-            net, stage = _stage_network(model, head_stage, world), head_stage
+            net, stage = stage_network(model, head_stage, world), head_stage
         if head_stage and not meta.calibration.stats:
             # The head reads maps normalised by good-sample statistics: fix them first.
             detector = Detector(model, dataclasses.replace(

@@ -206,6 +206,17 @@ def test_cuda_extension_parity():
                        knn_torch(points.cpu(), queries.cpu(), 8).sort(-1).values)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_graph_farthest_point_sampling_matches_the_loop():
+    """The replayed graph gives the loop's indices, for new points of a recorded shape too."""
+    from dbmr_ros.model.point_ops import fps_graphed
+    generator = torch.Generator().manual_seed(0)
+    for shape in ((2, 500, 3), (3, 2048, 3), (2, 500, 3)):
+        points = torch.rand(shape, generator=generator).cuda()
+        assert torch.equal(fps_graphed(points, 64), fps_torch(points, 64))
+        assert torch.equal(fps_graphed(points, 64).cpu(), fps_torch(points.cpu(), 64))
+
+
 def _meta(cfg=SMALL):
     return CheckpointMeta(model=cfg, preprocess=PCFG, calibration=Calibration.manual(
         cfg, {'mean_2d': 1.0, 'mean_3d': 1.0}, 2.0), dataset='synthetic', category='puck')

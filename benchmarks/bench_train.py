@@ -1,0 +1,109 @@
+"""Training throughput of each stage per preset on this machine (not a test).
+
+Runs the training engine's own epochs (`dbmr_ros.training.engine`: augmentation, anomaly
+synthesis, grouping, forward, backward, optimizer step, on the chosen device) over the
+preprocessed good training samples of the real cable_gland class from ../shared (a synthetic
+set where ../shared is absent), after one warm-up epoch, and prints images per second for
+stage 1 (anomaly-aware masked reconstruction) and stage 2 (scoring head, network frozen).
+
+    .venv/bin/python benchmarks/bench_train.py [--presets tiny base] [--device cuda]
+        [--batch-size N] [--steps 20]
+
+The training time of a whole run follows: (epochs / stage-1 rate + head_epochs / stage-2 rate)
+x samples, plus calibration (about a second per validation sample on two CPU cores).
+"""
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dbmr_ros.data.prepared import load_split
+from dbmr_ros.data.preprocess import PreprocessCache
+from dbmr_ros.detector import resolve_device
+from dbmr_ros.model import DBMRNet
+from dbmr_ros.resources import share_dir
+from dbmr_ros.train import build_optimizers, stage_network
+from dbmr_ros.training import engine
+from dbmr_ros.training.config import TrainConfig
+
+SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'mvtec3d'
+
+
+def training_samples(cfg: TrainConfig):
+    """(rgb, xyz) CPU tensors (N, S, S, 3) at the preset's size and the data's name."""
+    pcfg = cfg.preprocess_config(cfg.model_config().image_size)
+    if (SHARED / 'cable_gland').exists():
+        rgb, xyz = load_split('mvtec3d', SHARED, 'cable_gland', 'train', pcfg,
+                              PreprocessCache(pcfg))
+        name = f'cable_gland train/good ({len(rgb)} real samples)'
+    else:
+        from dbmr_ros.data.preprocess import preprocess
+        from dbmr_ros.data.synthetic import render_sample
+        rng = np.random.default_rng(0)
+        pairs = [preprocess(s.rgb, s.xyz, pcfg) for s in
+                 (render_sample(rng, 'puck', 400) for _ in range(32))]
+        rgb, xyz = np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        name = f'synthetic pucks ({len(rgb)} samples)'
+    return (torch.from_numpy(rgb), torch.from_numpy(xyz)), name
+
+
+def bench(preset: str, device, batch_size, steps: int) -> dict:
+    cfg = TrainConfig.load(share_dir() / 'config' / f'train_{preset}.yaml')
+    cfg.batch_size = batch_size or cfg.batch_size
+    data, source = training_samples(cfg)
+    torch.manual_seed(cfg.seed)
+    model = DBMRNet(cfg.model_config()).to(device)
+    optimizers, schedulers = build_optimizers(model, cfg, math.ceil(len(data[0]) /
+                                                                    cfg.batch_size))
+    generator = torch.Generator().manual_seed(cfg.seed)
+    stats = {'mean_2d': 1.0, 'mean_3d': 1.0}
+    order = torch.randperm(steps * cfg.batch_size, generator=generator) % len(data[0])
+    batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+    rates = {}
+    for stage, epoch in (('reconstruction', engine.reconstruction_epoch),
+                         ('head', engine.head_epoch)):
+        net = stage_network(model, stage == 'head', 1)
+        index = 1 if stage == 'head' else 0
+        extra = (stats,) if stage == 'head' else ()
+        for run in ('warm-up', 'timed'):
+            chosen = batches[:2] if run == 'warm-up' else batches
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            epoch(net, model, data, chosen, optimizers[index], schedulers[index], cfg, *extra,
+                  generator, device, stage, False)
+            if device.type == 'cuda':
+                torch.cuda.synchronize(device)
+            rates[stage] = len(chosen) * cfg.batch_size / (time.perf_counter() - start)
+    return {'preset': preset, 'batch_size': cfg.batch_size, 'source': source, **rates,
+            'peak_cuda_mb': (torch.cuda.max_memory_allocated(device) / 2 ** 20
+                             if device.type == 'cuda' else float('nan'))}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--presets', nargs='+', default=['tiny', 'base'])
+    parser.add_argument('--device', default='auto')
+    parser.add_argument('--batch-size', type=int, help='default: the preset config\'s')
+    parser.add_argument('--steps', type=int, default=20, help='timed optimizer steps per stage')
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
+        f'CPU, {torch.get_num_threads()} torch threads')
+    rows = [bench(p, device, args.batch_size, args.steps) for p in args.presets]
+    print(f'device {device} ({name}); data: {rows[0]["source"]}; {args.steps} steps per stage')
+    print('| preset | batch | stage 1 images/s | stage 2 images/s | peak CUDA MB |')
+    print('|---|---|---|---|---|')
+    for r in rows:
+        peak = '-' if math.isnan(r['peak_cuda_mb']) else f'{r["peak_cuda_mb"]:.0f}'
+        print(f'| {r["preset"]} | {r["batch_size"]} | {r["reconstruction"]:.1f} | '
+              f'{r["head"]:.1f} | {peak} |')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
