@@ -37,6 +37,8 @@ def _frames(mvtec_root, rgbd_frames):
 
 
 def test_torch_preprocessing_matches_numpy(mvtec_root, rgbd_frames):
+    """Also the check of numpy's RANSAC stopping at the first hypothesis every scored point
+    supports: the torch version scores all of them and takes the first best."""
     for name, rgb, xyz, cfg in _frames(mvtec_root, rgbd_frames):
         cleaned = clean_point_cloud(xyz, cfg)
         got = preprocess_torch.clean_point_cloud(torch.from_numpy(xyz), cfg).numpy()

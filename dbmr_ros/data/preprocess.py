@@ -71,31 +71,38 @@ def fit_plane_ransac(points: np.ndarray, threshold: float, points_per_hypothesis
     """Plane (a, b, c, d) with unit normal, a*x + b*y + c*z + d = 0, by RANSAC.
 
     points: (N, 3). Each hypothesis is the least-squares plane of `points_per_hypothesis` random
-    points (as Open3D's segment_plane with ransac_n > 3); the best one by inlier count is refitted
-    on its inliers. Hypotheses are scored vectorised, 64 at a time.
+    points (as Open3D's segment_plane with ransac_n > 3); the best one by inlier count (the
+    first of equals) is refitted on its inliers. Hypotheses are fitted and scored vectorised,
+    64 at a time, and the search stops at the first one that every scored point supports: no
+    later one can beat it, so the result is the exhaustive search's (on a clean support plane,
+    as on MVTec 3D-AD's borders, the first block has one: 16x less work).
     """
     n = len(points)
     if n < 3:
         raise ValueError(f'plane fit needs at least 3 points, got {n}')
     k = min(points_per_hypothesis, n)
     points_t = np.ascontiguousarray(points.T)                            # (3, N)
-    samples = points_t[:, rng.integers(0, n, size=(iterations, k))]      # (3, I, k)
-    normals, offsets = _least_squares_planes(samples)                     # (I, 3), (I,)
+    hypotheses = rng.integers(0, n, size=(iterations, k))               # (I, k)
     scored = points if not max_points or n <= max_points else points[
         rng.choice(n, max_points, replace=False)]
     # Inlier counting in float32 (millimetre thresholds at metre ranges lose nothing), in
-    # cache-sized chunks of hypotheses, each row of distances contiguous (3x faster than
+    # cache-sized blocks of hypotheses, each row of distances contiguous (3x faster than
     # (points, hypotheses) blocks).
     scored_t = np.ascontiguousarray(scored.T, dtype=np.float32)          # (3, M)
-    normals32, offsets32 = normals.astype(np.float32), offsets.astype(np.float32)
-    counts = np.empty(iterations, dtype=np.int64)
+    best = (-1, None, None)  # (inlier count, normal, offset)
     for start in range(0, iterations, 64):
-        distances = normals32[start:start + 64] @ scored_t                # (64, M)
-        distances += offsets32[start:start + 64, None]
+        normals, offsets = _least_squares_planes(points_t[:, hypotheses[start:start + 64]])
+        distances = normals.astype(np.float32) @ scored_t                 # (64, M)
+        distances += offsets.astype(np.float32)[:, None]
         np.abs(distances, out=distances)
-        counts[start:start + 64] = np.count_nonzero(distances < threshold, axis=1)
-    best = int(np.argmax(counts))
-    inliers = np.abs(points @ normals[best] + offsets[best]) < threshold
+        counts = np.count_nonzero(distances < threshold, axis=1)
+        i = int(np.argmax(counts))
+        if counts[i] > best[0]:
+            best = (int(counts[i]), normals[i], offsets[i])
+        if best[0] == len(scored):
+            break
+    _, normal, offset = best
+    inliers = np.abs(points @ normal + offset) < threshold
     normal, offset = _least_squares_planes(points_t[:, None, inliers])
     return np.concatenate([normal[0], offset]).astype(np.float64)
 
