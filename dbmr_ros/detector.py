@@ -11,6 +11,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from dbmr_ros.checkpoint import build_model, CheckpointMeta
 from dbmr_ros.data import preprocess_torch
@@ -128,7 +129,8 @@ class Detector:
         stack = torch.stack if self.preprocess_on_device else np.stack
         rgb_s, xyz_s = stack([p[0] for p in prepared]), stack([p[1] for p in prepared])
         timings = {'preprocess': clock()}
-        maps = self.score_prepared(rgb_s, xyz_s, timings=timings)
+        maps = self.score_prepared(rgb_s, xyz_s, timings=timings,
+                                   on_device=self.preprocess_on_device)
         results = [self._result(maps, i, rgbs[i].shape[:2], timings) for i in range(len(rgbs))]
         return results if batched else results[0]
 
@@ -148,8 +150,10 @@ class Detector:
         return clean_point_cloud(xyz, self.meta.preprocess)
 
     @torch.inference_mode()
-    def score_prepared(self, rgb_s, xyz_s, timings: Optional[dict] = None) -> AnomalyMaps:
-        """Model-size arrays or tensors (B, S, S, 3) -> AnomalyMaps (model size, on the CPU)."""
+    def score_prepared(self, rgb_s, xyz_s, timings: Optional[dict] = None,
+                       on_device: bool = False) -> AnomalyMaps:
+        """Model-size arrays or tensors (B, S, S, 3) -> AnomalyMaps (model size, float32, on
+        the CPU or, with `on_device`, on the model's device)."""
         timings = {} if timings is None else timings
         clock = self._clock()
         inp, groups = self._network_input(rgb_s, xyz_s)
@@ -159,7 +163,7 @@ class Detector:
             timings['network'] = clock()
             maps = anomaly_maps(self.model, inp, groups, tokens, self.meta.calibration.stats,
                                 self.scoring)
-        maps = AnomalyMaps(*(m.float().cpu() for m in maps))
+        maps = AnomalyMaps(*(m.float() if on_device else m.float().cpu() for m in maps))
         timings['scoring'] = clock()
         return maps
 
@@ -202,21 +206,31 @@ class Detector:
         if rgb.shape[:2] != xyz.shape[:2]:
             raise ValueError(f'rgb {rgb.shape[:2]} and xyz {xyz.shape[:2]} sizes differ')
 
-    def to_input_resolution(self, model_map: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-        """(S, S) map -> (H, W): undo the resize and the square padding."""
+    def to_input_resolution(self, model_maps: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
+        """(C, S, S) maps -> (C, H, W) float32 numpy: undo the resize and the square padding
+        (bilinear, the same half-pixel rule: torch on the model's device when the Detector
+        preprocesses there, else OpenCV)."""
         height, width = shape
-        if not self.meta.preprocess.pad_to_square:
-            return cv2.resize(model_map, (width, height), interpolation=cv2.INTER_LINEAR)
-        (top, bottom), (left, right) = square_padding(height, width)
-        side = height + top + bottom
-        full = cv2.resize(model_map, (side, side), interpolation=cv2.INTER_LINEAR)
-        return np.ascontiguousarray(full[top:top + height, left:left + width])
+        pads = ((0, 0), (0, 0))
+        if self.meta.preprocess.pad_to_square:
+            pads = square_padding(height, width)
+        (top, bottom), (left, right) = pads
+        size = (height + top + bottom, width + left + right)
+        if not self.preprocess_on_device:
+            channels_last = np.ascontiguousarray(model_maps.permute(1, 2, 0).numpy())
+            full = cv2.resize(channels_last, size[::-1], interpolation=cv2.INTER_LINEAR)
+            full = full.reshape(*size, -1).transpose(2, 0, 1)
+        else:
+            full = F.interpolate(model_maps[None], size=size, mode='bilinear',
+                                 align_corners=False)[0]
+        full = full[:, top:top + height, left:left + width]
+        return np.ascontiguousarray(full.cpu().numpy() if torch.is_tensor(full) else full,
+                                    dtype=np.float32)
 
     def _result(self, maps: AnomalyMaps, i: int, shape, timings) -> AnomalyResult:
         score = float(maps.score[i])
-        anomaly, map_2d, map_3d, paper = (
-            self.to_input_resolution(m[i].numpy(), shape).astype(np.float32)
-            for m in (maps.anomaly, maps.map_2d, maps.map_3d, maps.paper))
+        anomaly, map_2d, map_3d, paper = self.to_input_resolution(torch.stack(
+            [maps.anomaly[i], maps.map_2d[i], maps.map_3d[i], maps.paper[i]]), shape)
         threshold = self.threshold
         return AnomalyResult(score=score, anomaly_map=anomaly,
                              is_anomalous=threshold is not None and score > threshold,
