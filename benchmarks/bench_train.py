@@ -34,7 +34,7 @@ SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'mvtec3d'
 
 
 def training_samples(cfg: TrainConfig):
-    """(rgb, xyz) CPU tensors (N, S, S, 3) at the preset's size and the data's name."""
+    """(rgb, xyz) tensors (N, S, S, 3) at the preset's size and the data's name."""
     pcfg = cfg.preprocess_config(cfg.model_config().image_size)
     if (SHARED / 'cable_gland').exists():
         rgb, xyz = load_split('mvtec3d', SHARED, 'cable_gland', 'train', pcfg,
@@ -55,6 +55,7 @@ def bench(preset: str, device, batch_size, steps: int) -> dict:
     cfg = TrainConfig.load(share_dir() / 'config' / f'train_{preset}.yaml')
     cfg.batch_size = batch_size or cfg.batch_size
     data, source = training_samples(cfg)
+    data = tuple(d.to(device) for d in data)  # as dbmr-train keeps them
     torch.manual_seed(cfg.seed)
     model = DBMRNet(cfg.model_config()).to(device)
     optimizers, schedulers = build_optimizers(model, cfg, math.ceil(len(data[0]) /

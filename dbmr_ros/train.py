@@ -138,7 +138,9 @@ def train(args) -> Path:
     if rank == 0:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(str(output / 'tensorboard'))
-    data = (torch.from_numpy(train_data[0]), torch.from_numpy(train_data[1]))
+    # The preprocessed training set lives on the device for the whole run (224 px: 0.75 MB a
+    # sample): batches are gathered there, nothing crosses the bus per step.
+    data = (torch.from_numpy(train_data[0]).to(device), torch.from_numpy(train_data[1]).to(device))
     total, net, stage = cfg.epochs + cfg.head_epochs, None, None
     for epoch in range(start_epoch, total):
         head_stage = epoch >= cfg.epochs

@@ -97,7 +97,7 @@ def unmasked_step(step: int, share: float) -> bool:
 def reconstruction_epoch(net, model: DBMRNet, data, batches, optimizer, scheduler, cfg,
                          generator: torch.Generator, device, description: str,
                          progress: bool) -> Dict[str, float]:
-    """Stage 1 over `batches` (index tensors into data = (rgb, xyz) CPU tensors).
+    """Stage 1 over `batches` (index tensors into data = (rgb, xyz) tensors, on any device).
     net: the model or its DistributedDataParallel wrapper."""
     model.train()
     anomalies = cfg.anomaly_config()
