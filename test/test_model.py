@@ -215,6 +215,9 @@ def test_cuda_graph_farthest_point_sampling_matches_the_loop():
         points = torch.rand(shape, generator=generator).cuda()
         assert torch.equal(fps_graphed(points, 64), fps_torch(points, 64))
         assert torch.equal(fps_graphed(points, 64).cpu(), fps_torch(points.cpu(), 64))
+    with torch.inference_mode():  # the Detector's mode, then training's, one shape
+        inferred = fps_graphed(points, 64)
+    assert torch.equal(fps_graphed(points, 64), inferred)
 
 
 def _meta(cfg=SMALL):

@@ -32,7 +32,7 @@ def fps(points: torch.Tensor, num_samples: int) -> torch.Tensor:
     return fps_torch(points, num_samples)
 
 
-_GRAPHS = {}  # (shape, dtype, device, samples) -> (graph, static input, static output)
+_GRAPHS = {}  # (shape, dtype, device, samples, inference) -> (graph, static in, static out)
 _MAX_GRAPHS = 16
 _graphs_usable = True
 
@@ -42,7 +42,10 @@ def fps_graphed(points: torch.Tensor, num_samples: int) -> torch.Tensor:
     first time is recorded after one ordinary run; should recording fail (a driver or a caller
     that is itself capturing), the plain loop is used from then on."""
     global _graphs_usable
-    key = (tuple(points.shape), points.dtype, points.device, num_samples)
+    # Inference mode is part of the key: a buffer made under it cannot be written outside it
+    # (training and calibration may share a batch shape).
+    key = (tuple(points.shape), points.dtype, points.device, num_samples,
+           torch.is_inference_mode_enabled())
     entry = _GRAPHS.get(key)
     if entry is None:
         try:
