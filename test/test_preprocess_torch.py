@@ -108,3 +108,12 @@ def test_cuda_preprocessing_matches_the_cpu(mvtec_root, rgbd_frames):
         assert gpu[1].is_cuda, name
         np.testing.assert_array_equal(gpu[1].cpu().numpy(), cpu[1].numpy(), err_msg=name)
         assert (gpu[0].cpu().int() - cpu[0].int()).abs().max() <= 1, name
+
+
+def test_a_cloud_without_points_is_refused_alike_on_both_paths():
+    model = share_dir() / 'models' / 'dbmr_default.safetensors'
+    for preprocessing in ('numpy', 'torch'):
+        detector = Detector.from_checkpoint(model, 'cpu', preprocessing=preprocessing)
+        for xyz in (np.zeros((100, 120, 3), np.float32), np.full((100, 120, 3), np.nan)):
+            with pytest.raises(ValueError, match='0 valid points'):
+                detector(np.zeros((100, 120, 3), np.uint8), xyz)
