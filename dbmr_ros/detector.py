@@ -216,16 +216,14 @@ class Detector:
             pads = square_padding(height, width)
         (top, bottom), (left, right) = pads
         size = (height + top + bottom, width + left + right)
-        if not self.preprocess_on_device:
-            channels_last = np.ascontiguousarray(model_maps.permute(1, 2, 0).numpy())
-            full = cv2.resize(channels_last, size[::-1], interpolation=cv2.INTER_LINEAR)
-            full = full.reshape(*size, -1).transpose(2, 0, 1)
-        else:
+        if self.preprocess_on_device:
             full = F.interpolate(model_maps[None], size=size, mode='bilinear',
-                                 align_corners=False)[0]
-        full = full[:, top:top + height, left:left + width]
-        return np.ascontiguousarray(full.cpu().numpy() if torch.is_tensor(full) else full,
-                                    dtype=np.float32)
+                                 align_corners=False)[0, :, top:top + height, left:left + width]
+            return full.cpu().numpy()
+        channels_last = np.ascontiguousarray(model_maps.permute(1, 2, 0).numpy())
+        full = cv2.resize(channels_last, size[::-1], interpolation=cv2.INTER_LINEAR)
+        full = full.reshape(*size, -1).transpose(2, 0, 1)
+        return np.ascontiguousarray(full[:, top:top + height, left:left + width])
 
     def _result(self, maps: AnomalyMaps, i: int, shape, timings) -> AnomalyResult:
         score = float(maps.score[i])

@@ -82,8 +82,7 @@ def test_grid_components_join_across_depth_jumps_within_eps_only():
 def test_detector_scores_agree_between_preprocessings(mvtec_root):
     model = share_dir() / 'models' / 'dbmr_default.safetensors'
     numpy_path = Detector.from_checkpoint(model, 'cpu', preprocessing='numpy')
-    torch_path = numpy_path.with_calibration(numpy_path.meta.calibration)
-    torch_path = Detector(torch_path.model, torch_path.meta, 'cpu', preprocessing='torch')
+    torch_path = Detector(numpy_path.model, numpy_path.meta, 'cpu', preprocessing='torch')
     refs = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'test')[::7]
     samples = [ref.load() for ref in refs]
     rgb, xyz = [s.rgb for s in samples], [s.xyz for s in samples]
