@@ -43,8 +43,10 @@ SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'mvtec3d'
 def load_frame():
     if (SHARED / 'cable_gland').exists():
         from dbmr_ros.data import open_dataset
-        sample = open_dataset('mvtec3d', SHARED, 'cable_gland', 'test')[6].load()
-        return sample.rgb, sample.xyz, 'cable_gland test/bent/001 (400x400)'
+        refs = open_dataset('mvtec3d', SHARED, 'cable_gland', 'test')
+        ref = next((r for r in refs if r.name.endswith('bent/001')), refs[0])
+        sample = ref.load()
+        return sample.rgb, sample.xyz, f'{ref.name} (400x400)'
     from dbmr_ros.data.synthetic import render_sample
     sample = render_sample(np.random.default_rng(0), 'puck', 400, 'bump')
     return sample.rgb, sample.xyz, 'synthetic puck (400x400)'
@@ -54,8 +56,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None,
-          num_points=None, batch: int = 1, preprocessing: str = 'auto') -> dict:
+def random_detector(preset: str, device: str, score_passes=None, num_points=None,
+                    preprocessing: str = 'auto') -> Detector:
+    """A Detector of the preset with random weights (the cost does not depend on them)."""
     cfg = PRESETS[preset]
     if score_passes:
         cfg = dataclasses.replace(cfg, score_passes=score_passes)
@@ -65,7 +68,13 @@ def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None,
     meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(image_size=cfg.image_size),
                           calibration=Calibration.manual(cfg, {'mean_2d': 1.0, 'mean_3d': 1.0},
                                                          1.0))
-    detector = Detector(DBMRNet(cfg), meta, device, preprocessing=preprocessing)
+    return Detector(DBMRNet(cfg), meta, device, preprocessing=preprocessing)
+
+
+def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None,
+          num_points=None, batch: int = 1, preprocessing: str = 'auto') -> dict:
+    detector = random_detector(preset, device, score_passes, num_points, preprocessing)
+    cfg, meta = detector.model.cfg, detector.meta
     # FLOPs of the network and the scoring (the head) for one frame.
     rgb_s, xyz_s = (a[None] for a in preprocess(rgb, xyz, meta.preprocess))
     inp = prepare(torch.from_numpy(rgb_s).to(device), torch.from_numpy(xyz_s).to(device),

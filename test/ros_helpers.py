@@ -7,8 +7,6 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
-import numpy as np
 import rclpy
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
@@ -31,16 +29,6 @@ OUTPUTS = {'anomaly_score': Float32, 'is_anomalous': Bool, 'anomaly_map': Image,
 def header(stamp_ns: int, frame_id: str = 'camera_optical_frame') -> Header:
     return Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000),
                   frame_id=frame_id)
-
-
-def tum_frame(directory: Path):
-    """The TUM RGB-D frame as (rgb (480, 640, 3) uint8, organized xyz float32), fx=fy=525."""
-    rgb = cv2.cvtColor(cv2.imread(str(directory / 'TUM_color.png')), cv2.COLOR_BGR2RGB)
-    depth = cv2.imread(str(directory / 'TUM_depth.png'), cv2.IMREAD_UNCHANGED).astype(
-        np.float32) / 5000.0
-    v, u = np.mgrid[0:depth.shape[0], 0:depth.shape[1]].astype(np.float32)
-    xyz = np.stack([(u - 319.5) * depth / 525.0, (v - 239.5) * depth / 525.0, depth], axis=-1)
-    return rgb, xyz.astype(np.float32)
 
 
 class NodeProcess:

@@ -19,7 +19,8 @@ from dbmr_ros.detector import Detector
 from dbmr_ros.model import DBMRConfig, DBMRNet
 from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, image_from_array,
                                       stamp_ns)
-from ros_helpers import ensure_rclpy, header, NodeProcess, Probe, result_score, tum_frame
+from frames import tum_frame
+from ros_helpers import ensure_rclpy, header, NodeProcess, Probe, result_score
 
 NODE_CFG = DBMRConfig(image_size=64, patch_size=8, num_points=400, num_groups=24,
                       group_size=12, embed_dim=32, depth=2, num_heads=2, decoder_dim=32,

@@ -17,7 +17,7 @@ from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.data.synthetic import render_sample
 from dbmr_ros.detector import Detector
 from dbmr_ros.resources import share_dir
-from ros_helpers import tum_frame
+from frames import tum_frame
 
 
 def _frames(mvtec_root, rgbd_frames):
@@ -116,3 +116,26 @@ def test_a_cloud_without_points_is_refused_alike_on_both_paths():
         for xyz in (np.zeros((100, 120, 3), np.float32), np.full((100, 120, 3), np.nan)):
             with pytest.raises(ValueError, match='0 valid points'):
                 detector(np.zeros((100, 120, 3), np.uint8), xyz)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_detector_agrees_with_the_cpu_on_real_frames(mvtec_root):
+    """The whole GPU path (torch preprocessing on the device, the network in float32 or bf16,
+    maps resized there) against the CPU path (numpy preprocessing, float32), one batched call
+    each. Stated tolerance: scores and maps (probabilities) within 0.01 in float32 and 0.05 in
+    bf16, absolute."""
+    model = share_dir() / 'models' / 'dbmr_default.safetensors'
+    refs = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'test')[::4]
+    samples = [ref.load() for ref in refs]
+    rgb, xyz = [s.rgb for s in samples], [s.xyz for s in samples]
+    expected = Detector.from_checkpoint(model, 'cpu')(rgb, xyz)
+    for mixed_precision, tolerance in ((False, 0.01), (True, 0.05)):
+        gpu = Detector.from_checkpoint(model, 'cuda', mixed_precision=mixed_precision)
+        assert gpu.preprocess_on_device
+        for ref, a, b in zip(refs, expected, gpu(rgb, xyz)):
+            score_error = abs(b.score - a.score)
+            map_error = float(np.abs(b.anomaly_map - a.anomaly_map).max())
+            print(f'{ref.name} bf16={mixed_precision}: score {a.score:.4f} vs {b.score:.4f}, '
+                  f'largest map difference {map_error:.4f}')
+            assert score_error <= tolerance and map_error <= tolerance, ref.name
+            assert b.anomaly_map.shape == a.anomaly_map.shape

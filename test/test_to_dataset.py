@@ -9,7 +9,8 @@ from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.ros.bag import main as bag_main
 from dbmr_ros.ros.bag.storage import open_writer, TYPESTORE
 from dbmr_ros.ros.conversions import cloud_from_arrays, image_from_array
-from ros_helpers import header, tum_frame
+from frames import tum_frame
+from ros_helpers import header
 
 
 def _from_dataset(root, bag, storage, dataset='synthetic', category='puck', split='test'):

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Every check and figure that needs a GPU, in one run (CUDA tests, model and training
+# benchmarks, one op profile), for a lent machine whose time is short. Run from the repository
+# root with real data at ../shared/data (the tests and benchmarks read it there):
+#
+#     bash benchmarks/gpu_check.sh [OUTPUT_DIR]
+#
+# Each step has a time limit and its own log in OUTPUT_DIR (default: $OUT, else gpu_check_out);
+# a step that fails or runs out of time does not stop the others. The figures come last.
+set -u
+out=${1:-${OUT:-gpu_check_out}}
+mkdir -p "$out"
+python=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+failed=()
+
+step() {  # step NAME SECONDS COMMAND...: run, log to $out/NAME.log, note a failure
+    local name=$1 limit=$2
+    shift 2
+    local start=$SECONDS
+    timeout "$limit" "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    echo "== $name: exit $rc after $((SECONDS - start)) s"
+    [ "$rc" = 0 ] || failed+=("$name")
+}
+
+nvidia-smi -L >"$out/gpu.log" 2>&1
+"$python" -c 'import torch, numpy, cv2; print("torch", torch.__version__, "numpy",
+numpy.__version__, "cv2", cv2.__version__, "cuda", torch.cuda.is_available())' >>"$out/gpu.log" 2>&1
+cat "$out/gpu.log"
+
+step tests 150 "$python" -m pytest -q -s -p no:cacheprovider -k cuda \
+    test/test_model.py test/test_device.py test/test_preprocess_torch.py
+step model 90 "$python" benchmarks/bench_model.py --device cuda --frames 30
+step model_batch32 75 "$python" benchmarks/bench_model.py --device cuda --presets tiny \
+    --batch 32 --frames 5
+step train 100 "$python" benchmarks/bench_train.py --device cuda --steps 10
+step profile 60 "$python" benchmarks/profile_detector.py --device cuda --calls 5 --rows 30
+
+echo
+grep -hE "passed|failed|error|score .* vs" "$out/tests.log" | tail -n 20
+for name in model model_batch32 train; do
+    echo "-- $name"
+    grep -E "^\||^input|^device" "$out/$name.log" || tail -n 15 "$out/$name.log"
+done
+echo "-- profile"
+head -n 45 "$out/profile.log" | cut -c1-170
+grep "per call" "$out/profile.log"
+[ ${#failed[@]} = 0 ] || { echo "failed: ${failed[*]}"; exit 1; }
