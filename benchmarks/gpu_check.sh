@@ -32,6 +32,8 @@ cat "$out/gpu.log"
 step tests 150 "$python" -m pytest -q -s -p no:cacheprovider -k cuda \
     test/test_model.py test/test_device.py test/test_preprocess_torch.py
 step model 90 "$python" benchmarks/bench_model.py --device cuda --frames 30
+step model_numpy_preprocessing 45 "$python" benchmarks/bench_model.py --device cuda \
+    --presets tiny --frames 20 --preprocessing numpy
 step model_batch32 75 "$python" benchmarks/bench_model.py --device cuda --presets tiny \
     --batch 32 --frames 5
 step train 100 "$python" benchmarks/bench_train.py --device cuda --steps 10
@@ -39,7 +41,7 @@ step profile 60 "$python" benchmarks/profile_detector.py --device cuda --calls 5
 
 echo
 grep -hE "passed|failed|error|score .* vs" "$out/tests.log" | tail -n 20
-for name in model model_batch32 train; do
+for name in model model_numpy_preprocessing model_batch32 train; do
     echo "-- $name"
     grep -E "^\||^input|^device" "$out/$name.log" || tail -n 15 "$out/$name.log"
 done
