@@ -1,20 +1,21 @@
 """Per-frame cost of the Detector for each preset on this machine (not a test).
 
 Prints, per preset: the valid points at the model's input size and how many of them are
-grouped, parameters, FLOPs per frame (network and scoring head), median latency per frame split
-into preprocessing / grouping / network / scoring (both scorings' maps, the head included), the
-whole call's median (total, frames/s), and peak
-resident memory. Input: a real MVTec 3D-AD cable_gland test frame (400x400 organized cloud with
-all its points; background removal at that resolution is part of preprocessing) from ../shared,
-or a synthetic 400x400 frame where ../shared is absent.
+grouped, parameters, FLOPs per frame (network and scoring head), median latency per call split
+into preprocessing and model (grouping + network + scoring, both scorings' maps, the head
+included; its three parts where they run eagerly, '-' where a CUDA graph replays them as one),
+the whole call's median (total, frames/s), and peak resident memory. Input: a real MVTec 3D-AD
+cable_gland test frame (400x400 organized cloud with all its points; background removal at that
+resolution is part of preprocessing) from ../shared, or a synthetic 400x400 frame where
+../shared is absent.
 
     .venv/bin/python benchmarks/bench_model.py [--presets tiny base] [--frames 30]
         [--score-passes N] [--num-points N] [--device cuda] [--batch N]
-        [--preprocessing auto|numpy|torch]
+        [--preprocessing auto|numpy|torch] [--no-cuda-graphs]
 
 --batch N scores N copies of the frame per call (offline evaluation); the times are per call,
 frames/s counts frames. --preprocessing picks the Detector's preprocessing (auto: torch on the
-device on CUDA, numpy on the CPU).
+device on CUDA, numpy on the CPU). --no-cuda-graphs runs the network eagerly on CUDA.
 """
 import argparse
 import dataclasses
@@ -37,6 +38,7 @@ from dbmr_ros.model.dbmrnet import count_parameters
 from dbmr_ros.model.inputs import group_points, prepare
 from dbmr_ros.model.scoring import anomaly_maps
 
+STAGES = ('preprocess', 'model', 'grouping', 'network', 'scoring', 'total')
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'mvtec3d'
 
 
@@ -57,7 +59,7 @@ def peak_rss_mb() -> float:
 
 
 def random_detector(preset: str, device: str, score_passes=None, num_points=None,
-                    preprocessing: str = 'auto') -> Detector:
+                    preprocessing: str = 'auto', cuda_graphs: bool = True) -> Detector:
     """A Detector of the preset with random weights (the cost does not depend on them)."""
     cfg = PRESETS[preset]
     if score_passes:
@@ -68,12 +70,15 @@ def random_detector(preset: str, device: str, score_passes=None, num_points=None
     meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(image_size=cfg.image_size),
                           calibration=Calibration.manual(cfg, {'mean_2d': 1.0, 'mean_3d': 1.0},
                                                          1.0))
-    return Detector(DBMRNet(cfg), meta, device, preprocessing=preprocessing)
+    return Detector(DBMRNet(cfg), meta, device, preprocessing=preprocessing,
+                    cuda_graphs=cuda_graphs)
 
 
 def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None,
-          num_points=None, batch: int = 1, preprocessing: str = 'auto') -> dict:
-    detector = random_detector(preset, device, score_passes, num_points, preprocessing)
+          num_points=None, batch: int = 1, preprocessing: str = 'auto',
+          cuda_graphs: bool = True) -> dict:
+    detector = random_detector(preset, device, score_passes, num_points, preprocessing,
+                               cuda_graphs)
     cfg, meta = detector.model.cfg, detector.meta
     # FLOPs of the network and the scoring (the head) for one frame.
     rgb_s, xyz_s = (a[None] for a in preprocess(rgb, xyz, meta.preprocess))
@@ -87,7 +92,7 @@ def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None,
     rgb_in, xyz_in = ([rgb] * batch, [xyz] * batch) if batch > 1 else (rgb, xyz)
     for _ in range(2):  # warm-up
         detector(rgb_in, xyz_in)
-    timings = {k: [] for k in ('preprocess', 'grouping', 'network', 'scoring', 'total')}
+    timings = {k: [] for k in STAGES}
     for _ in range(frames):
         start = time.perf_counter()
         result = detector(rgb_in, xyz_in)
@@ -96,7 +101,8 @@ def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None,
         timings['total'].append((time.perf_counter() - start) * 1e3)
         for key, value in result.timings_ms.items():
             timings[key].append(value)
-    median = {k: statistics.median(v) for k, v in timings.items()}
+    # A replayed CUDA graph has no parts: grouping / network / scoring stay empty.
+    median = {k: statistics.median(v) if v else None for k, v in timings.items()}
     return {'preset': preset, 'params_m': count_parameters(detector.model) / 1e6,
             'gflops': flops / 1e9, **median, 'fps': 1000.0 * batch / median['total'],
             'peak_rss_mb': peak_rss_mb(), 'valid_points': int(inp.valid.sum()),
@@ -114,23 +120,28 @@ def main(argv=None) -> int:
                              'every valid point is grouped)')
     parser.add_argument('--batch', type=int, default=1, help='frames per Detector call')
     parser.add_argument('--preprocessing', default='auto', choices=('auto', 'numpy', 'torch'))
+    parser.add_argument('--no-cuda-graphs', action='store_true',
+                        help='run the network eagerly on CUDA (no graph replay)')
     args = parser.parse_args(argv)
     rgb, xyz, source = load_frame()
     gpu = f' ({torch.cuda.get_device_name(args.device)})' if args.device.startswith('cuda') else ''
     print(f'input: {source}; device {args.device}{gpu}; torch threads {torch.get_num_threads()}'
           f'; batch {args.batch}; preprocessing {args.preprocessing}'
           + (f'; score_passes {args.score_passes}' if args.score_passes else '')
-          + (f'; num_points {args.num_points}' if args.num_points else ''))
+          + (f'; num_points {args.num_points}' if args.num_points else '')
+          + ('; CUDA graphs off' if args.no_cuda_graphs else ''))
     rows = [bench(p, rgb, xyz, args.frames, args.device, args.score_passes, args.num_points,
-                  args.batch, args.preprocessing) for p in args.presets]
+                  args.batch, args.preprocessing, not args.no_cuda_graphs)
+            for p in args.presets]
     print('| preset | valid / grouped points | params (M) | GFLOPs/frame | preprocess ms | '
-          'grouping ms | network ms | scoring ms | total ms | frames/s | peak RSS MB |')
-    print('|---|---|---|---|---|---|---|---|---|---|---|')
+          'model ms (grouping / network / scoring) | total ms | frames/s | peak RSS MB |')
+    print('|---|---|---|---|---|---|---|---|---|')
     for r in rows:
+        parts = ' / '.join('-' if r[k] is None else f'{r[k]:.1f}'
+                           for k in ('grouping', 'network', 'scoring'))
         print(f'| {r["preset"]} | {r["valid_points"]} / {r["grouped_points"]} | '
-              f'{r["params_m"]:.2f} | {r["gflops"]:.2f} | '
-              f'{r["preprocess"]:.1f} | {r["grouping"]:.1f} | {r["network"]:.1f} | '
-              f'{r["scoring"]:.1f} | {r["total"]:.1f} | {r["fps"]:.1f} | '
+              f'{r["params_m"]:.2f} | {r["gflops"]:.2f} | {r["preprocess"]:.1f} | '
+              f'{r["model"]:.1f} ({parts}) | {r["total"]:.1f} | {r["fps"]:.1f} | '
               f'{r["peak_rss_mb"]:.0f} |')
     return 0
 

@@ -30,18 +30,22 @@ numpy.__version__, "cv2", cv2.__version__, "cuda", torch.cuda.is_available())' >
 cat "$out/gpu.log"
 
 step tests 150 "$python" -m pytest -q -s -p no:cacheprovider -k cuda \
-    test/test_model.py test/test_device.py test/test_preprocess_torch.py
+    test/test_model.py test/test_device.py test/test_preprocess_torch.py test/test_cuda_graphs.py
 step model 90 "$python" benchmarks/bench_model.py --device cuda --frames 30
+step model_eager 60 "$python" benchmarks/bench_model.py --device cuda --presets tiny \
+    --frames 20 --no-cuda-graphs
 step model_numpy_preprocessing 45 "$python" benchmarks/bench_model.py --device cuda \
     --presets tiny --frames 20 --preprocessing numpy
 step model_batch32 75 "$python" benchmarks/bench_model.py --device cuda --presets tiny \
     --batch 32 --frames 5
 step train 100 "$python" benchmarks/bench_train.py --device cuda --steps 10
+step train_batch64 100 "$python" benchmarks/bench_train.py --device cuda --steps 10 \
+    --batch-size 64
 step profile 60 "$python" benchmarks/profile_detector.py --device cuda --calls 5 --rows 30
 
 echo
-grep -hE "passed|failed|error|score .* vs" "$out/tests.log" | tail -n 20
-for name in model model_numpy_preprocessing model_batch32 train; do
+grep -hE "passed|failed|rror|score .* vs|graph;" "$out/tests.log" | tail -n 30
+for name in model model_eager model_numpy_preprocessing model_batch32 train train_batch64; do
     echo "-- $name"
     grep -E "^\||^input|^device" "$out/$name.log" || tail -n 15 "$out/$name.log"
 done

@@ -6,7 +6,7 @@ it, so preprocessing and scoring exist once. No ROS, no framework types.
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -17,7 +17,8 @@ from dbmr_ros.checkpoint import build_model, CheckpointMeta
 from dbmr_ros.data import preprocess_torch
 from dbmr_ros.data.preprocess import clean_point_cloud, preprocess, square_padding
 from dbmr_ros.model.dbmrnet import DBMRNet
-from dbmr_ros.model.inputs import group_points, prepare
+from dbmr_ros.model.cuda_graphs import GraphedFunction
+from dbmr_ros.model.inputs import group_points, prepare, require_points
 from dbmr_ros.model.scoring import anomaly_maps, AnomalyMaps, raw_maps, SCORINGS
 
 
@@ -58,13 +59,19 @@ class Detector:
     model's device, `preprocess_torch`) or 'auto': torch on CUDA, numpy on the CPU, where it is
     the faster of the two. Frames given with `cleaned_xyz` (a cache) take the numpy resize.
 
+    `cuda_graphs` (CUDA only): grouping, network and scoring are recorded as a CUDA graph at
+    the first call of each batch size and replayed after (`model.cuda_graphs`); the same maps
+    as eager execution, which is the fallback should recording fail. The graph holds the
+    scoring and calibration it was recorded with: another calibration is another Detector
+    (`with_calibration`).
+
     On the CPU, load and call it from one thread (as the node does): torch on a second thread
     that also runs parallel ops makes libgomp stop spin-waiting, and small ops get ~2x slower.
     """
 
     def __init__(self, model: DBMRNet, meta: CheckpointMeta, device='cpu',
                  mixed_precision: bool = True, scoring: Optional[str] = None,
-                 preprocessing: str = 'auto'):
+                 preprocessing: str = 'auto', cuda_graphs: bool = True):
         self.model = model.to(device).eval()
         self.meta = meta
         self.device = torch.device(device)
@@ -81,19 +88,24 @@ class Detector:
         self.preprocessing = preprocessing
         self.preprocess_on_device = (preprocessing == 'torch' or (
             preprocessing == 'auto' and self.device.type == 'cuda'))
+        # On CUDA, grouping + network + scoring replay as one graph per batch size.
+        self.cuda_graphs = cuda_graphs
+        self._graphed = (GraphedFunction(self._model_maps, 'the Detector\'s network')
+                         if cuda_graphs and self.device.type == 'cuda' else None)
 
     @classmethod
     def from_checkpoint(cls, path, device: str = 'auto', mixed_precision: bool = True,
-                        scoring: Optional[str] = None, preprocessing: str = 'auto'):
+                        scoring: Optional[str] = None, preprocessing: str = 'auto',
+                        cuda_graphs: bool = True):
         target = resolve_device(device)
         model, meta = build_model(path, target)
-        return cls(model, meta, target, mixed_precision, scoring, preprocessing)
+        return cls(model, meta, target, mixed_precision, scoring, preprocessing, cuda_graphs)
 
     def with_calibration(self, calibration, scoring: Optional[str] = None) -> 'Detector':
         """A Detector on the same network with another calibration (and scoring)."""
         return Detector(self.model, dataclasses.replace(self.meta, calibration=calibration),
                         self.device, self.mixed_precision, scoring or self.scoring,
-                        self.preprocessing)
+                        self.preprocessing, self.cuda_graphs)
 
     def warm_up(self) -> bool:
         """One inference on a synthetic frame, so that the first real frame's latency is not the
@@ -153,18 +165,45 @@ class Detector:
     def score_prepared(self, rgb_s, xyz_s, timings: Optional[dict] = None,
                        on_device: bool = False) -> AnomalyMaps:
         """Model-size arrays or tensors (B, S, S, 3) -> AnomalyMaps (model size, float32, on
-        the CPU or, with `on_device`, on the model's device)."""
+        the CPU or, with `on_device`, on the model's device).
+
+        timings gets 'model' (grouping, network and scoring, ms) and, when run eagerly, its
+        parts 'grouping', 'network' and 'scoring'; a replayed graph has no parts."""
         timings = {} if timings is None else timings
         clock = self._clock()
-        inp, groups = self._network_input(rgb_s, xyz_s)
-        timings['grouping'] = clock()
-        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.mixed_precision):
+        rgb_t, xyz_t = (torch.as_tensor(a).to(self.device) for a in (rgb_s, xyz_s))
+        if self._graphed is not None and self._graphed.usable:
+            require_points(xyz_t, self.model.cfg.group_size)  # the graph cannot raise
+            maps = self._graphed(rgb_t, xyz_t)
+        else:
+            def lap(stage):
+                timings[stage] = clock()
+            maps = self._model_maps(rgb_t, xyz_t, lap)
+        # A copy either way: the graph overwrites its outputs at the next replay.
+        maps = AnomalyMaps(*(m.to(torch.float32, copy=True) if on_device else m.float().cpu()
+                             for m in maps))
+        timings['model'] = clock() + sum(timings.get(stage, 0.0)
+                                         for stage in ('grouping', 'network', 'scoring'))
+        return maps
+
+    def _model_maps(self, rgb_t: torch.Tensor, xyz_t: torch.Tensor,
+                    lap: Callable[[str], None] = lambda stage: None) -> AnomalyMaps:
+        """Model-size tensors (B, S, S, 3) on the device -> AnomalyMaps on the device: grouping,
+        network and scoring, with nothing read back (so a CUDA graph can record it; the caller
+        checks the point counts). lap(stage) is called after each of the three."""
+        cfg = self.model.cfg
+        inp = prepare(rgb_t, xyz_t, cfg.num_points, cfg.group_size)
+        groups = group_points(inp, cfg.num_groups, cfg.group_size)
+        lap('grouping')
+        # No autocast cache: a cast weight freed when the context exits would be a dangling
+        # buffer in a recorded graph.
+        with torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.mixed_precision,
+                            cache_enabled=False):
             tokens = self.model.score_tokens(inp.images, groups)
-            timings['network'] = clock()
+            lap('network')
             maps = anomaly_maps(self.model, inp, groups, tokens, self.meta.calibration.stats,
                                 self.scoring)
-        maps = AnomalyMaps(*(m.float() if on_device else m.float().cpu() for m in maps))
-        timings['scoring'] = clock()
+        lap('scoring')
         return maps
 
     @torch.inference_mode()

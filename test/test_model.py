@@ -272,7 +272,7 @@ def test_detector_any_resolution_batch_and_bad_input():
     assert result.map_2d.shape == result.map_3d.shape == (100, 120)
     assert result.score == pytest.approx(float(result.anomaly_map.max()), rel=0.05)
     assert result.is_anomalous == (result.score > 2.0)
-    assert set(result.timings_ms) == {'preprocess', 'grouping', 'network', 'scoring'}
+    assert set(result.timings_ms) == {'preprocess', 'grouping', 'network', 'scoring', 'model'}
     batch = detector([rgb, s.rgb], [xyz, s.xyz])
     assert batch[0].score == pytest.approx(result.score, abs=1e-5)
     assert batch[1].anomaly_map.shape == (128, 128)

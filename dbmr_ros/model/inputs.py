@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from dbmr_ros.data.sample import valid_mask
+from dbmr_ros.model.cuda_graphs import capturing
 from dbmr_ros.model.point_ops import fps, gather, knn
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
@@ -55,11 +56,10 @@ def prepare(rgb: torch.Tensor, xyz: torch.Tensor, num_points: int, min_points: i
     generator the spacing gets a random offset per sample (training augmentation).
     """
     batch, size = xyz.shape[0], xyz.shape[1]
+    if not capturing():  # a recorded graph's caller checks before each replay
+        require_points(xyz, min_points)
     valid = valid_mask(xyz)
     counts = valid.flatten(1).sum(1)
-    if int(counts.min()) < min_points:
-        raise ValueError(f'a cloud has {int(counts.min())} valid points after preprocessing; '
-                         f'at least {min_points} are needed')
     xyz = torch.where(valid[..., None], xyz, torch.zeros((), dtype=xyz.dtype,
                                                          device=xyz.device)).float()
     weights = valid[..., None].float()
@@ -75,6 +75,15 @@ def prepare(rgb: torch.Tensor, xyz: torch.Tensor, num_points: int, min_points: i
     point_pixels = torch.searchsorted(cumulative, ranks + 1)                 # first with rank
     points = gather(xyz.reshape(batch, size * size, 3), point_pixels)
     return ModelInput(normalise_images(rgb), xyz, valid, points, point_pixels, centroid, scale)
+
+
+def require_points(xyz: torch.Tensor, min_points: int) -> None:
+    """ValueError unless every cloud (B, S, S, 3) keeps `min_points` valid points (reads the
+    counts back: one synchronisation on a GPU)."""
+    fewest = int(valid_mask(xyz).flatten(1).sum(1).min())
+    if fewest < min_points:
+        raise ValueError(f'a cloud has {fewest} valid points after preprocessing; '
+                         f'at least {min_points} are needed')
 
 
 def even_ranks(counts: torch.Tensor, num_points: int, offset: torch.Tensor) -> torch.Tensor:

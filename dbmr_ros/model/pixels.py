@@ -4,6 +4,7 @@ from typing import NamedTuple
 
 import torch
 
+from dbmr_ros.model.cuda_graphs import capturing
 from dbmr_ros.model.inputs import Groups, ModelInput
 from dbmr_ros.model.point_ops import gather
 
@@ -19,7 +20,9 @@ class ValidPixels(NamedTuple):
 def valid_pixels(inp: ModelInput) -> ValidPixels:
     batch, size = inp.valid.shape[0], inp.valid.shape[1]
     valid = inp.valid.reshape(batch, size * size)
-    count = int(valid.sum(1).max())
+    # While a CUDA graph is recorded the width may not depend on the data: every pixel then,
+    # the same maps at a little more work (the padding is masked by `present`).
+    count = size * size if capturing() else int(valid.sum(1).max())
     index = valid.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :count]
     points = gather(inp.xyz.reshape(batch, size * size, 3), index)
     return ValidPixels(index, points, torch.gather(valid, 1, index))

@@ -3,12 +3,13 @@
 The CUDA kernels of pointnet2_ops and knn_cuda are used when importable and the tensors are on
 CUDA; otherwise pure torch. Importing this module never requires CUDA or the extensions.
 Without pointnet2_ops, farthest point sampling on CUDA is the torch loop recorded once per
-input shape as a CUDA graph and replayed: one launch instead of about six small kernels per
-sampled point, which the GPU would otherwise wait on Python for (1024 samples: ~6000 launches).
+input shape as a CUDA graph and replayed (`cuda_graphs`): one launch instead of about six small
+kernels per sampled point, which the GPU would otherwise wait on Python for (1024 samples: ~6000
+launches).
 """
-import logging
-
 import torch
+
+from dbmr_ros.model.cuda_graphs import GraphedFunction
 
 try:  # optional CUDA extensions
     from pointnet2_ops.pointnet2_utils import furthest_point_sample as _fps_cuda
@@ -27,55 +28,9 @@ def fps(points: torch.Tensor, num_samples: int) -> torch.Tensor:
     """
     if _fps_cuda is not None and points.is_cuda:
         return _fps_cuda(points.float().contiguous(), num_samples).long()
-    if points.is_cuda and _graphs_usable:
+    if points.is_cuda:
         return fps_graphed(points, num_samples)
     return fps_torch(points, num_samples)
-
-
-_GRAPHS = {}  # (shape, dtype, device, samples, inference) -> (graph, static in, static out)
-_MAX_GRAPHS = 16
-_graphs_usable = True
-
-
-def fps_graphed(points: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """`fps_torch` on CUDA as a replayed CUDA graph (the same indices). A shape seen for the
-    first time is recorded after one ordinary run; should recording fail (a driver or a caller
-    that is itself capturing), the plain loop is used from then on."""
-    global _graphs_usable
-    # Inference mode is part of the key: a buffer made under it cannot be written outside it
-    # (training and calibration may share a batch shape).
-    key = (tuple(points.shape), points.dtype, points.device, num_samples,
-           torch.is_inference_mode_enabled())
-    entry = _GRAPHS.get(key)
-    if entry is None:
-        try:
-            entry = _record_fps(points.detach(), num_samples)
-        except RuntimeError as error:
-            logging.getLogger(__name__).warning(
-                'CUDA graph recording of farthest point sampling failed (%s): using the '
-                'plain loop', error)
-            _graphs_usable = False
-            return fps_torch(points, num_samples)
-        if len(_GRAPHS) >= _MAX_GRAPHS:  # many batch shapes: keep memory bounded
-            _GRAPHS.clear()
-        _GRAPHS[key] = entry
-    graph, static_in, static_out = entry
-    static_in.copy_(points.detach())
-    graph.replay()
-    return static_out.clone()
-
-
-def _record_fps(points: torch.Tensor, num_samples: int):
-    static_in = points.clone()
-    side = torch.cuda.Stream(points.device)
-    side.wait_stream(torch.cuda.current_stream(points.device))
-    with torch.cuda.stream(side):  # warm-up off the capture, as torch's graph docs ask
-        fps_torch(static_in, num_samples)
-    torch.cuda.current_stream(points.device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = fps_torch(static_in, num_samples)
-    return graph, static_in, static_out
 
 
 def fps_torch(points: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -94,6 +49,16 @@ def fps_torch(points: torch.Tensor, num_samples: int) -> torch.Tensor:
         torch.minimum(min_dist, torch.sum(offsets, 1, out=dist), out=min_dist)
         farthest = min_dist.argmax(-1, keepdim=True)
     return indices
+
+
+# Many batch shapes (training's last batch, the Detector's batches): up to 16 graphs.
+_fps_graphs = GraphedFunction(fps_torch, 'farthest point sampling', max_graphs=16)
+
+
+def fps_graphed(points: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """`fps_torch` on CUDA as a replayed CUDA graph (the same indices); inside a graph that is
+    being recorded, the loop itself is recorded."""
+    return _fps_graphs(points.detach(), num_samples=num_samples).clone()
 
 
 def knn(points: torch.Tensor, queries: torch.Tensor, k: int) -> torch.Tensor:
