@@ -36,20 +36,22 @@ step model_eager 60 "$python" benchmarks/bench_model.py --device cuda --presets 
     --frames 20 --no-cuda-graphs
 step model_numpy_preprocessing 45 "$python" benchmarks/bench_model.py --device cuda \
     --presets tiny --frames 20 --preprocessing numpy
-step model_batch32 75 "$python" benchmarks/bench_model.py --device cuda --presets tiny \
-    --batch 32 --frames 5
-step train 100 "$python" benchmarks/bench_train.py --device cuda --steps 10
-step train_batch64 100 "$python" benchmarks/bench_train.py --device cuda --steps 10 \
+step batch32 75 "$python" benchmarks/bench_model.py --device cuda --presets tiny --batch 32 \
+    --frames 5
+step batch32_numpy 75 "$python" benchmarks/bench_model.py --device cuda --presets tiny \
+    --batch 32 --frames 5 --preprocessing numpy
+step train 120 "$python" benchmarks/bench_train.py --device cuda --steps 30
+step train_batch64 120 "$python" benchmarks/bench_train.py --device cuda --steps 20 \
     --batch-size 64
-step profile 60 "$python" benchmarks/profile_detector.py --device cuda --calls 5 --rows 30
+step profile 60 "$python" benchmarks/profile_detector.py --device cuda --calls 5 --rows 15
 
 echo
-grep -hE "passed|failed|rror|score .* vs|graph;" "$out/tests.log" | tail -n 30
-for name in model model_eager model_numpy_preprocessing model_batch32 train train_batch64; do
+grep -hE "^E |passed|failed|losses" "$out/tests.log" | tail -n 15
+for name in model model_eager model_numpy_preprocessing batch32 batch32_numpy train \
+    train_batch64; do
     echo "-- $name"
     grep -E "^\||^input|^device" "$out/$name.log" || tail -n 15 "$out/$name.log"
 done
 echo "-- profile"
-head -n 45 "$out/profile.log" | cut -c1-170
-grep "per call" "$out/profile.log"
+grep -v "^USDT" "$out/profile.log" | head -n 24 | cut -c1-150
 [ ${#failed[@]} = 0 ] || { echo "failed: ${failed[*]}"; exit 1; }

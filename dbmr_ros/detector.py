@@ -4,7 +4,9 @@ The single inference path of the package: the ROS node, the CLIs and the bag eva
 it, so preprocessing and scoring exist once. No ROS, no framework types.
 """
 import dataclasses
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
@@ -17,7 +19,7 @@ from dbmr_ros.checkpoint import build_model, CheckpointMeta
 from dbmr_ros.data import preprocess_torch
 from dbmr_ros.data.preprocess import clean_point_cloud, preprocess, square_padding
 from dbmr_ros.model.dbmrnet import DBMRNet
-from dbmr_ros.model.cuda_graphs import GraphedFunction
+from dbmr_ros.cuda_graphs import GraphedFunction
 from dbmr_ros.model.inputs import group_points, prepare, require_points
 from dbmr_ros.model.scoring import anomaly_maps, AnomalyMaps, raw_maps, SCORINGS
 
@@ -60,7 +62,7 @@ class Detector:
     the faster of the two. Frames given with `cleaned_xyz` (a cache) take the numpy resize.
 
     `cuda_graphs` (CUDA only): grouping, network and scoring are recorded as a CUDA graph at
-    the first call of each batch size and replayed after (`model.cuda_graphs`); the same maps
+    the first call of each batch size and replayed after (`dbmr_ros.cuda_graphs`); the same maps
     as eager execution, which is the fallback should recording fail. The graph holds the
     scoring and calibration it was recorded with: another calibration is another Detector
     (`with_calibration`).
@@ -88,6 +90,7 @@ class Detector:
         self.preprocessing = preprocessing
         self.preprocess_on_device = (preprocessing == 'torch' or (
             preprocessing == 'auto' and self.device.type == 'cuda'))
+        self._pool: Optional[ThreadPoolExecutor] = None  # made at the first numpy batch
         # On CUDA, grouping + network + scoring replay as one graph per batch size.
         self.cuda_graphs = cuda_graphs
         self._graphed = (GraphedFunction(self._model_maps, 'the Detector\'s network')
@@ -136,15 +139,28 @@ class Detector:
         for image, cloud in zip(rgbs, xyzs):
             self._check(image, cloud)
         clock = self._clock()
-        prepared = [self._preprocess(image, cloud, c)
-                    for image, cloud, c in zip(rgbs, xyzs, cleaned)]
+        prepared = self._preprocess_all(rgbs, xyzs, cleaned)
         stack = torch.stack if self.preprocess_on_device else np.stack
         rgb_s, xyz_s = stack([p[0] for p in prepared]), stack([p[1] for p in prepared])
         timings = {'preprocess': clock()}
         maps = self.score_prepared(rgb_s, xyz_s, timings=timings,
                                    on_device=self.preprocess_on_device)
-        results = [self._result(maps, i, rgbs[i].shape[:2], timings) for i in range(len(rgbs))]
+        full = self._input_resolution_maps(maps, [image.shape[:2] for image in rgbs])
+        scores, paper_scores = maps.score.tolist(), maps.paper_score.tolist()  # one read-back
+        results = [self._result(scores[i], paper_scores[i], full[i], timings)
+                   for i in range(len(rgbs))]
         return results if batched else results[0]
+
+    def _preprocess_all(self, rgbs, xyzs, cleaned) -> list:
+        """Every pair of a call. The numpy path preprocesses a batch's frames on parallel
+        threads (NumPy, SciPy and OpenCV release the GIL in their heavy work, and none of it is
+        torch); the torch path queues its kernels from this thread."""
+        jobs = list(zip(rgbs, xyzs, cleaned))
+        if self.preprocess_on_device or len(jobs) == 1:
+            return [self._preprocess(*job) for job in jobs]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(os.cpu_count() or 1, 'dbmr-preprocess')
+        return list(self._pool.map(lambda job: self._preprocess(*job), jobs))
 
     def _preprocess(self, rgb: np.ndarray, xyz: np.ndarray, cleaned_xyz=None):
         """One raw pair -> model-size arrays (numpy), or tensors on the device."""
@@ -245,10 +261,18 @@ class Detector:
         if rgb.shape[:2] != xyz.shape[:2]:
             raise ValueError(f'rgb {rgb.shape[:2]} and xyz {xyz.shape[:2]} sizes differ')
 
+    def _input_resolution_maps(self, maps: AnomalyMaps, shapes) -> list:
+        """Each frame's (4, H, W) float32 maps at its input size (anomaly, 2D, 3D, paper): on
+        the device, a batch of one input size in one resize and one copy back."""
+        stacked = torch.stack([maps.anomaly, maps.map_2d, maps.map_3d, maps.paper], 1)
+        if self.preprocess_on_device and len(set(shapes)) == 1:
+            return list(self.to_input_resolution(stacked, shapes[0]))
+        return [self.to_input_resolution(frame, shape) for frame, shape in zip(stacked, shapes)]
+
     def to_input_resolution(self, model_maps: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
-        """(C, S, S) maps -> (C, H, W) float32 numpy: undo the resize and the square padding
-        (bilinear, the same half-pixel rule: torch on the model's device when the Detector
-        preprocesses there, else OpenCV)."""
+        """(C, S, S) maps -> (C, H, W) float32 numpy (or (B, C, S, S) -> (B, C, H, W) on the
+        device): undo the resize and the square padding (bilinear, the same half-pixel rule:
+        torch on the model's device when the Detector preprocesses there, else OpenCV)."""
         height, width = shape
         pads = ((0, 0), (0, 0))
         if self.meta.preprocess.pad_to_square:
@@ -256,21 +280,21 @@ class Detector:
         (top, bottom), (left, right) = pads
         size = (height + top + bottom, width + left + right)
         if self.preprocess_on_device:
-            full = F.interpolate(model_maps[None], size=size, mode='bilinear',
-                                 align_corners=False)[0, :, top:top + height, left:left + width]
-            return full.cpu().numpy()
+            batch = model_maps if model_maps.dim() == 4 else model_maps[None]
+            full = F.interpolate(batch, size=size, mode='bilinear', align_corners=False)
+            full = full[..., top:top + height, left:left + width].cpu().numpy()
+            return full if model_maps.dim() == 4 else full[0]
         channels_last = np.ascontiguousarray(model_maps.permute(1, 2, 0).numpy())
         full = cv2.resize(channels_last, size[::-1], interpolation=cv2.INTER_LINEAR)
         full = full.reshape(*size, -1).transpose(2, 0, 1)
         return np.ascontiguousarray(full[:, top:top + height, left:left + width])
 
-    def _result(self, maps: AnomalyMaps, i: int, shape, timings) -> AnomalyResult:
-        score = float(maps.score[i])
-        anomaly, map_2d, map_3d, paper = self.to_input_resolution(torch.stack(
-            [maps.anomaly[i], maps.map_2d[i], maps.map_3d[i], maps.paper[i]]), shape)
+    def _result(self, score: float, paper_score: float, full_maps: np.ndarray,
+                timings) -> AnomalyResult:
+        anomaly, map_2d, map_3d, paper = full_maps
         threshold = self.threshold
         return AnomalyResult(score=score, anomaly_map=anomaly,
                              is_anomalous=threshold is not None and score > threshold,
                              map_2d=map_2d, map_3d=map_3d, paper_map=paper,
-                             paper_score=float(maps.paper_score[i]), scoring=self.scoring,
+                             paper_score=paper_score, scoring=self.scoring,
                              threshold=threshold, timings_ms=dict(timings))

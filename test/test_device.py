@@ -99,3 +99,36 @@ def test_cuda_training_steps_match_the_cpu(good_parts):
                      torch.Generator().manual_seed(9))
     assert torch.equal(cpu.mask, gpu.mask.cpu()) and torch.equal(cpu.kind, gpu.kind.cpu())
     assert torch.allclose(cpu.xyz, gpu.xyz.cpu(), atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_engine_epochs_in_bf16_follow_float32(good_parts):
+    """Both stages' engine epochs on CUDA, as dbmr-train runs them, with the default bf16
+    autocast and in float32: the network and the head learn, and the losses agree within
+    5 % (the stated tolerance of mixed-precision training)."""
+    from dbmr_ros.train import build_optimizers, stage_network
+    from dbmr_ros.training import engine
+    from dbmr_ros.training.config import TrainConfig
+    data = tuple(t.cuda() for t in good_parts)
+    losses = {}
+    for mixed_precision in (False, True):
+        cfg = TrainConfig(batch_size=len(data[0]), mixed_precision=mixed_precision)
+        torch.manual_seed(0)
+        model = DBMRNet(SMALL).cuda()
+        before = [p.detach().clone() for p in (model.patch_embed.projection.weight,
+                                               next(model.scoring_head.parameters()))]
+        optimizers, schedulers = build_optimizers(model, cfg, 1)
+        generator = torch.Generator().manual_seed(5)
+        batches = [torch.arange(len(data[0]))] * 2
+        stage_1 = engine.reconstruction_epoch(stage_network(model, False, 1), model, data,
+                                              batches, optimizers[0], schedulers[0], cfg,
+                                              generator, 'cuda', 'stage 1', False)
+        stage_2 = engine.head_epoch(stage_network(model, True, 1), model, data, batches,
+                                    optimizers[1], schedulers[1], cfg, None, generator, 'cuda',
+                                    'stage 2', False)
+        after = (model.patch_embed.projection.weight, next(model.scoring_head.parameters()))
+        assert all(not torch.equal(a, b) for a, b in zip(before, after))
+        losses[mixed_precision] = (stage_1['loss'], stage_2['loss'])
+    print(f'losses float32 {losses[False]}, bf16 {losses[True]}')
+    for full, mixed in zip(losses[False], losses[True]):
+        assert np.isfinite(mixed) and mixed == pytest.approx(full, rel=0.05)

@@ -367,3 +367,16 @@ def test_single_pass_reconstruction_is_one_unmasked_pass():
     # Training sees every token on the unmasked steps, with the loss on all of them.
     out = DBMRNet(cfg)(inp.images, grp, torch.Generator().manual_seed(0), masked=False)
     assert not out.mask_2d.any() and float(out.losses['loss_2d']) > 0
+
+
+def test_a_numpy_batch_is_preprocessed_in_parallel_as_one_by_one():
+    detector = Detector(DBMRNet(SMALL).eval(), _meta())
+    rng = np.random.default_rng(4)
+    samples = [render_sample(rng, 'puck', 128, defect) for defect in ('bump', 'hole', None) * 2]
+    rgbs, xyzs = [s.rgb for s in samples], [s.xyz for s in samples]
+    together = detector._preprocess_all(rgbs, xyzs, [None] * len(samples))
+    assert detector._pool is not None  # the parallel path ran
+    for (rgb_s, xyz_s), rgb, xyz in zip(together, rgbs, xyzs):
+        alone = preprocess(rgb, xyz, detector.meta.preprocess)
+        np.testing.assert_array_equal(rgb_s, alone[0])
+        np.testing.assert_array_equal(xyz_s, alone[1])

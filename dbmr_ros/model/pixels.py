@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 import torch
 
-from dbmr_ros.model.cuda_graphs import capturing
+from dbmr_ros.cuda_graphs import capturing
 from dbmr_ros.model.inputs import Groups, ModelInput
 from dbmr_ros.model.point_ops import gather
 

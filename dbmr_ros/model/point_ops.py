@@ -9,7 +9,7 @@ launches).
 """
 import torch
 
-from dbmr_ros.model.cuda_graphs import GraphedFunction
+from dbmr_ros.cuda_graphs import GraphedFunction
 
 try:  # optional CUDA extensions
     from pointnet2_ops.pointnet2_utils import furthest_point_sample as _fps_cuda

@@ -26,6 +26,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_epochs: int = 5
     grad_clip: float = 1.0
+    mixed_precision: bool = True  # bf16 autocast of forward passes on CUDA; CPU: float32
     augment: bool = True
     brightness_jitter: float = 0.15
     seed: int = 0

@@ -63,11 +63,15 @@ def make_batch(rgb: torch.Tensor, xyz: torch.Tensor, model_cfg, anomalies: Anoma
 class EpochRunner:
     """The batches of one epoch with a progress bar, loss totals and images per second."""
 
+    SHOW_EVERY = 10  # batches between progress updates (an update reads the loss back)
+
     def __init__(self, batches, description: str, enabled: bool):
         self.progress = tqdm(batches, desc=description, disable=not enabled, leave=False,
                              unit='batch')
-        self.totals: Dict[str, float] = {}
+        self.enabled = enabled
+        self.totals: Dict[str, torch.Tensor] = {}  # on the device: no read-back per step
         self.count = 0
+        self.steps = 0
         self.started = time.perf_counter()
 
     def __iter__(self):
@@ -75,16 +79,25 @@ class EpochRunner:
 
     def record(self, losses: Dict[str, torch.Tensor], size: int) -> None:
         for key, value in losses.items():
-            self.totals[key] = self.totals.get(key, 0.0) + float(value.detach()) * size
+            self.totals[key] = self.totals.get(key, 0.0) + value.detach().float() * size
         self.count += size
-        speed = self.count / (time.perf_counter() - self.started)
-        self.progress.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}",
-                                  img_s=f'{speed:.1f}')
+        self.steps += 1
+        if self.enabled and self.steps % self.SHOW_EVERY == 0:
+            speed = self.count / (time.perf_counter() - self.started)
+            self.progress.set_postfix(loss=f"{float(losses['loss'].detach()):.4f}",
+                                      img_s=f'{speed:.1f}')
 
     def means(self) -> Dict[str, float]:
-        means = {k: v / max(self.count, 1) for k, v in self.totals.items()}
+        means = {k: float(v) / max(self.count, 1) for k, v in self.totals.items()}
         means['images_per_second'] = self.count / (time.perf_counter() - self.started)
         return means
+
+
+def autocast(cfg, device):
+    """bf16 autocast of a forward pass where the config asks for it and the device is CUDA
+    (bf16 keeps float32's range: no loss scaling); float32 elsewhere."""
+    enabled = cfg.mixed_precision and torch.device(device).type == 'cuda'
+    return torch.autocast('cuda', dtype=torch.bfloat16, enabled=enabled)
 
 
 def unmasked_step(step: int, share: float) -> bool:
@@ -106,7 +119,8 @@ def reconstruction_epoch(net, model: DBMRNet, data, batches, optimizer, schedule
         batch = make_batch(data[0][index], data[1][index], model.cfg, anomalies,
                            generator, cfg.augment, cfg.brightness_jitter, device)
         masked = not unmasked_step(scheduler.last_epoch, model.cfg.unmasked_share)
-        out = net(batch.inp.images, batch.groups, generator, batch.targets, masked)
+        with autocast(cfg, device):
+            out = net(batch.inp.images, batch.groups, generator, batch.targets, masked)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         if cfg.grad_clip > 0:
@@ -129,10 +143,11 @@ def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cf
     for index in runner:
         batch = make_batch(data[0][index], data[1][index], model.cfg, anomalies,
                            generator, cfg.augment, cfg.brightness_jitter, device)
-        with torch.no_grad():
-            tokens = model.score_tokens(batch.inp.images, batch.groups)
-            features = head_features(model, batch.inp, batch.groups, tokens, stats)
-        loss = focal_loss(head_net(features.inputs, features.context), batch.mask)
+        with autocast(cfg, device):
+            with torch.no_grad():
+                tokens = model.score_tokens(batch.inp.images, batch.groups)
+                features = head_features(model, batch.inp, batch.groups, tokens, stats)
+            loss = focal_loss(head_net(features.inputs, features.context), batch.mask)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
