@@ -7,7 +7,7 @@ set where ../shared is absent), after one warm-up epoch, and prints images per s
 stage 1 (anomaly-aware masked reconstruction) and stage 2 (scoring head, network frozen).
 
     .venv/bin/python benchmarks/bench_train.py [--presets tiny base] [--device cuda]
-        [--batch-size N] [--steps 20]
+        [--batch-size N] [--steps 20] [--float32]
 
 The training time of a whole run follows: (epochs / stage-1 rate + head_epochs / stage-2 rate)
 x samples, plus calibration (about a second per validation sample on two CPU cores).
@@ -51,9 +51,10 @@ def training_samples(cfg: TrainConfig):
     return (torch.from_numpy(rgb), torch.from_numpy(xyz)), name
 
 
-def bench(preset: str, device, batch_size, steps: int) -> dict:
+def bench(preset: str, device, batch_size, steps: int, float32: bool = False) -> dict:
     cfg = TrainConfig.load(share_dir() / 'config' / f'train_{preset}.yaml')
     cfg.batch_size = batch_size or cfg.batch_size
+    cfg.mixed_precision = cfg.mixed_precision and not float32
     data, source = training_samples(cfg)
     data = tuple(d.to(device) for d in data)  # as dbmr-train keeps them
     torch.manual_seed(cfg.seed)
@@ -81,6 +82,7 @@ def bench(preset: str, device, batch_size, steps: int) -> dict:
                 torch.cuda.synchronize(device)
             rates[stage] = len(chosen) * cfg.batch_size / (time.perf_counter() - start)
     return {'preset': preset, 'batch_size': cfg.batch_size, 'source': source, **rates,
+            'precision': 'bf16' if cfg.mixed_precision and device.type == 'cuda' else 'float32',
             'peak_cuda_mb': (torch.cuda.max_memory_allocated(device) / 2 ** 20
                              if device.type == 'cuda' else float('nan'))}
 
@@ -91,17 +93,20 @@ def main(argv=None) -> int:
     parser.add_argument('--device', default='auto')
     parser.add_argument('--batch-size', type=int, help='default: the preset config\'s')
     parser.add_argument('--steps', type=int, default=20, help='timed optimizer steps per stage')
+    parser.add_argument('--float32', action='store_true',
+                        help='no bf16 autocast on CUDA, whatever the config says')
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
         f'CPU, {torch.get_num_threads()} torch threads')
-    rows = [bench(p, device, args.batch_size, args.steps) for p in args.presets]
+    rows = [bench(p, device, args.batch_size, args.steps, args.float32) for p in args.presets]
     print(f'device {device} ({name}); data: {rows[0]["source"]}; {args.steps} steps per stage')
-    print('| preset | batch | stage 1 images/s | stage 2 images/s | peak CUDA MB |')
-    print('|---|---|---|---|---|')
+    print('| preset | batch | precision | stage 1 images/s | stage 2 images/s | peak CUDA MB |')
+    print('|---|---|---|---|---|---|')
     for r in rows:
         peak = '-' if math.isnan(r['peak_cuda_mb']) else f'{r["peak_cuda_mb"]:.0f}'
-        print(f'| {r["preset"]} | {r["batch_size"]} | {r["reconstruction"]:.1f} | '
+        print(f'| {r["preset"]} | {r["batch_size"]} | {r["precision"]} | '
+              f'{r["reconstruction"]:.1f} | '
               f'{r["head"]:.1f} | {peak} |')
     return 0
 
