@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from dbmr_ros.checkpoint import build_model, CheckpointMeta
+from dbmr_ros.cuda_graphs import GraphedFunction
 from dbmr_ros.data import preprocess_torch
 from dbmr_ros.data.preprocess import clean_point_cloud, preprocess, square_padding
 from dbmr_ros.model.dbmrnet import DBMRNet
-from dbmr_ros.cuda_graphs import GraphedFunction
 from dbmr_ros.model.inputs import group_points, prepare, require_points
 from dbmr_ros.model.scoring import anomaly_maps, AnomalyMaps, raw_maps, SCORINGS
 

@@ -6,8 +6,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.cuda_graphs import capturing
+from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.model.point_ops import fps, gather, knn
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25
