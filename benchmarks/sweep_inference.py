@@ -1,0 +1,71 @@
+"""Inference-time settings of a trained checkpoint, judged on the selection set only
+(validation/good plus synthetic anomalies on it, as dbmr-train selects; never test samples).
+
+Settings that need no retraining are model config fields (the maps' smoothing, the learned
+map's margin around the part, the number of scoring passes); each `--set NAME=V1,V2,...` gives
+one row per value, the other fields at the checkpoint's, with the selection-set I-AUROC,
+P-AUROC and AUPRO@0.3 of both scorings.
+
+    .venv/bin/python benchmarks/sweep_inference.py CHECKPOINT --data-root ../shared/data/mvtec3d \
+        --category cable_gland --set smoothing_sigma=1,2,4 [--set map_margin=8,16]
+"""
+import argparse
+import dataclasses
+import sys
+
+from dbmr_ros.data.prepared import load_split
+from dbmr_ros.data.preprocess import PreprocessCache
+from dbmr_ros.detector import Detector
+from dbmr_ros.resources import share_dir
+from dbmr_ros.train import evaluate_and_calibrate
+from dbmr_ros.training.config import TrainConfig
+
+INFERENCE_FIELDS = {'smoothing_sigma': float, 'map_margin': int, 'score_passes': int}
+
+
+def parse_setting(text: str):
+    name, _, values = text.partition('=')
+    if name not in INFERENCE_FIELDS or not values:
+        raise argparse.ArgumentTypeError(
+            f'expected NAME=V1,V2 with NAME one of {sorted(INFERENCE_FIELDS)}, got {text!r}')
+    return name, [INFERENCE_FIELDS[name](v) for v in values.split(',')]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('checkpoint')
+    parser.add_argument('--data-root', required=True)
+    parser.add_argument('--dataset', default='mvtec3d')
+    parser.add_argument('--category', required=True)
+    parser.add_argument('--set', dest='settings', type=parse_setting, action='append',
+                        required=True, help='NAME=V1,V2,... (repeatable)')
+    parser.add_argument('--config', default=str(share_dir() / 'config' / 'train_tiny.yaml'),
+                        help='training config: its synthetic anomalies and threshold rule')
+    args = parser.parse_args(argv)
+    detector = Detector.from_checkpoint(args.checkpoint, 'cpu')
+    trained = detector.model.cfg
+    train_cfg = TrainConfig.load(args.config)
+    pcfg = detector.meta.preprocess
+    val = load_split(args.dataset, args.data_root, args.category, 'validation', pcfg,
+                     PreprocessCache(pcfg))
+    print(f'{args.checkpoint}: selection set = {args.category} validation/good '
+          f'({len(val[0])}) + {train_cfg.calibration_copies} synthetic anomalies on each')
+    print('| setting | learned I-AUROC | P-AUROC | AUPRO@0.3 | paper I-AUROC | P-AUROC | '
+          'AUPRO@0.3 |')
+    print('|---|---|---|---|---|---|---|')
+    for name, values in args.settings:
+        for value in values:
+            detector.model.cfg = dataclasses.replace(trained, **{name: value})
+            meta = dataclasses.replace(detector.meta, model=detector.model.cfg)
+            _, metrics = evaluate_and_calibrate(detector.model, meta, detector.device, val,
+                                                train_cfg)
+            cells = [f'{metrics[s][k]:.4f}' for s in ('learned', 'paper')
+                     for k in ('i_auroc', 'p_auroc', 'aupro@0.3')]
+            marker = ' (trained)' if value == getattr(trained, name) else ''
+            print(f'| {name}={value}{marker} | ' + ' | '.join(cells) + ' |', flush=True)
+    detector.model.cfg = trained
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
