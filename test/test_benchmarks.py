@@ -1,0 +1,43 @@
+"""The benchmark scripts that are cheap enough to run here, end to end (their figures are
+printed, not asserted: speed is measured by them, not by tests)."""
+import subprocess
+import sys
+from pathlib import Path
+
+from dbmr_ros.resources import share_dir
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
+
+
+def _run(*args: str) -> str:
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_sweep_inference_prints_one_row_per_value(synthetic_root):
+    out = _run(str(BENCHMARKS / 'sweep_inference.py'),
+               str(share_dir() / 'models' / 'dbmr_default.safetensors'),
+               '--data-root', str(synthetic_root), '--category', 'puck',
+               '--set', 'smoothing_sigma=4,2')
+    rows = [line for line in out.splitlines() if line.startswith('| smoothing_sigma=')]
+    assert len(rows) == 2 and '(trained)' in rows[0]
+    metrics = [float(cell) for cell in rows[1].strip('|').split('|')[1:]]
+    assert len(metrics) == 6 and all(0.0 <= m <= 1.0 for m in metrics)
+
+
+def test_sweep_inference_refuses_a_trained_field():
+    result = subprocess.run([sys.executable, str(BENCHMARKS / 'sweep_inference.py'), 'x',
+                             '--data-root', '.', '--category', 'c', '--set', 'embed_dim=64'],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and 'smoothing_sigma' in result.stderr
+
+
+def test_profile_detector_on_the_cpu():
+    out = _run(str(BENCHMARKS / 'profile_detector.py'), '--calls', '1', '--rows', '3')
+    assert 'sorted by self_cpu_time_total' in out and 'per call:' in out
+
+
+def test_gpu_check_script_parses():
+    subprocess.run(['bash', '-n', str(BENCHMARKS / 'gpu_check.sh')], check=True)
