@@ -187,7 +187,7 @@ class Detector:
         parts 'grouping', 'network' and 'scoring'; a replayed graph has no parts."""
         timings = {} if timings is None else timings
         clock = self._clock()
-        rgb_t, xyz_t = (torch.as_tensor(a).to(self.device) for a in (rgb_s, xyz_s))
+        rgb_t, xyz_t = self._on_device(rgb_s, xyz_s)
         if self._graphed is not None and self._graphed.usable:
             require_points(xyz_t, self.model.cfg.group_size)  # the graph cannot raise
             maps = self._graphed(rgb_t, xyz_t)
@@ -207,9 +207,7 @@ class Detector:
         """Model-size tensors (B, S, S, 3) on the device -> AnomalyMaps on the device: grouping,
         network and scoring, with nothing read back (so a CUDA graph can record it; the caller
         checks the point counts). lap(stage) is called after each of the three."""
-        cfg = self.model.cfg
-        inp = prepare(rgb_t, xyz_t, cfg.num_points, cfg.group_size)
-        groups = group_points(inp, cfg.num_groups, cfg.group_size)
+        inp, groups = self._network_input(rgb_t, xyz_t)
         lap('grouping')
         # No autocast cache: a cast weight freed when the context exits would be a dangling
         # buffer in a recorded graph.
@@ -226,16 +224,19 @@ class Detector:
     def raw_maps_prepared(self, rgb_s: np.ndarray, xyz_s: np.ndarray):
         """Model-size arrays -> the paper's unnormalised 2D and 3D maps (B, S, S), CPU tensors
         (what the normalisation statistics are fitted on)."""
-        inp, groups = self._network_input(rgb_s, xyz_s)
+        inp, groups = self._network_input(*self._on_device(rgb_s, xyz_s))
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.mixed_precision):
             tokens = self.model.score_tokens(inp.images, groups)
             maps = raw_maps(tokens, inp, groups, self.model.cfg.score_2d)
         return tuple(m.float().cpu() for m in maps)
 
-    def _network_input(self, rgb_s, xyz_s):
+    def _on_device(self, rgb_s, xyz_s):
+        """Model-size arrays or tensors -> tensors on the model's device."""
+        return torch.as_tensor(rgb_s).to(self.device), torch.as_tensor(xyz_s).to(self.device)
+
+    def _network_input(self, rgb_t: torch.Tensor, xyz_t: torch.Tensor):
         cfg = self.model.cfg
-        inp = prepare(torch.as_tensor(rgb_s).to(self.device),
-                      torch.as_tensor(xyz_s).to(self.device), cfg.num_points, cfg.group_size)
+        inp = prepare(rgb_t, xyz_t, cfg.num_points, cfg.group_size)
         return inp, group_points(inp, cfg.num_groups, cfg.group_size)
 
     # --- helpers -------------------------------------------------------------------------
