@@ -34,6 +34,18 @@ def test_sweep_inference_refuses_a_trained_field():
     assert result.returncode == 2 and 'smoothing_sigma' in result.stderr
 
 
+def test_ablate_head_trains_each_variant_and_prints_its_row(synthetic_root):
+    out = _run(str(BENCHMARKS / 'ablate_head.py'),
+               str(share_dir() / 'models' / 'dbmr_default.safetensors'),
+               '--data-root', str(synthetic_root), '--category', 'puck', '--head-epochs', '1',
+               '--copies', '1')
+    rows = [line for line in out.splitlines() if line.startswith('| focal loss')]
+    assert len(rows) == 2 and '(default)' in rows[0]
+    for row in rows:
+        metrics = [float(cell) for cell in row.strip('|').split('|')[1:4]]
+        assert all(0.0 <= m <= 1.0 for m in metrics)
+
+
 def test_profile_detector_on_the_cpu():
     out = _run(str(BENCHMARKS / 'profile_detector.py'), '--calls', '1', '--rows', '3')
     assert 'sorted by self_cpu_time_total' in out and 'per call:' in out

@@ -336,6 +336,24 @@ def test_focal_loss_is_normalised_by_the_anomalous_pixels():
     assert torch.isfinite(focal_loss(unsure, torch.zeros_like(target)))
 
 
+def test_focal_loss_per_defect_weighs_a_small_defect_like_a_large_one():
+    target = torch.zeros(2, 64, 64)
+    target[0, 10:12, 10:12] = 1          # 4 pixels
+    target[1, 20:40, 20:40] = 1          # 400 pixels
+    perfect = (target * 2 - 1) * 30
+    for sample in (0, 1):  # one sample's defect wholly at p = 0.5, the rest perfect
+        missed = torch.zeros_like(target, dtype=torch.bool)
+        missed[sample] = target[sample].bool()
+        # Half of the mean defect term (0.25 * ln 2 over two samples), whichever was missed.
+        assert float(focal_loss(perfect.masked_fill(missed, 0.0), target, per_defect=True)) \
+            == pytest.approx(0.125 * np.log(2), rel=1e-4)
+    # Per pixel (the default), the large miss costs 100x the small one.
+    small, large = (focal_loss(perfect.masked_fill(target.bool() & (torch.arange(2) == i)
+                                                   [:, None, None], 0.0), target)
+                    for i in (0, 1))
+    assert float(large) == pytest.approx(100 * float(small), rel=1e-4)
+
+
 def test_head_inputs_channels_and_background():
     rgb, xyz, _ = synthetic_batch()
     inp, _ = model_input(rgb, xyz)

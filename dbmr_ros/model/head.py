@@ -104,17 +104,28 @@ def token_context(features_2d: torch.Tensor, features_3d: torch.Tensor, groups: 
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
-               min_share: float = 1e-3) -> torch.Tensor:
-    """Binary focal loss (Lin et al. 2017) of logits against a {0, 1} target, any shape,
-    summed and divided by the number of anomalous pixels, as RetinaNet does.
+               min_share: float = 1e-3, per_defect: bool = False) -> torch.Tensor:
+    """Binary focal loss (Lin et al. 2017) of logits (B, ...) against a {0, 1} target, summed
+    and divided by the number of anomalous pixels, as RetinaNet does.
 
     Confident pixels count little, and the normalisation keeps the few anomalous pixels (a
     defect is often under 1 % of the image) from being drowned out: averaged over all pixels,
     predicting 'normal' everywhere costs almost nothing and the head learns exactly that. The
     divisor is at least `min_share` of the pixels, so a batch with one tiny anomaly does not
     get a hundredfold weight.
+
+    `per_defect`: the anomalous pixels' terms are instead averaged over each sample's own
+    defect, then over the samples that have one, so a 20-pixel defect counts as much as a
+    2000-pixel one (as AUPRO counts regions). No worse on the synthetic selection set, worse on
+    real cable_gland: README "Design notes".
     """
     target = target.to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction='none')
-    p_true = torch.exp(-bce)
-    return ((1 - p_true) ** gamma * bce).sum() / target.sum().clamp_min(min_share * target.numel())
+    focal = (1 - torch.exp(-bce)) ** gamma * bce
+    divisor = target.sum().clamp_min(min_share * target.numel())
+    if not per_defect:
+        return focal.sum() / divisor
+    area = target.flatten(1).sum(1)                                           # (B,)
+    per_sample = (focal * target).flatten(1).sum(1) / area.clamp_min(1)       # (B,)
+    anomalous = per_sample.sum() / (area > 0).sum().clamp_min(1)
+    return anomalous + (focal * (1 - target)).sum() / divisor

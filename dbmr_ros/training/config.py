@@ -23,6 +23,7 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-3
     head_lr: float = 2e-3
+    head_loss_per_defect: bool = False  # focal loss averaged per defect (see model.head)
     weight_decay: float = 0.05
     warmup_epochs: int = 5
     grad_clip: float = 1.0

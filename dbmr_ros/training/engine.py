@@ -147,7 +147,8 @@ def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cf
             with torch.no_grad():
                 tokens = model.score_tokens(batch.inp.images, batch.groups)
                 features = head_features(model, batch.inp, batch.groups, tokens, stats)
-            loss = focal_loss(head_net(features.inputs, features.context), batch.mask)
+            loss = focal_loss(head_net(features.inputs, features.context), batch.mask,
+                              per_defect=cfg.head_loss_per_defect)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
