@@ -20,7 +20,6 @@ import torch
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
-from dbmr_ros.model.head import ScoringHead
 from dbmr_ros.resources import share_dir
 from dbmr_ros.train import build_optimizers, evaluate_and_calibrate, stage_network
 from dbmr_ros.training import engine
@@ -36,9 +35,9 @@ VARIANTS = {
 def train_head(model, meta, data, cfg: TrainConfig, seed: int) -> float:
     """A fresh head on the frozen network, trained in place; returns the minutes taken."""
     torch.manual_seed(seed)
-    model.scoring_head = ScoringHead(model.cfg.head_widths,
-                                     context_dim=model.scoring_head.context[0].in_channels
-                                     if model.scoring_head.context is not None else 0)
+    for module in model.scoring_head.modules():  # torch's initialisation, as when built
+        if hasattr(module, 'reset_parameters'):
+            module.reset_parameters()
     steps_per_epoch = math.ceil(len(data[0]) / cfg.batch_size)
     optimizers, schedulers = build_optimizers(model, cfg, steps_per_epoch)
     head = stage_network(model, True, 1)
