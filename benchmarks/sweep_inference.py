@@ -1,13 +1,14 @@
 """Inference-time settings of a trained checkpoint, judged on the selection set only
 (validation/good plus synthetic anomalies on it, as dbmr-train selects; never test samples).
 
-Settings that need no retraining are model config fields (the maps' smoothing, the learned
-map's margin around the part, the number of scoring passes); each `--set NAME=V1,V2,...` gives
-one row per value, the other fields at the checkpoint's, with the selection-set I-AUROC,
-P-AUROC and AUPRO@0.3 of both scorings.
+Settings that need no retraining are the model config's INFERENCE_FIELDS (the maps' smoothing,
+the learned map's margin around the part, the number of scoring passes); each `--set
+NAME=V1,V2,...` gives one row per value, the other fields at the checkpoint's (or `--fix
+NAME=VALUE`'s), with the selection-set I-AUROC, P-AUROC and AUPRO@0.3 of both scorings. A
+chosen value is applied to a checkpoint with `dbmr-calibrate --set NAME=VALUE`.
 
     .venv/bin/python benchmarks/sweep_inference.py CHECKPOINT --data-root ../shared/data/mvtec3d \
-        --category cable_gland --set smoothing_sigma=1,2,4 [--set map_margin=8,16]
+        --category cable_gland --set smoothing_sigma=1,2,4 [--fix map_margin=16] [--copies 6]
 """
 import argparse
 import dataclasses
@@ -16,19 +17,17 @@ import sys
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
+from dbmr_ros.model.config import parse_inference_setting
 from dbmr_ros.resources import share_dir
 from dbmr_ros.train import evaluate_and_calibrate
 from dbmr_ros.training.config import TrainConfig
 
-INFERENCE_FIELDS = {'smoothing_sigma': float, 'map_margin': int, 'score_passes': int}
-
 
 def parse_setting(text: str):
-    name, _, values = text.partition('=')
-    if name not in INFERENCE_FIELDS or not values:
-        raise argparse.ArgumentTypeError(
-            f'expected NAME=V1,V2 with NAME one of {sorted(INFERENCE_FIELDS)}, got {text!r}')
-    return name, [INFERENCE_FIELDS[name](v) for v in values.split(',')]
+    try:
+        return parse_inference_setting(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv=None) -> int:
@@ -41,21 +40,31 @@ def main(argv=None) -> int:
                         required=True, help='NAME=V1,V2,... (repeatable)')
     parser.add_argument('--config', default=str(share_dir() / 'config' / 'train_tiny.yaml'),
                         help='training config: its synthetic anomalies and threshold rule')
+    parser.add_argument('--fix', dest='fixed', type=parse_setting, action='append', default=[],
+                        help='NAME=VALUE held in every row instead of the checkpoint\'s '
+                             '(repeatable)')
+    parser.add_argument('--copies', type=int, default=None,
+                        help='synthetic anomalies per validation sample (default: the '
+                             "config's calibration_copies; more copies, steadier figures)")
     args = parser.parse_args(argv)
     detector = Detector.from_checkpoint(args.checkpoint, 'cpu')
     trained = detector.model.cfg
+    base = dataclasses.replace(trained, **{name: values[0] for name, values in args.fixed})
     train_cfg = TrainConfig.load(args.config)
+    if args.copies is not None:
+        train_cfg = dataclasses.replace(train_cfg, calibration_copies=args.copies)
     pcfg = detector.meta.preprocess
     val = load_split(args.dataset, args.data_root, args.category, 'validation', pcfg,
                      PreprocessCache(pcfg))
     print(f'{args.checkpoint}: selection set = {args.category} validation/good '
-          f'({len(val[0])}) + {train_cfg.calibration_copies} synthetic anomalies on each')
+          f'({len(val[0])}) + {train_cfg.calibration_copies} synthetic anomalies on each'
+          + ''.join(f', {name}={values[0]}' for name, values in args.fixed))
     print('| setting | learned I-AUROC | P-AUROC | AUPRO@0.3 | paper I-AUROC | P-AUROC | '
           'AUPRO@0.3 |')
     print('|---|---|---|---|---|---|---|')
     for name, values in args.settings:
         for value in values:
-            detector.model.cfg = dataclasses.replace(trained, **{name: value})
+            detector.model.cfg = dataclasses.replace(base, **{name: value})
             meta = dataclasses.replace(detector.meta, model=detector.model.cfg)
             _, metrics = evaluate_and_calibrate(detector.model, meta, detector.device, val,
                                                 train_cfg)

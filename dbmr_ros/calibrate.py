@@ -2,7 +2,10 @@
 
 For a new lighting, camera or line: fits the normalisation statistics and every scoring's
 threshold on the given good samples plus synthetic anomalies on them (`dbmr_ros.calibration`),
-and writes a new checkpoint with the same weights. The input checkpoint is never modified.
+and writes a new checkpoint with the same weights. `--set NAME=VALUE` changes an inference
+setting (the model config's INFERENCE_FIELDS: map smoothing, the learned map's margin, scoring
+passes) in the copy, whose thresholds are then fitted for it. The input checkpoint is never
+modified.
 """
 import argparse
 import dataclasses
@@ -21,6 +24,7 @@ from dbmr_ros.data.preprocess import preprocess, PreprocessCache
 from dbmr_ros.detector import Detector, resolve_device
 from dbmr_ros.files import refuse_existing_output
 from dbmr_ros.infer import find_pairs
+from dbmr_ros.model.config import INFERENCE_FIELDS, parse_inference_setting
 from dbmr_ros.data.prepared import load_split
 
 
@@ -47,7 +51,7 @@ def good_samples(args, detector: Detector):
 def run(args) -> calibration.Calibration:
     source, target = Path(args.checkpoint), Path(args.output)
     refuse_existing_output(target, args.overwrite, holds='a checkpoint')
-    detector = _uncalibrated(source, args.device)
+    detector = _uncalibrated(source, args.device, dict(args.settings))
     rgb, xyz, described = good_samples(args, detector)
     anomalies = detector.meta.anomalies or AnomalyConfig()
     rule = calibration.ThresholdRule(args.rule, args.quantile, args.margin)
@@ -66,13 +70,26 @@ def run(args) -> calibration.Calibration:
     return fitted
 
 
-def _uncalibrated(path, device) -> Detector:
-    """The checkpoint's Detector without its calibration (which may be for another score
-    definition: recalibrating is how that is fixed)."""
+def _uncalibrated(path, device, settings: dict) -> Detector:
+    """The checkpoint's Detector with `settings` (inference fields) applied and without its
+    calibration (which may be for another score definition: recalibrating is how that is
+    fixed)."""
     target = resolve_device(device)
     model, meta = build_model(path, target)
-    return Detector(model, dataclasses.replace(meta, calibration=calibration.Calibration()),
-                    target, scoring='learned')
+    model.cfg = dataclasses.replace(model.cfg, **settings)
+    meta = dataclasses.replace(meta, model=model.cfg, calibration=calibration.Calibration())
+    return Detector(model, meta, target, scoring='learned')
+
+
+def _inference_setting(text: str):
+    """argparse type of --set: one NAME=VALUE."""
+    try:
+        name, values = parse_inference_setting(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f'--set takes one value, got {text!r}')
+    return name, values[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                         'synthetic anomalous scores)')
     parser.add_argument('--quantile', type=float, default=1.0, help='good-quantile rule')
     parser.add_argument('--margin', type=float, default=1.0, help='good-quantile rule')
+    parser.add_argument('--set', dest='settings', type=_inference_setting, action='append',
+                        default=[], metavar='NAME=VALUE',
+                        help=f'inference setting for the copy, one of {INFERENCE_FIELDS} '
+                             '(repeatable; benchmarks/sweep_inference.py compares values)')
     parser.add_argument('--copies', type=int, default=2,
                         help='synthetic anomalies per good sample (default 2)')
     parser.add_argument('--seed', type=int, default=0)

@@ -112,3 +112,26 @@ def test_dbmr_calibrate_writes_a_new_checkpoint_and_keeps_the_input(synthetic_ro
     assert 'already holds a checkpoint; pass --overwrite' in capsys.readouterr().err
     assert calibrate_main(args + ['--overwrite', '--rule', 'good-quantile']) == 0
     assert 'quantile' in load_checkpoint(target)[1].calibration.thresholds['paper'].rule
+
+
+def test_dbmr_calibrate_set_changes_an_inference_setting_and_fits_for_it(synthetic_root, tmp_path,
+                                                                         capsys):
+    torch.manual_seed(0)
+    source = save_checkpoint(tmp_path / 'in.safetensors', DBMRNet(SMALL).state_dict(),
+                             CheckpointMeta(model=SMALL, preprocess=PCFG))
+    target = tmp_path / 'wider.safetensors'
+    args = ['--checkpoint', str(source), '--output', str(target), '--dataset', 'synthetic',
+            '--data-root', str(synthetic_root), '--category', 'puck', '--device', 'cpu',
+            '--copies', '1']
+    assert calibrate_main(args + ['--set', 'map_margin=7', '--set', 'smoothing_sigma=1']) == 0
+    model_cfg, fitted = load_checkpoint(target)[1].model, load_checkpoint(target)[1].calibration
+    assert (model_cfg.map_margin, model_cfg.smoothing_sigma) == (7, 1.0)
+    assert model_cfg.embed_dim == SMALL.embed_dim, 'only the named settings change'
+    assert fitted.thresholds['learned'].definition == score_definition(model_cfg, 'learned')
+    assert Detector.from_checkpoint(target, 'cpu').model.cfg.map_margin == 7
+    assert load_checkpoint(source)[1].model == SMALL, 'the input checkpoint is never modified'
+    # Only inference settings, one value each; the message names the ones there are.
+    for bad in ('embed_dim=64', 'map_margin=7,8', 'map_margin=wide'):
+        with pytest.raises(SystemExit):
+            calibrate_main(args + ['--overwrite', '--set', bad])
+        assert 'map_margin' in capsys.readouterr().err

@@ -87,6 +87,26 @@ class DBMRConfig:
         return from_dict(cls, values, 'model')
 
 
+# Fields that only change how maps and image scores are computed from the trained weights: a
+# trained checkpoint can take other values (`dbmr-calibrate --set`, which refits the thresholds
+# for them), and benchmarks/sweep_inference.py compares values without retraining.
+INFERENCE_FIELDS = ('smoothing_sigma', 'map_margin', 'score_passes')
+
+
+def parse_inference_setting(text: str) -> Tuple[str, list]:
+    """'NAME=V1,V2,...' -> (NAME, [typed values]), NAME one of INFERENCE_FIELDS; ValueError
+    otherwise."""
+    name, _, values = text.partition('=')
+    if name not in INFERENCE_FIELDS or not values:
+        raise ValueError(f'expected NAME=VALUE[,VALUE...] with NAME one of {INFERENCE_FIELDS}, '
+                         f'got {text!r}')
+    kind = type(getattr(DBMRConfig(), name))
+    try:
+        return name, [kind(v) for v in values.split(',')]
+    except ValueError:
+        raise ValueError(f'{name} takes {kind.__name__} values, got {values!r}') from None
+
+
 PRESETS = {
     # Real time on a 2-core CPU.
     'tiny': DBMRConfig(),
