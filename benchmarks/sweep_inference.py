@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import sys
 
+from dbmr_ros.calibrate import one_inference_setting
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
@@ -40,7 +41,8 @@ def main(argv=None) -> int:
                         required=True, help='NAME=V1,V2,... (repeatable)')
     parser.add_argument('--config', default=str(share_dir() / 'config' / 'train_tiny.yaml'),
                         help='training config: its synthetic anomalies and threshold rule')
-    parser.add_argument('--fix', dest='fixed', type=parse_setting, action='append', default=[],
+    parser.add_argument('--fix', dest='fixed', type=one_inference_setting, action='append',
+                        default=[],
                         help='NAME=VALUE held in every row instead of the checkpoint\'s '
                              '(repeatable)')
     parser.add_argument('--copies', type=int, default=None,
@@ -49,7 +51,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     detector = Detector.from_checkpoint(args.checkpoint, 'cpu')
     trained = detector.model.cfg
-    base = dataclasses.replace(trained, **{name: values[0] for name, values in args.fixed})
+    base = dataclasses.replace(trained, **dict(args.fixed))
     train_cfg = TrainConfig.load(args.config)
     if args.copies is not None:
         train_cfg = dataclasses.replace(train_cfg, calibration_copies=args.copies)
@@ -58,7 +60,7 @@ def main(argv=None) -> int:
                      PreprocessCache(pcfg))
     print(f'{args.checkpoint}: selection set = {args.category} validation/good '
           f'({len(val[0])}) + {train_cfg.calibration_copies} synthetic anomalies on each'
-          + ''.join(f', {name}={values[0]}' for name, values in args.fixed))
+          + ''.join(f', {name}={value}' for name, value in args.fixed))
     print('| setting | learned I-AUROC | P-AUROC | AUPRO@0.3 | paper I-AUROC | P-AUROC | '
           'AUPRO@0.3 |')
     print('|---|---|---|---|---|---|---|')

@@ -81,14 +81,15 @@ def _uncalibrated(path, device, settings: dict) -> Detector:
     return Detector(model, meta, target, scoring='learned')
 
 
-def _inference_setting(text: str):
-    """argparse type of --set: one NAME=VALUE."""
+def one_inference_setting(text: str):
+    """argparse type of a single NAME=VALUE inference setting (--set here, --fix of
+    benchmarks/sweep_inference.py): -> (NAME, typed VALUE)."""
     try:
         name, values = parse_inference_setting(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     if len(values) != 1:
-        raise argparse.ArgumentTypeError(f'--set takes one value, got {text!r}')
+        raise argparse.ArgumentTypeError(f'one value expected, got {text!r}')
     return name, values[0]
 
 
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                         'synthetic anomalous scores)')
     parser.add_argument('--quantile', type=float, default=1.0, help='good-quantile rule')
     parser.add_argument('--margin', type=float, default=1.0, help='good-quantile rule')
-    parser.add_argument('--set', dest='settings', type=_inference_setting, action='append',
+    parser.add_argument('--set', dest='settings', type=one_inference_setting, action='append',
                         default=[], metavar='NAME=VALUE',
                         help=f'inference setting for the copy, one of {INFERENCE_FIELDS} '
                              '(repeatable; benchmarks/sweep_inference.py compares values)')

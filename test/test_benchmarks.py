@@ -33,6 +33,11 @@ def test_sweep_inference_refuses_a_trained_field():
                              '--data-root', '.', '--category', 'c', '--set', 'embed_dim=64'],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and 'smoothing_sigma' in result.stderr
+    result = subprocess.run([sys.executable, str(BENCHMARKS / 'sweep_inference.py'), 'x',
+                             '--data-root', '.', '--category', 'c', '--set', 'map_margin=8',
+                             '--fix', 'smoothing_sigma=1,2'],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and 'one value expected' in result.stderr
 
 
 def test_ablate_head_trains_each_variant_and_prints_its_row(synthetic_root):

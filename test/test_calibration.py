@@ -124,7 +124,8 @@ def test_dbmr_calibrate_set_changes_an_inference_setting_and_fits_for_it(synthet
             '--data-root', str(synthetic_root), '--category', 'puck', '--device', 'cpu',
             '--copies', '1']
     assert calibrate_main(args + ['--set', 'map_margin=7', '--set', 'smoothing_sigma=1']) == 0
-    model_cfg, fitted = load_checkpoint(target)[1].model, load_checkpoint(target)[1].calibration
+    written = load_checkpoint(target)[1]
+    model_cfg, fitted = written.model, written.calibration
     assert (model_cfg.map_margin, model_cfg.smoothing_sigma) == (7, 1.0)
     assert model_cfg.embed_dim == SMALL.embed_dim, 'only the named settings change'
     assert fitted.thresholds['learned'].definition == score_definition(model_cfg, 'learned')
