@@ -4,7 +4,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py | cksum | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt setup.py Makefile | cksum | cut -d' ' -f1)
 
 # DDS discovery stays on this machine for everything started from here; each target its own domain.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
@@ -13,10 +13,14 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: setup test lint demo bench clean
 
-$(STAMP): requirements.txt setup.py
+# Triton is installed apart: a CUDA build of torch brings the one it pairs with; the CPU build
+# brings none, and the tests run our farthest point sampling kernel in Triton's interpreter and
+# compile it for a GPU without one (test/test_fps_kernel.py).
+$(STAMP): requirements.txt setup.py Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -c 'import triton' 2>/dev/null || $(PY) -m pip install -q triton==3.5.0
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -11,11 +11,13 @@ resolution is part of preprocessing) from ../shared, or a synthetic 400x400 fram
 
     .venv/bin/python benchmarks/bench_model.py [--presets tiny base] [--frames 30]
         [--score-passes N] [--num-points N] [--device cuda] [--batch N]
-        [--preprocessing auto|numpy|torch] [--no-cuda-graphs]
+        [--preprocessing auto|numpy|torch] [--no-cuda-graphs] [--no-triton-fps]
 
 --batch N scores N copies of the frame per call (offline evaluation); the times are per call,
 frames/s counts frames. --preprocessing picks the Detector's preprocessing (auto: torch on the
 device on CUDA, numpy on the CPU). --no-cuda-graphs runs the network eagerly on CUDA.
+--no-triton-fps samples the group centres with the graphed torch loop instead of the Triton
+kernel on CUDA.
 """
 import argparse
 import dataclasses
@@ -34,6 +36,7 @@ from dbmr_ros.checkpoint import CheckpointMeta
 from dbmr_ros.data.preprocess import preprocess, PreprocessConfig
 from dbmr_ros.detector import Detector
 from dbmr_ros.model import DBMRNet, PRESETS
+from dbmr_ros.model import point_ops
 from dbmr_ros.model.dbmrnet import count_parameters
 from dbmr_ros.model.inputs import group_points, prepare
 from dbmr_ros.model.scoring import anomaly_maps
@@ -122,14 +125,19 @@ def main(argv=None) -> int:
     parser.add_argument('--preprocessing', default='auto', choices=('auto', 'numpy', 'torch'))
     parser.add_argument('--no-cuda-graphs', action='store_true',
                         help='run the network eagerly on CUDA (no graph replay)')
+    parser.add_argument('--no-triton-fps', action='store_true',
+                        help='farthest point sampling by the graphed torch loop on CUDA')
     args = parser.parse_args(argv)
+    point_ops.use_triton_fps = not args.no_triton_fps
     rgb, xyz, source = load_frame()
     gpu = f' ({torch.cuda.get_device_name(args.device)})' if args.device.startswith('cuda') else ''
     print(f'input: {source}; device {args.device}{gpu}; torch threads {torch.get_num_threads()}'
           f'; batch {args.batch}; preprocessing {args.preprocessing}'
           + (f'; score_passes {args.score_passes}' if args.score_passes else '')
           + (f'; num_points {args.num_points}' if args.num_points else '')
-          + ('; CUDA graphs off' if args.no_cuda_graphs else ''))
+          + ('; CUDA graphs off' if args.no_cuda_graphs else '')
+          + (f'; farthest point sampling: {point_ops.fps_method(args.device)}'
+             if args.device.startswith('cuda') else ''))
     rows = [bench(p, rgb, xyz, args.frames, args.device, args.score_passes, args.num_points,
                   args.batch, args.preprocessing, not args.no_cuda_graphs)
             for p in args.presets]

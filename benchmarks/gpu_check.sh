@@ -30,10 +30,13 @@ numpy.__version__, "cv2", cv2.__version__, "cuda", torch.cuda.is_available())' >
 cat "$out/gpu.log"
 
 step tests 150 "$python" -m pytest -q -s -p no:cacheprovider -k cuda \
-    test/test_model.py test/test_device.py test/test_preprocess_torch.py test/test_cuda_graphs.py
+    test/test_model.py test/test_device.py test/test_preprocess_torch.py test/test_cuda_graphs.py \
+    test/test_fps_kernel.py
 step model 90 "$python" benchmarks/bench_model.py --device cuda --frames 30
 step model_eager 60 "$python" benchmarks/bench_model.py --device cuda --presets tiny \
     --frames 20 --no-cuda-graphs
+step model_graphed_fps 60 "$python" benchmarks/bench_model.py --device cuda --frames 20 \
+    --no-triton-fps
 step model_numpy_preprocessing 45 "$python" benchmarks/bench_model.py --device cuda \
     --presets tiny --frames 20 --preprocessing numpy
 step batch32 75 "$python" benchmarks/bench_model.py --device cuda --presets tiny --batch 32 \
@@ -47,7 +50,7 @@ step profile 60 "$python" benchmarks/profile_detector.py --device cuda --calls 5
 
 echo
 grep -hE "^E |passed|failed|losses" "$out/tests.log" | tail -n 15
-for name in model model_eager model_numpy_preprocessing batch32 batch32_numpy train \
+for name in model model_eager model_graphed_fps model_numpy_preprocessing batch32 batch32_numpy train \
     train_batch64; do
     echo "-- $name"
     grep -E "^\||^input|^device" "$out/$name.log" || tail -n 15 "$out/$name.log"

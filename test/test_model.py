@@ -128,8 +128,8 @@ def test_losses_finite_and_decrease_when_overfitting():
         out.loss.backward()
         optimizer.step()
         if first is None:
-            first = {k: float(v) for k, v in out.losses.items()}
-    last = {k: float(v) for k, v in out.losses.items()}
+            first = {k: float(v.detach()) for k, v in out.losses.items()}
+    last = {k: float(v.detach()) for k, v in out.losses.items()}
     for key in first:
         assert last[key] < 0.7 * first[key], (key, first[key], last[key])
 

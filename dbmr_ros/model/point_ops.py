@@ -1,12 +1,14 @@
 """Point cloud primitives: farthest point sampling, k nearest neighbours, Chamfer distance.
 
 The CUDA kernels of pointnet2_ops and knn_cuda are used when importable and the tensors are on
-CUDA; otherwise pure torch. Importing this module never requires CUDA or the extensions.
-Without pointnet2_ops, farthest point sampling on CUDA is the torch loop recorded once per
-input shape as a CUDA graph and replayed (`cuda_graphs`): one launch instead of about six small
-kernels per sampled point, which the GPU would otherwise wait on Python for (1024 samples: ~6000
-launches).
+CUDA; otherwise pure torch. Importing this module never requires CUDA, Triton or the extensions.
+Without pointnet2_ops, farthest point sampling on CUDA is our Triton kernel (`fps_kernel`, one
+launch per call) where Triton is importable, else the torch loop recorded once per input shape
+as a CUDA graph and replayed (`cuda_graphs`): either way not the ~6 small kernels per sampled
+point that the GPU would otherwise wait on Python for (1024 samples: ~6000 launches).
 """
+import functools
+
 import torch
 
 from dbmr_ros.cuda_graphs import GraphedFunction
@@ -29,8 +31,38 @@ def fps(points: torch.Tensor, num_samples: int) -> torch.Tensor:
     if _fps_cuda is not None and points.is_cuda:
         return _fps_cuda(points.float().contiguous(), num_samples).long()
     if points.is_cuda:
+        kernel = triton_fps()
+        if kernel is not None and points.shape[1] <= kernel.MAX_POINTS:
+            return kernel.farthest_point_sample(points, num_samples)
         return fps_graphed(points, num_samples)
     return fps_torch(points, num_samples)
+
+
+# `bench_model.py --no-triton-fps` turns the kernel off to measure what it brings.
+use_triton_fps = True
+
+
+@functools.cache
+def _import_fps_kernel():
+    try:  # imported on first use on CUDA only: the CPU paths never load Triton
+        from dbmr_ros.model import fps_kernel
+    except ImportError:
+        return None
+    return fps_kernel
+
+
+def triton_fps():
+    """The `fps_kernel` module where Triton is importable and enabled, else None."""
+    return _import_fps_kernel() if use_triton_fps else None
+
+
+def fps_method(device: torch.device | str) -> str:
+    """What `fps` runs for tensors on `device` (clouds up to the kernel's size), for logs."""
+    if torch.device(device).type != 'cuda':
+        return 'torch loop'
+    if _fps_cuda is not None:
+        return 'pointnet2_ops kernel'
+    return 'Triton kernel' if triton_fps() is not None else 'torch loop as a CUDA graph'
 
 
 def fps_torch(points: torch.Tensor, num_samples: int) -> torch.Tensor:
