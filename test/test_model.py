@@ -384,7 +384,7 @@ def test_single_pass_reconstruction_is_one_unmasked_pass():
         dataclasses.replace(SMALL, score_passes=1, visible_loss_weight=0.0)
     # Training sees every token on the unmasked steps, with the loss on all of them.
     out = DBMRNet(cfg)(inp.images, grp, torch.Generator().manual_seed(0), masked=False)
-    assert not out.mask_2d.any() and float(out.losses['loss_2d']) > 0
+    assert not out.mask_2d.any() and float(out.losses['loss_2d'].detach()) > 0
 
 
 def test_a_numpy_batch_is_preprocessed_in_parallel_as_one_by_one():
