@@ -4,10 +4,12 @@ synthetic anomalies on it; never test samples): the figures behind the README's 
 The network of a trained checkpoint stays frozen; for each variant a fresh scoring head (the
 same initial weights every time) is trained for `--head-epochs` on the training split as
 dbmr-train's stage 2 does, and scored on the validation samples with `--copies` synthetic
-anomalies on each (more copies than training's 2: the differences looked for are a few points).
+anomalies on each (more copies than training's 2: the differences looked for are a few points;
+the selection set's synthetic defects are the training config's, whatever a variant trains on).
+Besides the pooled figures, AUPRO@0.3 per kind of synthetic defect (against all good samples).
 
     .venv/bin/python benchmarks/ablate_head.py CHECKPOINT --data-root ../shared/data/mvtec3d \
-        --category cable_gland [--head-epochs 50 --copies 6]
+        --category cable_gland [--head-epochs 50 --copies 6] [--variants default more-3d]
 """
 import argparse
 import dataclasses
@@ -17,6 +19,7 @@ import time
 
 import torch
 
+from dbmr_ros.data.anomalies import KIND_NAMES
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
@@ -25,11 +28,17 @@ from dbmr_ros.train import build_optimizers, evaluate_and_calibrate, stage_netwo
 from dbmr_ros.training import engine
 from dbmr_ros.training.config import TrainConfig
 
-# Training config overrides per variant.
+# Per variant: its row label and its training config overrides ('model': of the frozen
+# network's DBMRConfig, for settings that change what the head reads).
 VARIANTS = {
-    'focal loss, each anomalous pixel alike (default)': {'head_loss_per_defect': False},
-    'focal loss, each defect alike': {'head_loss_per_defect': True},
+    'default': ('focal loss, each anomalous pixel alike (default)', {}),
+    'per-defect': ('focal loss, each defect alike', {'head_loss_per_defect': True}),
+    'more-3d': ('twice as many 3D-only synthetic defects in training',
+                {'anomalies': {'modality_weights': (1.0, 2.0, 1.0)}}),
+    'smooth-normals': ('normals of the cloud smoothed by 1.5 px',
+                       {'model': {'normal_smoothing': 1.5}}),
 }
+KINDS = KIND_NAMES[1:]
 
 
 def train_head(model, meta, data, cfg: TrainConfig, seed: int) -> float:
@@ -62,6 +71,7 @@ def main(argv=None) -> int:
     parser.add_argument('--copies', type=int, default=6,
                         help='synthetic anomalies per validation sample')
     parser.add_argument('--seed', type=int, default=1)
+    parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args(argv)
     detector = Detector.from_checkpoint(args.checkpoint, 'cpu')
     model, meta = detector.model, detector.meta
@@ -74,18 +84,29 @@ def main(argv=None) -> int:
                      meta.preprocess, cache)
     data = (torch.from_numpy(train[0]), torch.from_numpy(train[1]))
     rows = []
-    for name, overrides in VARIANTS.items():
-        minutes = train_head(model, meta, data, dataclasses.replace(cfg, **overrides), args.seed)
-        _, selection = evaluate_and_calibrate(model, meta, 'cpu', val, cfg)
-        rows.append((name, selection['learned'], minutes))
-        print(f'{name}: {selection["learned"]}', file=sys.stderr, flush=True)
+    network_cfg = model.cfg
+    for variant in args.variants:
+        name, overrides = VARIANTS[variant]
+        overrides = dict(overrides)
+        model.cfg = dataclasses.replace(network_cfg, **overrides.pop('model', {}))
+        variant_meta = dataclasses.replace(meta, model=model.cfg)
+        minutes = train_head(model, variant_meta, data, dataclasses.replace(cfg, **overrides),
+                             args.seed)
+        _, selection = evaluate_and_calibrate(model, variant_meta, 'cpu', val, cfg)
+        rows.append((name, selection, minutes))
+        print(f'{name}: {selection}', file=sys.stderr, flush=True)
     print(f'\nselection set ({len(val[0])} validation samples, {args.copies} synthetic '
           f'anomalies on each), {args.head_epochs} head epochs, network frozen\n')
-    print('| head training | learned I-AUROC | P-AUROC | AUPRO@0.3 | head training min |')
-    print('|---|---|---|---|---|')
-    for name, metrics, minutes in rows:
-        print(f'| {name} | {metrics["i_auroc"]:.3f} | {metrics["p_auroc"]:.3f} | '
-              f'{metrics["aupro@0.3"]:.3f} | {minutes:.1f} |')
+    print('| head training | learned I-AUROC | P-AUROC | AUPRO@0.3 | '
+          + ' | '.join(f'AUPRO@0.3 {kind}' for kind in KINDS) + ' | head training min |')
+    print('|---|---|---|---|' + '---|' * len(KINDS) + '---|')
+    for name, selection, minutes in rows:
+        pooled = selection['learned']
+        per_kind = [selection.get(f'learned_{kind}', {}).get('aupro@0.3') for kind in KINDS]
+        print(f'| {name} | {pooled["i_auroc"]:.3f} | {pooled["p_auroc"]:.3f} | '
+              f'{pooled["aupro@0.3"]:.3f} | '
+              + ' | '.join('-' if v is None else f'{v:.3f}' for v in per_kind)
+              + f' | {minutes:.1f} |')
     return 0
 
 

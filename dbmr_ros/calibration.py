@@ -13,7 +13,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from dbmr_ros.data.anomalies import AnomalyConfig, anomalous_copies
+from dbmr_ros.data.anomalies import AnomalyConfig, anomalous_copies, KIND_NAMES
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.model.config import DBMRConfig
 from dbmr_ros.model.head import INPUT_CHANNELS
@@ -174,17 +174,19 @@ def fit(detector, rgb: np.ndarray, xyz: np.ndarray, anomalies: AnomalyConfig,
     """
     stats = fit_stats(detector, rgb, xyz, batch_size)
     scorer = detector.with_calibration(Calibration(stats=stats), scoring='learned')
-    bad_rgb, bad_xyz, masks = anomalous_copies(rgb, xyz, anomalies, seed, copies, batch_size)
+    bad_rgb, bad_xyz, masks, kinds = anomalous_copies(rgb, xyz, anomalies, seed, copies,
+                                                      batch_size)
     results = CategoryResults()
-    for label, (images, clouds, gts) in enumerate([
-            (rgb, xyz, np.zeros(xyz.shape[:3], dtype=bool)), (bad_rgb, bad_xyz, masks)]):
+    for label, (images, clouds, gts, sample_kinds) in enumerate([
+            (rgb, xyz, np.zeros(xyz.shape[:3], dtype=bool), np.zeros(len(rgb), dtype=int)),
+            (bad_rgb, bad_xyz, masks, kinds)]):
         for start in range(0, len(images), batch_size):
             maps = scorer.score_prepared(images[start:start + batch_size],
                                          clouds[start:start + batch_size])
             for i in range(len(maps.score)):
                 results.add(label, gts[start + i], maps.anomaly[i].numpy(), maps.map_2d[i].numpy(),
                             maps.map_3d[i].numpy(), float(maps.score[i]), maps.paper[i].numpy(),
-                            float(maps.paper_score[i]))
+                            float(maps.paper_score[i]), KIND_NAMES[sample_kinds[start + i]])
     labels = np.asarray(results.labels)
     thresholds = {}
     for scoring, variant in (('learned', 'fused'), ('paper', 'paper')):

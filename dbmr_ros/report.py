@@ -29,11 +29,13 @@ class CategoryResults:
     maps: Dict[str, List[np.ndarray]] = field(
         default_factory=lambda: {k: [] for k, _ in MAP_VARIANTS})
     gts: List[np.ndarray] = field(default_factory=list)
+    kinds: List[str] = field(default_factory=list)   # the defect's kind ('' for good samples)
 
     def add(self, label: int, gt: np.ndarray, fused, map_2d, map_3d, score: float,
-            paper=None, paper_score: Optional[float] = None) -> None:
+            paper=None, paper_score: Optional[float] = None, kind: str = '') -> None:
         """map_2d / map_3d / paper may be None (a results bag holds the fused map only)."""
         self.labels.append(int(label))
+        self.kinds.append(kind if label else '')
         self.gts.append(np.asarray(gt) > 0)
         scores = {'fused': score, 'paper': paper_score}
         for key, value in (('fused', fused), ('paper', paper), ('2d', map_2d), ('3d', map_3d)):
@@ -57,6 +59,24 @@ class CategoryResults:
         out['num_samples'] = len(self.labels)
         out['num_anomalous'] = int(sum(self.labels))
         return out
+
+    def subset(self, indices) -> 'CategoryResults':
+        part = CategoryResults()
+        part.labels = [self.labels[i] for i in indices]
+        part.kinds = [self.kinds[i] for i in indices]
+        part.gts = [self.gts[i] for i in indices]
+        for key in self.maps:
+            if len(self.maps[key]) == len(self.labels):
+                part.maps[key] = [self.maps[key][i] for i in indices]
+                part.scores[key] = [self.scores[key][i] for i in indices]
+        return part
+
+    def compute_by_kind(self) -> Dict[str, dict]:
+        """Per defect kind, `compute()` of the good samples and that kind's: where a map
+        finds one kind of defect and misses another, the pooled figures hide it."""
+        good = [i for i, label in enumerate(self.labels) if not label]
+        return {kind: self.subset(good + [i for i, k in enumerate(self.kinds) if k == kind])
+                .compute() for kind in sorted(set(self.kinds) - {''})}
 
 
 def _safe(labels, scores, gts, maps) -> dict:

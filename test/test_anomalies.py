@@ -133,9 +133,9 @@ def test_anomalous_copies_are_seeded(parts):
     rgb, xyz = parts[0].numpy(), parts[1].numpy()
     a = anomalous_copies(rgb, xyz, AnomalyConfig(), seed=4, copies=2, batch_size=4)
     b = anomalous_copies(rgb, xyz, AnomalyConfig(), seed=4, copies=2, batch_size=4)
-    assert a[0].shape == (12, 96, 96, 3) and a[2].shape == (12, 96, 96)
+    assert a[0].shape == (12, 96, 96, 3) and a[2].shape == (12, 96, 96) and a[3].shape == (12,)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert a[2].reshape(12, -1).any(1).all()
+    assert a[2].reshape(12, -1).any(1).all() and (a[3] != NONE).all()
 
 
 def test_surface_normals_of_a_tilted_plane_face_the_camera():
@@ -164,3 +164,27 @@ def test_gaussian_blur_keeps_mass_and_dilate_grows():
     masks = torch.rand(2, 50, 37, generator=torch.Generator().manual_seed(0)) > 0.99
     square = torch.nn.functional.max_pool2d(masks[:, None].float(), 17, stride=1, padding=8)
     assert torch.equal(dilate(masks, 8), square[:, 0] > 0)  # separable = the square pool
+
+
+def test_smoothed_cloud_keeps_a_plane_and_ignores_the_background():
+    """A tilted plane with a hole and a border of invalid pixels: smoothing (a normalised
+    convolution over valid points) keeps every point on the plane, the background never pulls
+    a point towards 0, invalid points stay 0; noise shrinks; sigma 0 changes nothing."""
+    from dbmr_ros.model.grid import smoothed_cloud
+    v, u = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing='ij')
+    xyz = torch.stack([u * 1e-3, v * 1e-3, 0.4 + 0.5e-3 * u + 0.2e-3 * v], -1)[None]
+    valid = torch.zeros(1, 40, 40, dtype=torch.bool)
+    valid[:, 5:35, 5:35] = True
+    valid[:, 18:22, 18:22] = False
+    xyz = torch.where(valid[..., None], xyz, 0.0)
+    smooth = smoothed_cloud(xyz, valid, 1.5)
+    assert (smooth[~valid] == 0).all()
+    plane = 0.4 + 0.5 * smooth[..., 0] + 0.2 * smooth[..., 1]
+    assert torch.allclose(smooth[..., 2][valid], plane[valid], atol=1e-6)
+    assert torch.equal(smoothed_cloud(xyz, valid, 0.0), xyz)
+    noisy = xyz + torch.randn(xyz.shape, generator=torch.Generator().manual_seed(0)) * 1e-4
+    noisy = torch.where(valid[..., None], noisy, 0.0)
+    before = (surface_normals(noisy, valid)[..., 2] - surface_normals(xyz, valid)[..., 2])
+    after = (surface_normals(smoothed_cloud(noisy, valid, 1.5), valid)[..., 2]
+             - surface_normals(xyz, valid)[..., 2])
+    assert after[valid].abs().mean() < 0.5 * before[valid].abs().mean()

@@ -44,12 +44,16 @@ def test_ablate_head_trains_each_variant_and_prints_its_row(synthetic_root):
     out = _run(str(BENCHMARKS / 'ablate_head.py'),
                str(share_dir() / 'models' / 'dbmr_default.safetensors'),
                '--data-root', str(synthetic_root), '--category', 'puck', '--head-epochs', '1',
-               '--copies', '1')
-    rows = [line for line in out.splitlines() if line.startswith('| focal loss')]
-    assert len(rows) == 2 and '(default)' in rows[0]
+               '--copies', '1', '--variants', 'default', 'more-3d')
+    header = next(line for line in out.splitlines() if line.startswith('| head training'))
+    assert 'AUPRO@0.3 displaced' in header and 'AUPRO@0.3 rgb+removed' in header
+    rows = [line for line in out.splitlines() if line.startswith(('| focal loss', '| twice'))]
+    assert len(rows) == 2 and '(default)' in rows[0] and '3D-only' in rows[1]
     for row in rows:
-        metrics = [float(cell) for cell in row.strip('|').split('|')[1:4]]
-        assert all(0.0 <= m <= 1.0 for m in metrics)
+        cells = row.strip('|').split('|')[1:-1]
+        assert len(cells) == 3 + 5
+        metrics = [float(cell) for cell in cells if cell.strip() != '-']
+        assert len(metrics) >= 4 and all(0.0 <= m <= 1.0 for m in metrics)
 
 
 def test_profile_detector_on_the_cpu():
@@ -59,3 +63,14 @@ def test_profile_detector_on_the_cpu():
 
 def test_gpu_check_script_parses():
     subprocess.run(['bash', '-n', str(BENCHMARKS / 'gpu_check.sh')], check=True)
+
+
+def test_displacement_signal_prints_the_noise_and_the_tilt(synthetic_root):
+    out = _run(str(BENCHMARKS / 'displacement_signal.py'), '--data-root', str(synthetic_root),
+               '--category', 'puck', '--sigma', '1.5')
+    rows = [line for line in out.splitlines() if line.startswith('| raw cloud')
+            or line.startswith('| cloud smoothed by 1.5 px')]
+    assert len(rows) == 2, out
+    noise = [[float(v) for v in row.split('|')[2].split('/')] for row in rows]
+    assert noise[1][1] < noise[0][1]  # smoothing lowers the normals' noise
+    assert all(0 <= float(row.split('|')[3].strip(' %')) <= 100 for row in rows)

@@ -136,3 +136,41 @@ def test_dbmr_calibrate_set_changes_an_inference_setting_and_fits_for_it(synthet
         with pytest.raises(SystemExit):
             calibrate_main(args + ['--overwrite', '--set', bad])
         assert 'map_margin' in capsys.readouterr().err
+
+
+def test_selection_results_by_kind_show_a_missed_kind():
+    """Pooled figures hide a kind of defect the map misses; `compute_by_kind` pairs each kind
+    with all good samples."""
+    from dbmr_ros.report import CategoryResults
+    results = CategoryResults()
+    size = 16
+    rng = np.random.default_rng(0)
+    for _ in range(3):  # good: low noise everywhere
+        results.add(0, np.zeros((size, size)), rng.uniform(0, 0.1, (size, size)), None, None,
+                    0.1)
+    for kind, found in (('rgb', True), ('displaced', False)):
+        for _ in range(3):
+            gt = np.zeros((size, size), dtype=bool)
+            gt[4:8, 4:8] = True
+            anomaly_map = rng.uniform(0, 0.1, (size, size)) + (0.5 * gt if found else 0.0)
+            results.add(1, gt, anomaly_map, None, None, float(anomaly_map.max()), kind=kind)
+    by_kind = results.compute_by_kind()
+    assert set(by_kind) == {'rgb', 'displaced'}
+    assert by_kind['rgb']['aupro@0.3'] == pytest.approx(1.0)
+    assert by_kind['rgb']['num_samples'] == 6 and by_kind['displaced']['num_anomalous'] == 3
+    assert by_kind['displaced']['aupro@0.3'] < 0.5 < results.compute()['aupro@0.3'] < 1.0
+    assert results.kinds[:3] == ['', '', '']
+
+
+def test_fit_tags_each_synthetic_defect_with_its_kind():
+    """The selection set's results carry each synthetic defect's kind, so the training log
+    and the ablations can show the learned map per kind."""
+    from dbmr_ros.data.anomalies import AnomalyConfig, KIND_NAMES
+    from parts import model_size_parts
+    rgb, xyz = (t.numpy() for t in model_size_parts(4, 64, 80, seed=2))
+    torch.manual_seed(0)
+    detector = Detector(DBMRNet(SMALL).eval(), CheckpointMeta(model=SMALL, preprocess=PCFG))
+    _, results = calibration.fit(detector, rgb, xyz, AnomalyConfig(), seed=3, copies=2)
+    assert results.kinds[:4] == [''] * 4
+    assert len(results.kinds) == 12 and set(results.kinds[4:]) <= set(KIND_NAMES[1:])
+    assert set(results.compute_by_kind()) == set(results.kinds[4:])

@@ -13,7 +13,8 @@ from dbmr_ros.data.synthetic import render_sample
 from dbmr_ros.detector import Detector
 from dbmr_ros.model import DBMRConfig, DBMRNet, PRESETS
 from dbmr_ros.model.head import focal_loss, head_inputs, INPUT_CHANNELS, NUM_INPUTS, ScoringHead
-from dbmr_ros.model.inputs import even_ranks, group_points, prepare
+from dbmr_ros.model.grid import smoothed_cloud, surface_normals
+from dbmr_ros.model.inputs import even_ranks, group_points, metric_xyz, prepare
 from dbmr_ros.model.masking import no_masking, random_masking
 from dbmr_ros.model.point_ops import chamfer_l2, fps, fps_torch, knn, knn_torch
 from dbmr_ros.model.scoring import group_map
@@ -367,6 +368,14 @@ def test_head_inputs_channels_and_background():
     normals = x[:, [i for i, n in enumerate(names) if n == 'normals']]
     assert torch.allclose(normals.norm(dim=1)[inp.valid], torch.ones(int(inp.valid.sum())),
                           atol=1e-4)
+    # `normal_smoothing`: only the normals change, taken from the smoothed cloud.
+    smooth = head_inputs(inp, inp.images, zeros, zeros, normal_smoothing=1.5)
+    is_normal = torch.tensor([n == 'normals' for n in names])
+    assert torch.equal(smooth[:, ~is_normal], x[:, ~is_normal])
+    expected = surface_normals(smoothed_cloud(metric_xyz(inp), inp.valid, 1.5), inp.valid)
+    expected = (expected * inp.valid[..., None]).permute(0, 3, 1, 2)
+    assert torch.equal(smooth[:, is_normal], expected)
+    assert not torch.equal(smooth[:, is_normal], normals)
 
 
 def test_single_pass_reconstruction_is_one_unmasked_pass():

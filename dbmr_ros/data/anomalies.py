@@ -284,16 +284,16 @@ def _rms_radius(xyz: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def anomalous_copies(rgb: np.ndarray, xyz: np.ndarray, cfg: AnomalyConfig, seed: int,
                      copies: int = 2, batch_size: int = 16):
     """`copies` anomalous versions of every good sample (model-size numpy arrays), seeded:
-    rgb (N * copies, S, S, 3) uint8, xyz float32, mask (N * copies, S, S) bool. For choosing
-    an operating point and selecting models without real defects."""
+    rgb (N * copies, S, S, 3) uint8, xyz float32, mask (N * copies, S, S) bool, kind
+    (N * copies,) int (NONE ... RGB_REMOVED). For choosing an operating point and selecting
+    models without real defects."""
     generator = torch.Generator().manual_seed(seed)
-    out = {'rgb': [], 'xyz': [], 'mask': []}
+    out = {'rgb': [], 'xyz': [], 'mask': [], 'kind': []}
     for _ in range(copies):
         for start in range(0, len(rgb), batch_size):
             made = synthesize(torch.from_numpy(rgb[start:start + batch_size]),
                               torch.from_numpy(xyz[start:start + batch_size]), cfg, generator,
                               probability=1.0)
-            out['rgb'].append(made.rgb.numpy())
-            out['xyz'].append(made.xyz.numpy())
-            out['mask'].append(made.mask.numpy())
-    return tuple(np.concatenate(out[k]) for k in ('rgb', 'xyz', 'mask'))
+            for key in out:
+                out[key].append(getattr(made, key).numpy())
+    return tuple(np.concatenate(out[k]) for k in ('rgb', 'xyz', 'mask', 'kind'))

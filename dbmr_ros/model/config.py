@@ -43,6 +43,10 @@ class DBMRConfig:
     scoring: str = 'learned'
     head_widths: Tuple[int, ...] = (16, 32, 64, 128)  # scoring head U-Net, one per level
     head_context: bool = True     # the head also reads the network's decoder features per patch
+    # Gaussian sigma (pixels at image_size) of the cloud the head's normals are computed from:
+    # per-pixel differences of raw points are noisy (neighbouring normals differ by 5 degrees
+    # in the median on cable_gland), so a smooth bump's tilt can hide in the noise.
+    normal_smoothing: float = 0.0
     # The learned map covers the part grown by this many pixels (at image_size): missing
     # material at the silhouette (a cut, a bent rim) is anomalous, the far background is not.
     map_margin: int = 8

@@ -34,6 +34,20 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     return grown[:, 0] > 0
 
 
+def smoothed_cloud(xyz: torch.Tensor, valid: torch.Tensor, sigma: float) -> torch.Tensor:
+    """(B, H, W, 3) organized cloud smoothed by a Gaussian of `sigma` pixels over its valid
+    points only (a normalised convolution: the background never pulls a point towards 0);
+    invalid points stay 0. Identity for sigma <= 0."""
+    if sigma <= 0:
+        return xyz
+    weights = valid.to(xyz.dtype)
+    batch, height, width, _ = xyz.shape
+    channels = (xyz * weights[..., None]).permute(0, 3, 1, 2).reshape(-1, height, width)
+    blurred = gaussian_blur(channels, sigma).view(batch, 3, height, width).permute(0, 2, 3, 1)
+    support = gaussian_blur(weights, sigma)[..., None]
+    return torch.where(valid[..., None], blurred / support.clamp_min(1e-6), 0.0)
+
+
 def surface_normals(xyz: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Unit normals (B, H, W, 3) of an organized cloud (B, H, W, 3), facing the camera.
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dbmr_ros.model.grid import surface_normals
+from dbmr_ros.model.grid import smoothed_cloud, surface_normals
 from dbmr_ros.model.inputs import Groups, metric_xyz, ModelInput
 from dbmr_ros.model.point_ops import gather
 
@@ -22,7 +22,7 @@ NUM_INPUTS = sum(n for _, n in INPUT_CHANNELS)
 
 
 def head_inputs(inp: ModelInput, reconstruction: torch.Tensor, map_2d: torch.Tensor,
-                map_3d: torch.Tensor) -> torch.Tensor:
+                map_3d: torch.Tensor, normal_smoothing: float = 0.0) -> torch.Tensor:
     """The head's per-pixel inputs (B, NUM_INPUTS, S, S), channels as INPUT_CHANNELS.
 
     reconstruction: (B, 3, S, S) normalised image; map_2d, map_3d: the paper's normalised raw
@@ -31,7 +31,8 @@ def head_inputs(inp: ModelInput, reconstruction: torch.Tensor, map_2d: torch.Ten
     points, zero on the background.
     """
     valid = inp.valid.to(inp.images.dtype)
-    normals = surface_normals(metric_xyz(inp), inp.valid) * valid[..., None]
+    cloud = smoothed_cloud(metric_xyz(inp), inp.valid, normal_smoothing)
+    normals = surface_normals(cloud, inp.valid) * valid[..., None]
     channels = [inp.images, reconstruction.to(inp.images.dtype), torch.log1p(map_2d)[:, None],
                 torch.log1p(map_3d)[:, None], valid[:, None], normals.permute(0, 3, 1, 2),
                 inp.xyz.permute(0, 3, 1, 2)]

@@ -98,7 +98,7 @@ def head_features(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: Token
     """The paper's normalised maps and the head's inputs from `model.score_tokens` (shared by
     training the head and by inference, so the head always reads what it was trained on)."""
     map_2d, map_3d = normalised(*raw_maps(tokens, inp, groups, model.cfg.score_2d), stats)
-    inputs = head_inputs(inp, tokens.reconstruction, map_2d, map_3d)
+    inputs = head_inputs(inp, tokens.reconstruction, map_2d, map_3d, model.cfg.normal_smoothing)
     context = token_context(tokens.features_2d, tokens.features_3d, groups,
                             model.cfg.image_size)
     return HeadFeatures(inputs, context, map_2d, map_3d)
