@@ -41,7 +41,8 @@ def evaluate_category(detector: Detector, kind, root, category, cache: Preproces
                            for (_, ref), s in zip(batch, samples)])
         for (i, ref), sample, result in zip(batch, samples, scored):
             results.add(sample.label, sample.gt, result.anomaly_map, result.map_2d,
-                        result.map_3d, result.score, result.paper_map, result.paper_score)
+                        result.map_3d, result.score, result.paper_map, result.paper_score,
+                        kind=sample.defect)
             if i in overlays:
                 write_overlay(overlay_dir, ref.name, sample.rgb, sample.xyz, sample.gt,
                               result.anomaly_map, display_range(detector.threshold,

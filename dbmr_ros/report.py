@@ -167,10 +167,36 @@ def write_evaluation(output: Path, collected: Dict[str, CategoryResults], extra:
     """The one way results become a report (dbmr-eval and the bag evaluation): metrics.json
     (`extra` + per category + mean), curves_<category>.png; returns (document, Markdown table
     of the metrics, '' without ground truth)."""
-    per_category = {name: results.compute() for name, results in collected.items()}
+    per_category = {}
+    for name, results in collected.items():
+        per_category[name] = results.compute()
+        by_defect = results.compute_by_kind()
+        if by_defect:
+            per_category[name]['by_defect'] = by_defect
     write_plots(collected, output, scoring)
     document = write_metrics(output / 'metrics.json', per_category, extra)
-    return document, markdown_table(per_category, title, scoring) if per_category else ''
+    if not per_category:
+        return document, ''
+    return document, markdown_table(per_category, title, scoring) + defect_table(per_category,
+                                                                                 scoring)
+
+
+def defect_table(per_category: Dict[str, dict], scoring: str) -> str:
+    """Per defect type (its samples and every good one of the category): I-AUROC, P-AUROC and
+    AUPRO@0.3 of the scoring in use and of the paper's fused map; '' without defect types."""
+    rows = []
+    for name, values in per_category.items():
+        for defect, row in values.get('by_defect', {}).items():
+            cells = [row.get(k) for k in ('i_auroc', 'p_auroc', 'aupro@0.3')]
+            cells += [row['paper'].get(k) for k in ('i_auroc', 'p_auroc', 'aupro@0.3')]
+            rows.append(f'| {name} | {defect} | {row["num_anomalous"]} | ' + ' | '.join(
+                '-' if v is None else f'{v:.3f}' for v in cells) + ' |')
+    if not rows:
+        return ''
+    return ('\n### Per defect type (its samples against all good ones)\n\n'
+            f'| category | defect | samples | I-AUROC ({scoring}) | P-AUROC | AUPRO@0.3 | '
+            'I-AUROC (paper) | P-AUROC | AUPRO@0.3 |\n|---|---|---|---|---|---|---|---|---|\n'
+            + '\n'.join(rows) + '\n')
 
 
 def overlay_indices(count: int, num_overlays: int) -> List[int]:

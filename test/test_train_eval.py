@@ -73,6 +73,12 @@ def test_train_eval_infer_end_to_end(synthetic_root, config, tmp_path):
     for row_label in ('AUPRO@0.3 (RGB+3D, learned scoring)', 'I-AUROC (RGB+3D, paper scoring)',
                       'I-AUROC (RGB only, paper scoring)', 'P-AUROC (3D only, paper scoring)'):
         assert row_label in table
+    # Per defect type: each type's samples against all good ones, in both files.
+    test_defects = {p.name for p in (synthetic_root / 'puck' / 'test').iterdir()} - {'good'}
+    assert set(row['by_defect']) == test_defects
+    for defect, values in row['by_defect'].items():
+        assert values['num_anomalous'] == 1 and 0.0 <= values['aupro@0.3'] <= 1.0
+        assert f'| puck | {defect} | 1 |' in table
     assert (out / 'curves_puck.png').stat().st_size > 1000
     assert len(list((out / 'overlays').glob('*.png'))) == 3
     # Batches of 3 (what a GPU uses by default) give the same figures as one at a time.
