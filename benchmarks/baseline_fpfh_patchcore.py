@@ -34,7 +34,7 @@ from scipy.spatial import cKDTree
 from dbmr_ros.data import open_dataset, preprocess, PreprocessConfig
 from dbmr_ros.data.preprocess import PreprocessCache, square_padding
 from dbmr_ros.data.sample import valid_mask
-from dbmr_ros.metrics import evaluate
+from dbmr_ros.report import CategoryResults
 
 NORMAL_NEIGHBOURS, FPFH_NEIGHBOURS = 30, 100   # BTF: max_nn of its two hybrid searches
 PATCH_GRID, CORESET_SHARE, REWEIGHT_NEIGHBOURS, MAP_SIGMA = 28, 0.1, 3, 4.0
@@ -150,7 +150,7 @@ def input_size_map(patch_scores: torch.Tensor, size: int, shape, pcfg) -> np.nda
     return full[top:top + shape[0], left:left + shape[1]]
 
 
-def run(kind, root, category, use_open3d=False, log=print) -> dict:
+def run(kind, root, category, use_open3d=False, log=print) -> CategoryResults:
     pcfg = PreprocessConfig()
     cache = PreprocessCache(pcfg)
 
@@ -165,16 +165,16 @@ def run(kind, root, category, use_open3d=False, log=print) -> dict:
     bank = greedy_coreset(bank)
     log(f'memory bank: {len(bank)} patches from {len(train)} training samples '
         f'({time.perf_counter() - started:.0f} s)')
-    labels, scores, gts, maps = [], [], [], []
+    results = CategoryResults()
     for ref in open_dataset(kind, root, category, 'test'):
         sample, xyz = prepared(ref)
         image_score, patch_scores = score(patch_features(xyz, use_open3d), bank)
-        labels.append(sample.label)
-        scores.append(image_score)
-        gts.append(sample.gt)
-        maps.append(input_size_map(patch_scores, pcfg.image_size, sample.gt.shape, pcfg))
-    log(f'{len(labels)} test samples scored ({time.perf_counter() - started:.0f} s in all)')
-    return evaluate(labels, scores, gts, maps)
+        anomaly_map = input_size_map(patch_scores, pcfg.image_size, sample.gt.shape, pcfg)
+        results.add(sample.label, sample.gt, anomaly_map, None, None, image_score,
+                    kind=sample.defect)
+    log(f'{len(results.labels)} test samples scored ({time.perf_counter() - started:.0f} s '
+        'in all)')
+    return results
 
 
 def main(argv=None) -> int:
@@ -186,12 +186,17 @@ def main(argv=None) -> int:
                         help="Open3D's normals and FPFH (BTF's exact feature code; pip install "
                              'open3d, on Debian also libusb-1.0-0)')
     args = parser.parse_args(argv)
-    metrics = run(args.dataset, args.data_root, args.category, args.open3d)
+    results = run(args.dataset, args.data_root, args.category, args.open3d)
     features = 'Open3D' if args.open3d else 'ours'
     print(f'| {args.category}, FPFH ({features}) + PatchCore | I-AUROC | P-AUROC | AUPRO@0.3 | '
           'AUPRO@0.1 |\n|---|---|---|---|---|')
-    print(f'| baseline | {metrics["i_auroc"]:.3f} | {metrics["p_auroc"]:.3f} | '
-          f'{metrics["aupro@0.3"]:.3f} | {metrics["aupro@0.1"]:.3f} |')
+    rows = [('baseline', results.compute())] + [
+        (f'baseline, {defect} ({values["num_anomalous"]}) vs good', values)
+        for defect, values in results.compute_by_kind().items()]
+    for name, metrics in rows:
+        print(f'| {name} | ' + ' | '.join(
+            '-' if metrics[k] is None else f'{metrics[k]:.3f}'
+            for k in ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1')) + ' |')
     return 0
 
 

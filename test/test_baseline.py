@@ -74,3 +74,6 @@ def test_baseline_localises_synthetic_defects(synthetic_root):
     row = next(line for line in out.stdout.splitlines() if line.startswith('| baseline'))
     i_auroc, p_auroc, aupro_30, _ = (float(c) for c in row.strip('|').split('|')[1:])
     assert 0.0 <= i_auroc <= 1.0 and p_auroc > 0.85 and aupro_30 > 0.5, out.stdout
+    defects = {p.name for p in (synthetic_root / 'puck' / 'test').iterdir()} - {'good'}
+    for defect in defects:  # a row per defect type, its sample against the good ones
+        assert f'| baseline, {defect} (1) vs good |' in out.stdout
