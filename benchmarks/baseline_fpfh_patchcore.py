@@ -24,7 +24,6 @@ import argparse
 import sys
 import time
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,7 +31,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
 from dbmr_ros.data import open_dataset, preprocess, PreprocessConfig
-from dbmr_ros.data.preprocess import PreprocessCache, square_padding
+from dbmr_ros.data.preprocess import PreprocessCache, to_input_size
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.report import CategoryResults
 
@@ -142,12 +141,7 @@ def input_size_map(patch_scores: torch.Tensor, size: int, shape, pcfg) -> np.nda
     """(28, 28) -> the input's (H, W): bilinear to the model size, smoothed, padding undone."""
     model_map = F.interpolate(patch_scores[None, None], size=(size, size), mode='bilinear',
                               align_corners=False)[0, 0].numpy()
-    model_map = gaussian_filter(model_map, MAP_SIGMA)
-    (top, bottom), (left, right) = (square_padding(*shape) if pcfg.pad_to_square
-                                    else ((0, 0), (0, 0)))
-    full = cv2.resize(model_map, (shape[1] + left + right, shape[0] + top + bottom),
-                      interpolation=cv2.INTER_LINEAR)
-    return full[top:top + shape[0], left:left + shape[1]]
+    return to_input_size(gaussian_filter(model_map, MAP_SIGMA), shape, pcfg)
 
 
 def run(kind, root, category, use_open3d=False, log=print) -> CategoryResults:

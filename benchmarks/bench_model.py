@@ -35,8 +35,7 @@ from dbmr_ros.calibration import Calibration
 from dbmr_ros.checkpoint import CheckpointMeta
 from dbmr_ros.data.preprocess import preprocess, PreprocessConfig
 from dbmr_ros.detector import Detector
-from dbmr_ros.model import DBMRNet, PRESETS
-from dbmr_ros.model import point_ops
+from dbmr_ros.model import DBMRNet, point_ops, PRESETS
 from dbmr_ros.model.dbmrnet import count_parameters
 from dbmr_ros.model.inputs import group_points, prepare
 from dbmr_ros.model.scoring import anomaly_maps

@@ -50,8 +50,8 @@ step profile 60 "$python" benchmarks/profile_detector.py --device cuda --calls 5
 
 echo
 grep -hE "^E |passed|failed|losses" "$out/tests.log" | tail -n 15
-for name in model model_eager model_graphed_fps model_numpy_preprocessing batch32 batch32_numpy train \
-    train_batch64; do
+for name in model model_eager model_graphed_fps model_numpy_preprocessing batch32 \
+    batch32_numpy train train_batch64; do
     echo "-- $name"
     grep -E "^\||^input|^device" "$out/$name.log" || tail -n 15 "$out/$name.log"
 done

@@ -177,16 +177,16 @@ def fit(detector, rgb: np.ndarray, xyz: np.ndarray, anomalies: AnomalyConfig,
     bad_rgb, bad_xyz, masks, kinds = anomalous_copies(rgb, xyz, anomalies, seed, copies,
                                                       batch_size)
     results = CategoryResults()
-    for label, (images, clouds, gts, sample_kinds) in enumerate([
-            (rgb, xyz, np.zeros(xyz.shape[:3], dtype=bool), np.zeros(len(rgb), dtype=int)),
-            (bad_rgb, bad_xyz, masks, kinds)]):
+    for label, (images, clouds, gts, names) in enumerate([
+            (rgb, xyz, np.zeros(xyz.shape[:3], dtype=bool), [''] * len(rgb)),
+            (bad_rgb, bad_xyz, masks, [KIND_NAMES[k] for k in kinds])]):
         for start in range(0, len(images), batch_size):
             maps = scorer.score_prepared(images[start:start + batch_size],
                                          clouds[start:start + batch_size])
             for i in range(len(maps.score)):
                 results.add(label, gts[start + i], maps.anomaly[i].numpy(), maps.map_2d[i].numpy(),
                             maps.map_3d[i].numpy(), float(maps.score[i]), maps.paper[i].numpy(),
-                            float(maps.paper_score[i]), KIND_NAMES[sample_kinds[start + i]])
+                            float(maps.paper_score[i]), names[start + i])
     labels = np.asarray(results.labels)
     thresholds = {}
     for scoring, variant in (('learned', 'fused'), ('paper', 'paper')):

@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -18,7 +17,8 @@ import torch.nn.functional as F
 from dbmr_ros.checkpoint import build_model, CheckpointMeta
 from dbmr_ros.cuda_graphs import GraphedFunction
 from dbmr_ros.data import preprocess_torch
-from dbmr_ros.data.preprocess import clean_point_cloud, preprocess, square_padding
+from dbmr_ros.data.preprocess import (clean_point_cloud, preprocess, square_padding,
+                                      to_input_size)
 from dbmr_ros.model.dbmrnet import DBMRNet
 from dbmr_ros.model.inputs import group_points, prepare, require_points
 from dbmr_ros.model.scoring import anomaly_maps, AnomalyMaps, raw_maps, SCORINGS
@@ -274,21 +274,20 @@ class Detector:
         """(C, S, S) maps -> (C, H, W) float32 numpy (or (B, C, S, S) -> (B, C, H, W) on the
         device): undo the resize and the square padding (bilinear, the same half-pixel rule:
         torch on the model's device when the Detector preprocesses there, else OpenCV)."""
+        if not self.preprocess_on_device:
+            channels_last = np.ascontiguousarray(model_maps.permute(1, 2, 0).numpy())
+            full = to_input_size(channels_last, shape, self.meta.preprocess)
+            return np.ascontiguousarray(full.transpose(2, 0, 1))
         height, width = shape
         pads = ((0, 0), (0, 0))
         if self.meta.preprocess.pad_to_square:
             pads = square_padding(height, width)
         (top, bottom), (left, right) = pads
         size = (height + top + bottom, width + left + right)
-        if self.preprocess_on_device:
-            batch = model_maps if model_maps.dim() == 4 else model_maps[None]
-            full = F.interpolate(batch, size=size, mode='bilinear', align_corners=False)
-            full = full[..., top:top + height, left:left + width].cpu().numpy()
-            return full if model_maps.dim() == 4 else full[0]
-        channels_last = np.ascontiguousarray(model_maps.permute(1, 2, 0).numpy())
-        full = cv2.resize(channels_last, size[::-1], interpolation=cv2.INTER_LINEAR)
-        full = full.reshape(*size, -1).transpose(2, 0, 1)
-        return np.ascontiguousarray(full[:, top:top + height, left:left + width])
+        batch = model_maps if model_maps.dim() == 4 else model_maps[None]
+        full = F.interpolate(batch, size=size, mode='bilinear', align_corners=False)
+        full = full[..., top:top + height, left:left + width].cpu().numpy()
+        return full if model_maps.dim() == 4 else full[0]
 
     def _result(self, score: float, paper_score: float, full_maps: np.ndarray,
                 timings) -> AnomalyResult:

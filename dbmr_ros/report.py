@@ -4,7 +4,7 @@ dbmr-eval and the rosbag evaluation."""
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -44,13 +44,15 @@ class CategoryResults:
                 given = scores.get(key)
                 self.scores[key].append(float(value.max()) if given is None else given)
 
-    def compute(self) -> dict:
+    def compute(self, variants: Optional[Sequence[str]] = None) -> dict:
         """{'i_auroc': .., ..., 'paper': {...}, '2d': {...}, '3d': {...}} (None where
-        undefined)."""
+        undefined). `variants`: the map variants to compute ('fused', 'paper', '2d', '3d';
+        default all); the others are left None (each costs a PRO curve)."""
         out = {}
         for key, _ in MAP_VARIANTS:
             values = dict.fromkeys(METRIC_KEYS)
-            if len(self.maps[key]) == len(self.labels):
+            wanted = variants is None or key in variants
+            if wanted and len(self.maps[key]) == len(self.labels):
                 values = _safe(self.labels, self.scores[key], self.gts, self.maps[key])
             if key == 'fused':
                 out.update(values)
@@ -71,12 +73,12 @@ class CategoryResults:
                 part.scores[key] = [self.scores[key][i] for i in indices]
         return part
 
-    def compute_by_kind(self) -> Dict[str, dict]:
-        """Per defect kind, `compute()` of the good samples and that kind's: where a map
-        finds one kind of defect and misses another, the pooled figures hide it."""
+    def compute_by_kind(self, variants: Optional[Sequence[str]] = None) -> Dict[str, dict]:
+        """Per defect kind, `compute(variants)` of the good samples and that kind's: where a
+        map finds one kind of defect and misses another, the pooled figures hide it."""
         good = [i for i, label in enumerate(self.labels) if not label]
         return {kind: self.subset(good + [i for i, k in enumerate(self.kinds) if k == kind])
-                .compute() for kind in sorted(set(self.kinds) - {''})}
+                .compute(variants) for kind in sorted(set(self.kinds) - {''})}
 
 
 def _safe(labels, scores, gts, maps) -> dict:

@@ -18,14 +18,19 @@ from dbmr_ros.model import PRESETS
 from dbmr_ros.model.inputs import prepare
 from dbmr_ros.model.point_ops import fps_torch
 
-triton = pytest.importorskip('triton', reason='Triton is not installed (requirements.txt has it)')
+try:
+    import triton
+except ImportError:  # CI installs it (Makefile): missing there is a failure, not a skip
+    if os.environ.get('CI'):
+        raise
+    pytest.skip('Triton is not installed (`make setup` installs it)', allow_module_level=True)
 
 INTERPRETED = r'''
 import json, sys
 import torch
 from dbmr_ros.model.fps_kernel import farthest_point_sample
 from dbmr_ros.model.point_ops import fps_torch
-clouds = torch.load(sys.argv[1])
+clouds = torch.load(sys.argv[1], weights_only=True)
 print(json.dumps({name: [farthest_point_sample(points, samples).tolist(),
                          fps_torch(points, samples).tolist()]
                   for name, (points, samples) in clouds.items()}))

@@ -196,6 +196,19 @@ def pad_square(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return np.pad(image, pads + ((0, 0),) * (image.ndim - 2))
 
 
+def to_input_size(model_map: np.ndarray, shape: Tuple[int, int],
+                  cfg: PreprocessConfig) -> np.ndarray:
+    """A model-size float map (S, S[, C]) back at the raw input's (H, W[, C]): bilinear
+    (OpenCV's half-pixel rule) to the square of `pad_square`, its padding cropped."""
+    height, width = shape
+    (top, bottom), (left, right) = (square_padding(height, width) if cfg.pad_to_square
+                                    else ((0, 0), (0, 0)))
+    size = (height + top + bottom, width + left + right)
+    full = cv2.resize(model_map, size[::-1], interpolation=cv2.INTER_LINEAR)
+    full = full.reshape(*size, *model_map.shape[2:])  # OpenCV drops a channel axis of 1
+    return full[top:top + height, left:left + width]
+
+
 def resize_pair(rgb: np.ndarray, xyz: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
     """RGB bicubic, organized xyz nearest (never blends points across depth edges)."""
     rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_CUBIC)

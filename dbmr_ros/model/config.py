@@ -45,7 +45,8 @@ class DBMRConfig:
     head_context: bool = True     # the head also reads the network's decoder features per patch
     # Gaussian sigma (pixels at image_size) of the cloud the head's normals are computed from:
     # per-pixel differences of raw points are noisy (neighbouring normals differ by 5 degrees
-    # in the median on cable_gland), so a smooth bump's tilt can hide in the noise.
+    # in the median on cable_gland), so a smooth bump's tilt can hide in the noise. 0 (off):
+    # 1.5 px was no better on the selection set (README "Design notes").
     normal_smoothing: float = 0.0
     # The learned map covers the part grown by this many pixels (at image_size): missing
     # material at the silhouette (a cut, a bent rim) is anomalous, the far background is not.
