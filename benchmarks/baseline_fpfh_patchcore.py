@@ -33,11 +33,11 @@ from scipy.spatial import cKDTree
 from dbmr_ros.data import open_dataset, preprocess, PreprocessConfig
 from dbmr_ros.data.preprocess import PreprocessCache, to_input_size
 from dbmr_ros.data.sample import valid_mask
+from dbmr_ros.model.local_shape import BINS, pair_bins
 from dbmr_ros.report import CategoryResults
 
 NORMAL_NEIGHBOURS, FPFH_NEIGHBOURS = 30, 100   # BTF: max_nn of its two hybrid searches
 PATCH_GRID, CORESET_SHARE, REWEIGHT_NEIGHBOURS, MAP_SIGMA = 28, 0.1, 3, 4.0
-BINS = 11
 
 
 def estimate_normals(points: np.ndarray, neighbours: int = NORMAL_NEIGHBOURS) -> np.ndarray:
@@ -50,28 +50,12 @@ def estimate_normals(points: np.ndarray, neighbours: int = NORMAL_NEIGHBOURS) ->
 
 
 def _pair_bins(p1, n1, p2, n2) -> np.ndarray:
-    """Open3D's ComputePairFeatures, binned: (..., 3) arrays -> (..., 3) bin indices in
-    [0, 11), one per angle (the first offset by 0, the second by 11, the third by 22)."""
-    step = p2 - p1
-    length = np.linalg.norm(step, axis=-1)
-    safe = np.where(length > 0, length, 1.0)
-    cos1, cos2 = (n1 * step).sum(-1) / safe, (n2 * step).sum(-1) / safe
-    swap = np.abs(cos1) < np.abs(cos2)     # arccos|cos1| > arccos|cos2|: start at the other
-    source = np.where(swap[..., None], n2, n1)
-    target = np.where(swap[..., None], n1, n2)
-    step = np.where(swap[..., None], -step, step)
-    f3 = np.where(swap, -cos2, cos1)
-    v = np.cross(step, source)
-    v_norm = np.linalg.norm(v, axis=-1)
-    v = v / np.where(v_norm > 0, v_norm, 1.0)[..., None]
-    w = np.cross(source, v)
-    f2 = (v * target).sum(-1)
-    f1 = np.arctan2((w * target).sum(-1), (source * target).sum(-1))
-    degenerate = (length == 0) | (v_norm == 0)   # Open3D returns zeros, which still count
-    f1, f2, f3 = (np.where(degenerate, 0.0, f) for f in (f1, f2, f3))
-    bins = np.stack([np.floor(BINS * (f1 + np.pi) / (2 * np.pi)),
-                     np.floor(BINS * (f2 + 1.0) * 0.5), np.floor(BINS * (f3 + 1.0) * 0.5)], -1)
-    return np.clip(bins, 0, BINS - 1).astype(np.int64) + np.array([0, BINS, 2 * BINS])
+    """(..., 3) arrays of pairs -> (..., 3) bin indices in [0, 33) (the package's pair features,
+    which are Open3D's: test/test_baseline.py)."""
+    shape = np.broadcast_shapes(p1.shape, n1.shape, p2.shape, n2.shape)
+    pairs = [torch.from_numpy(np.broadcast_to(a, shape).copy()).movedim(-1, 0)[None]
+             for a in (p1, n1, p2, n2)]
+    return pair_bins(*pairs)[0].movedim(0, -1).numpy()
 
 
 def fpfh(points: np.ndarray, normals: np.ndarray,

@@ -60,14 +60,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def random_detector(preset: str, device: str, score_passes=None, num_points=None,
+def random_detector(preset: str, device: str, overrides: dict = None,
                     preprocessing: str = 'auto', cuda_graphs: bool = True) -> Detector:
-    """A Detector of the preset with random weights (the cost does not depend on them)."""
-    cfg = PRESETS[preset]
-    if score_passes:
-        cfg = dataclasses.replace(cfg, score_passes=score_passes)
-    if num_points:
-        cfg = dataclasses.replace(cfg, num_points=num_points)
+    """A Detector of the preset, its DBMRConfig fields `overrides` replaced, with random
+    weights (the cost does not depend on them)."""
+    cfg = dataclasses.replace(PRESETS[preset], **(overrides or {}))
     torch.manual_seed(0)
     meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(image_size=cfg.image_size),
                           calibration=Calibration.manual(cfg, {'mean_2d': 1.0, 'mean_3d': 1.0},
@@ -76,11 +73,9 @@ def random_detector(preset: str, device: str, score_passes=None, num_points=None
                     cuda_graphs=cuda_graphs)
 
 
-def bench(preset: str, rgb, xyz, frames: int, device: str, score_passes=None,
-          num_points=None, batch: int = 1, preprocessing: str = 'auto',
-          cuda_graphs: bool = True) -> dict:
-    detector = random_detector(preset, device, score_passes, num_points, preprocessing,
-                               cuda_graphs)
+def bench(preset: str, rgb, xyz, frames: int, device: str, overrides: dict = None,
+          batch: int = 1, preprocessing: str = 'auto', cuda_graphs: bool = True) -> dict:
+    detector = random_detector(preset, device, overrides, preprocessing, cuda_graphs)
     cfg, meta = detector.model.cfg, detector.meta
     # FLOPs of the network and the scoring (the head) for one frame.
     rgb_s, xyz_s = (a[None] for a in preprocess(rgb, xyz, meta.preprocess))
@@ -120,6 +115,8 @@ def main(argv=None) -> int:
     parser.add_argument('--num-points', type=int,
                         help='override the points grouped per cloud (more than the valid ones: '
                              'every valid point is grouped)')
+    parser.add_argument('--shape-prior', type=int,
+                        help='shape_prior_components: the optional shape prior channel')
     parser.add_argument('--batch', type=int, default=1, help='frames per Detector call')
     parser.add_argument('--preprocessing', default='auto', choices=('auto', 'numpy', 'torch'))
     parser.add_argument('--no-cuda-graphs', action='store_true',
@@ -134,11 +131,15 @@ def main(argv=None) -> int:
           f'; batch {args.batch}; preprocessing {args.preprocessing}'
           + (f'; score_passes {args.score_passes}' if args.score_passes else '')
           + (f'; num_points {args.num_points}' if args.num_points else '')
+          + (f'; shape prior {args.shape_prior}' if args.shape_prior else '')
           + ('; CUDA graphs off' if args.no_cuda_graphs else '')
           + (f'; farthest point sampling: {point_ops.fps_method(args.device)}'
              if args.device.startswith('cuda') else ''))
-    rows = [bench(p, rgb, xyz, args.frames, args.device, args.score_passes, args.num_points,
-                  args.batch, args.preprocessing, not args.no_cuda_graphs)
+    overrides = {name: value for name, value in (
+        ('score_passes', args.score_passes), ('num_points', args.num_points),
+        ('shape_prior_components', args.shape_prior)) if value}
+    rows = [bench(p, rgb, xyz, args.frames, args.device, overrides, args.batch,
+                  args.preprocessing, not args.no_cuda_graphs)
             for p in args.presets]
     print('| preset | valid / grouped points | params (M) | GFLOPs/frame | preprocess ms | '
           'model ms (grouping / network / scoring) | total ms | frames/s | peak RSS MB |')

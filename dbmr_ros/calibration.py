@@ -16,7 +16,7 @@ import numpy as np
 from dbmr_ros.data.anomalies import AnomalyConfig, anomalous_copies, KIND_NAMES
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.model.config import DBMRConfig
-from dbmr_ros.model.head import INPUT_CHANNELS
+from dbmr_ros.model.head import input_channels
 from dbmr_ros.model.scoring import SCORINGS
 from dbmr_ros.report import CategoryResults
 
@@ -38,7 +38,8 @@ def score_definition(cfg: DBMRConfig, scoring: str) -> dict:
     if scoring == 'learned':
         definition['map_margin'] = cfg.map_margin
         definition['head'] = {'widths': list(cfg.head_widths), 'context': cfg.head_context,
-                              'inputs': [name for name, _ in INPUT_CHANNELS]}
+                              'inputs': [name for name, _ in input_channels(
+                                  cfg.shape_prior_components > 0)]}
     return definition
 
 

@@ -31,6 +31,7 @@ from dbmr_ros.model import DBMRNet, PRESETS
 from dbmr_ros.resources import share_dir
 from dbmr_ros.training import engine, progress
 from dbmr_ros.training.config import TrainConfig
+from dbmr_ros.training.shape_prior import fit_shape_prior
 from dbmr_ros.training.util import (atomic_torch_save, broadcast_buffers, distributed, LOG,
                                     lr_factor, rng_state, set_rng_state, setup_logging,
                                     weights_digest)
@@ -138,6 +139,9 @@ def train(args) -> Path:
         LOG.info('resumed from %s at epoch %d', state_path, start_epoch)
     elif args.resume:
         LOG.info('no %s in %s: starting from scratch', TRAIN_STATE, output)
+    if model.shape_prior is not None and start_epoch == 0:
+        summary = fit_shape_prior(model.shape_prior, train_data[1], cfg.seed, device)
+        LOG.info('shape prior fitted on the training parts: %s', summary)
 
     writer = None
     if rank == 0:

@@ -74,3 +74,20 @@ def test_displacement_signal_prints_the_noise_and_the_tilt(synthetic_root):
     noise = [[float(v) for v in row.split('|')[2].split('/')] for row in rows]
     assert noise[1][1] < noise[0][1]  # smoothing lowers the normals' noise
     assert all(0 <= float(row.split('|')[3].strip(' %')) <= 100 for row in rows)
+
+
+def test_shape_prior_alone_scores_the_selection_set(synthetic_root):
+    out = _run(str(BENCHMARKS / 'shape_prior_alone.py'), '--dataset', 'synthetic',
+               '--data-root', str(synthetic_root), '--category', 'puck', '--components', '4',
+               '--patchcore')
+    rows = {tuple(cell.strip() for cell in line.split('|')[1:3]):
+            [float(v) for v in line.split('|')[3:7]]
+            for line in out.splitlines() if line.startswith('| shape prior')
+            or line.startswith('| PatchCore')}
+    for name in ('shape prior', 'PatchCore, same descriptors'):
+        assert (name, 'all') in rows, out
+        assert all(0 <= v <= 1 for v in rows[(name, 'all')])
+    # The prior localises synthetic bumps and dents (pure geometry) better than chance.
+    displaced = [values for (name, kind), values in rows.items()
+                 if name == 'shape prior' and 'displaced' in kind]
+    assert displaced and all(values[1] > 0.6 for values in displaced), out

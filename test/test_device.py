@@ -21,7 +21,7 @@ from parts import model_size_parts
 
 SMALL = DBMRConfig(image_size=64, patch_size=8, num_points=400, num_groups=24, group_size=12,
                    embed_dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_heads=2,
-                   head_widths=(8, 16))
+                   head_widths=(8, 16), shape_prior_components=4)
 RANDOM_FUNCTIONS = {torch.rand, torch.randn, torch.randint, torch.randperm, torch.rand_like,
                     torch.randn_like, torch.randint_like, torch.normal, torch.bernoulli,
                     torch.multinomial, torch.Tensor.uniform_, torch.Tensor.normal_,

@@ -20,7 +20,7 @@ from dbmr_ros.training.util import weights_digest
 BIN = Path(sys.executable).parent
 SMALL_MODEL = {'image_size': 64, 'patch_size': 8, 'num_points': 400, 'num_groups': 24,
                'group_size': 12, 'embed_dim': 32, 'depth': 2, 'num_heads': 2,
-               'decoder_dim': 32, 'decoder_heads': 2}
+               'decoder_dim': 32, 'decoder_heads': 2, 'shape_prior_components': 4}
 
 
 @pytest.fixture(scope='module')
@@ -49,6 +49,11 @@ def test_train_eval_infer_end_to_end(synthetic_root, config, tmp_path):
     assert 'selection set (validation + synthetic anomalies)' in log
     detector = Detector.from_checkpoint(run / 'model.safetensors', 'cpu')
     meta = detector.meta
+    # The optional shape prior (on in SMALL_MODEL) is fitted before stage 1 and saved.
+    assert "shape prior fitted on the training parts: {'patches'" in log
+    prior = detector.model.shape_prior
+    assert prior.means.abs().sum() > 0 and prior.nll_spread > 0
+    assert meta.calibration.thresholds['learned'].definition['head']['inputs'][-1] == 'shape_prior'
     assert detector.scoring == 'learned' and detector.threshold is not None
     for scoring in ('learned', 'paper'):
         entry = meta.calibration.thresholds[scoring]

@@ -48,6 +48,11 @@ class DBMRConfig:
     # in the median on cable_gland), so a smooth bump's tilt can hide in the noise. 0 (off):
     # 1.5 px was no better on the selection set (README "Design notes").
     normal_smoothing: float = 0.0
+    # Components of the Gaussian mixture over the good parts' FPFH patch descriptors
+    # (model.shape_prior) whose likelihood the head reads as one more channel; 0: none. 32
+    # raised every selection-set figure and lowered every real cable_gland one (README
+    # "Design notes"), so it is off.
+    shape_prior_components: int = 0
     # The learned map covers the part grown by this many pixels (at image_size): missing
     # material at the silhouette (a cut, a bent rim) is anomalous, the far background is not.
     map_margin: int = 8
@@ -72,12 +77,23 @@ class DBMRConfig:
         if (self.score_passes == 1 or self.unmasked_share > 0) and self.visible_loss_weight <= 0:
             raise ValueError('an unmasked pass needs visible_loss_weight > 0 (the network must '
                              'learn to reconstruct what it sees)')
+        if self.shape_prior_components < 0:
+            raise ValueError('shape_prior_components must be >= 0')
+        if self.shape_prior_components and self.image_size % self.shape_patch_size:
+            raise ValueError(f'the shape prior needs image_size to be a multiple of its patch '
+                             f'size ({self.shape_patch_size} px)')
         if self.embed_dim % self.num_heads or self.decoder_dim % self.decoder_heads:
             raise ValueError('embedding dims must be divisible by the head counts')
 
     @property
     def grid_size(self) -> int:
         return self.image_size // self.patch_size
+
+    @property
+    def shape_patch_size(self) -> int:
+        """Pixels per side of a shape-prior descriptor patch: about 1/28 of the image (BTF's
+        8 px at 224), even (the descriptors are computed on every second pixel)."""
+        return 2 * max(1, round(self.image_size / 56))
 
     @property
     def num_patches(self) -> int:

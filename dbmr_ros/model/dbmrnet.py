@@ -23,10 +23,11 @@ from torch import nn
 
 from dbmr_ros.model.config import DBMRConfig
 from dbmr_ros.model.embedding import PatchEmbedding, PointEmbedding, sincos_2d
-from dbmr_ros.model.head import ScoringHead
+from dbmr_ros.model.head import input_channels, ScoringHead
 from dbmr_ros.model.inputs import Groups, Targets
 from dbmr_ros.model.masking import Masking, masking_from_noise, no_masking, random_masking
 from dbmr_ros.model.point_ops import chamfer_l2, gather
+from dbmr_ros.model.shape_prior import ShapePrior
 from dbmr_ros.model.transformer import Block, local_alignment_mask
 
 
@@ -91,8 +92,11 @@ class DBMRNet(nn.Module):
         self.head_cross = nn.Linear(ddim, cfg.group_size * 3)
         self._init_weights()
         # The learned scoring head (created after the init above: it keeps torch's defaults).
-        self.scoring_head = ScoringHead(cfg.head_widths,
-                                        context_dim=2 * ddim if cfg.head_context else 0)
+        components = cfg.shape_prior_components
+        self.shape_prior = ShapePrior(components, cfg.shape_patch_size) if components else None
+        self.scoring_head = ScoringHead(
+            cfg.head_widths, sum(n for _, n in input_channels(self.shape_prior is not None)),
+            context_dim=2 * ddim if cfg.head_context else 0)
 
     def _init_weights(self):
         for p in (self.modality_2d, self.modality_3d, self.mask_token_2d, self.mask_token_3d):

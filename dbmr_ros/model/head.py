@@ -5,7 +5,7 @@ on synthetic anomalies (focal loss on their masks); the network is frozen meanwh
 It works at half the model's resolution (a strided first convolution) and returns logits at
 full resolution: about 1 GFLOP per 224 x 224 frame for the default widths.
 """
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,11 +19,20 @@ from dbmr_ros.model.point_ops import gather
 INPUT_CHANNELS = (('image', 3), ('reconstruction', 3), ('map_2d', 1), ('map_3d', 1),
                   ('valid', 1), ('normals', 3), ('xyz', 3))
 NUM_INPUTS = sum(n for _, n in INPUT_CHANNELS)
+# Appended where the model has a shape prior (DBMRConfig.shape_prior_components).
+SHAPE_CHANNEL = ('shape_prior', 1)
+
+
+def input_channels(shape_prior: bool) -> tuple:
+    """The head's input channels, in order, as (name, count) pairs."""
+    return INPUT_CHANNELS + ((SHAPE_CHANNEL,) if shape_prior else ())
 
 
 def head_inputs(inp: ModelInput, reconstruction: torch.Tensor, map_2d: torch.Tensor,
-                map_3d: torch.Tensor, normal_smoothing: float = 0.0) -> torch.Tensor:
-    """The head's per-pixel inputs (B, NUM_INPUTS, S, S), channels as INPUT_CHANNELS.
+                map_3d: torch.Tensor, normal_smoothing: float = 0.0,
+                shape_map: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The head's per-pixel inputs (B, C, S, S), channels as `input_channels`: NUM_INPUTS, and
+    one more with a shape prior's map (B, S, S) (`model.shape_prior`).
 
     reconstruction: (B, 3, S, S) normalised image; map_2d, map_3d: the paper's normalised raw
     maps (B, S, S), log-compressed here (a defect can be hundreds of times a typical good
@@ -36,6 +45,8 @@ def head_inputs(inp: ModelInput, reconstruction: torch.Tensor, map_2d: torch.Ten
     channels = [inp.images, reconstruction.to(inp.images.dtype), torch.log1p(map_2d)[:, None],
                 torch.log1p(map_3d)[:, None], valid[:, None], normals.permute(0, 3, 1, 2),
                 inp.xyz.permute(0, 3, 1, 2)]
+    if shape_map is not None:
+        channels.append(shape_map[:, None].to(inp.images.dtype))
     return torch.cat(channels, dim=1)
 
 
@@ -45,7 +56,7 @@ def _conv(in_dim: int, out_dim: int, stride: int = 1) -> nn.Sequential:
 
 
 class ScoringHead(nn.Module):
-    """(B, NUM_INPUTS, S, S) pixels and (B, context_dim, g, g) token context -> anomaly logits
+    """(B, in_dim, S, S) pixels and (B, context_dim, g, g) token context -> anomaly logits
     (B, S, S).
 
     Encoder: the inputs normalised per channel, a stride-2 convolution to S/2, then one level per

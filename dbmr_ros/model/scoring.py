@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from dbmr_ros.model.dbmrnet import DBMRNet, TokenScores
 from dbmr_ros.model.grid import dilate, gaussian_blur
 from dbmr_ros.model.head import head_inputs, token_context
-from dbmr_ros.model.inputs import Groups, ModelInput
+from dbmr_ros.model.inputs import Groups, metric_xyz, ModelInput
 from dbmr_ros.model.pixels import group_map
 
 SCORINGS = ('learned', 'paper')
@@ -86,7 +86,7 @@ def image_scores(maps: torch.Tensor) -> torch.Tensor:
 
 
 class HeadFeatures(NamedTuple):
-    inputs: torch.Tensor   # (B, NUM_INPUTS, S, S) what the scoring head reads per pixel
+    inputs: torch.Tensor   # (B, C, S, S) what the scoring head reads per pixel
     context: torch.Tensor  # (B, 2 * Dd, g, g) and per patch (the network's features)
     map_2d: torch.Tensor   # (B, S, S) the paper's normalised raw 2D map
     map_3d: torch.Tensor   # (B, S, S) the paper's normalised raw 3D map
@@ -98,7 +98,10 @@ def head_features(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: Token
     """The paper's normalised maps and the head's inputs from `model.score_tokens` (shared by
     training the head and by inference, so the head always reads what it was trained on)."""
     map_2d, map_3d = normalised(*raw_maps(tokens, inp, groups, model.cfg.score_2d), stats)
-    inputs = head_inputs(inp, tokens.reconstruction, map_2d, map_3d, model.cfg.normal_smoothing)
+    shape_map = None if model.shape_prior is None else model.shape_prior(metric_xyz(inp),
+                                                                         inp.valid)
+    inputs = head_inputs(inp, tokens.reconstruction, map_2d, map_3d, model.cfg.normal_smoothing,
+                         shape_map)
     context = token_context(tokens.features_2d, tokens.features_3d, groups,
                             model.cfg.image_size)
     return HeadFeatures(inputs, context, map_2d, map_3d)

@@ -1,0 +1,122 @@
+"""The shape prior's map on its own, on the selection set (validation/good + synthetic anomalies).
+
+Fits the prior as `dbmr-train` does (`training.shape_prior`, all training parts), then scores
+the good validation samples and `--copies` synthetic anomalies on each (the training's
+selection set: seed 1) with the prior's map alone: its standardised NLL per patch, bilinear to
+pixels, smoothed by sigma 4 px, image score its maximum. `--patchcore` adds the same
+descriptors scored as PatchCore does (nearest-neighbour distance to a 10 % greedy coreset of
+the training patches), the memory bank the prior replaces. Per kind of synthetic defect, each
+against all good samples; first, the prior's patch scores on the training parts it was
+fitted on against the unseen validation parts. Test samples never enter.
+
+    .venv/bin/python benchmarks/shape_prior_alone.py --data-root ../shared/data/mvtec3d \\
+        --category cable_gland [--patchcore]
+"""
+import argparse
+import dataclasses
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from baseline_fpfh_patchcore import greedy_coreset
+from dbmr_ros.data.anomalies import AnomalyConfig, anomalous_copies, KIND_NAMES
+from dbmr_ros.data.prepared import load_split
+from dbmr_ros.data.preprocess import PreprocessCache, PreprocessConfig
+from dbmr_ros.data.sample import valid_mask
+from dbmr_ros.model import PRESETS
+from dbmr_ros.model.grid import gaussian_blur
+from dbmr_ros.model.local_shape import patch_descriptors
+from dbmr_ros.model.shape_prior import ShapePrior
+from dbmr_ros.report import CategoryResults
+from dbmr_ros.training.shape_prior import fit_shape_prior, training_descriptors
+
+METRICS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1')
+
+
+def pixel_maps(patch_scores: np.ndarray, size: int, sigma: float = 4.0) -> np.ndarray:
+    """(N, g, g) -> (N, S, S): bilinear, then the maps' Gaussian smoothing."""
+    maps = F.interpolate(torch.from_numpy(patch_scores).float()[:, None], size=(size, size),
+                         mode='bilinear', align_corners=False)[:, 0]
+    return gaussian_blur(maps, sigma).numpy()
+
+
+def evaluate(name, good_maps, bad_maps, masks, kinds, log=print):
+    results = CategoryResults()
+    for label, maps, gts, names in ((0, good_maps, np.zeros(good_maps.shape, bool),
+                                     [''] * len(good_maps)),
+                                    (1, bad_maps, masks, [KIND_NAMES[k] for k in kinds])):
+        for anomaly_map, gt, kind in zip(maps, gts, names):
+            results.add(label, gt, anomaly_map, None, None, float(anomaly_map.max()), kind=kind)
+    rows = [('all', results.compute())] + list(results.compute_by_kind().items())
+    for kind, values in rows:
+        log(f'| {name} | {kind} | ' + ' | '.join(f'{values[k]:.3f}' for k in METRICS) + ' |')
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--dataset', default='mvtec3d')
+    parser.add_argument('--data-root', required=True)
+    parser.add_argument('--category', default='cable_gland')
+    parser.add_argument('--copies', type=int, default=2)
+    parser.add_argument('--components', type=int, default=32)
+    parser.add_argument('--patchcore', action='store_true')
+    args = parser.parse_args(argv)
+    cfg = dataclasses.replace(PRESETS['tiny'], shape_prior_components=args.components)
+    pcfg = PreprocessConfig(image_size=cfg.image_size)
+    cache = PreprocessCache(pcfg)
+    started = time.perf_counter()
+    train = load_split(args.dataset, args.data_root, args.category, 'train', pcfg, cache)
+    val = load_split(args.dataset, args.data_root, args.category, 'validation', pcfg, cache)
+    _, bad_xyz, masks, kinds = anomalous_copies(*val, AnomalyConfig(), seed=1,
+                                                copies=args.copies)
+    prior = ShapePrior(cfg.shape_prior_components, cfg.shape_patch_size)
+    summary = fit_shape_prior(prior, train[1], seed=0, device='cpu')
+    print(f'prior fitted in {time.perf_counter() - started:.0f} s: {summary}', flush=True)
+
+    def prior_maps(xyz):
+        maps = []
+        for start in range(0, len(xyz), 16):
+            clouds = torch.from_numpy(xyz[start:start + 16]).float()
+            with torch.no_grad():
+                maps.append(pixel_maps(prior.patch_scores(clouds, valid_mask(clouds)).numpy(),
+                                       cfg.image_size))
+        return np.concatenate(maps)
+
+    # The head trains on the very parts the mixture was fitted on: how much calmer is the
+    # prior there than on unseen good parts?
+    for split, (_, xyz) in (('train', train), ('validation', val)):
+        scores, on_part = [], []
+        for start in range(0, len(xyz), 16):
+            clouds = torch.from_numpy(xyz[start:start + 16]).float()
+            with torch.no_grad():
+                scores.append(prior.patch_scores(clouds, valid_mask(clouds)))
+                on_part.append(patch_descriptors(clouds, valid_mask(clouds),
+                                                 cfg.shape_patch_size).abs().sum(1) > 0)
+        scores, on_part = torch.cat(scores), torch.cat(on_part)
+        values = scores[on_part].numpy()
+        print(f'{split} good parts, patch scores on the part: quantiles 50/90/99/99.9 % '
+              + ' / '.join(f'{v:.2f}' for v in np.quantile(values, [0.5, 0.9, 0.99, 0.999]))
+              + f'; median per-image maximum {np.median(scores.flatten(1).amax(1).numpy()):.2f}')
+    print('| map | synthetic kind | ' + ' | '.join(METRICS) + ' |\n|---|---|---|---|---|---|')
+    evaluate('shape prior', prior_maps(val[1]), prior_maps(bad_xyz), masks, kinds)
+    if args.patchcore:
+        grid = cfg.image_size // cfg.shape_patch_size
+        bank = greedy_coreset(torch.from_numpy(training_descriptors(train[1],
+                                                                    cfg.shape_patch_size, 'cpu')))
+
+        def patchcore_maps(xyz):
+            patches = torch.from_numpy(training_descriptors(xyz, cfg.shape_patch_size, 'cpu'))
+            distances = torch.cdist(patches, bank).min(1).values
+            return pixel_maps(distances.view(-1, grid, grid).numpy(), cfg.image_size)
+
+        evaluate('PatchCore, same descriptors', patchcore_maps(val[1]), patchcore_maps(bad_xyz),
+                 masks, kinds)
+    print(f'{time.perf_counter() - started:.0f} s in all')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The shape prior: FPFH on the image grid (model.local_shape) and the Gaussian mixture of good
+parts' patch descriptors (model.shape_prior, fitted by training.shape_prior)."""
+import numpy as np
+import torch
+from sklearn.mixture import GaussianMixture
+
+from dbmr_ros.model import DBMRConfig, DBMRNet
+from dbmr_ros.model.head import NUM_INPUTS
+from dbmr_ros.model.local_shape import fpfh, patch_descriptors, pca_normals, smallest_axis
+from dbmr_ros.model.shape_prior import ShapePrior
+from dbmr_ros.training.shape_prior import fit_shape_prior
+
+
+def surface(height=None, size=112, spacing=0.0004, distance=0.4, tilt=0.3):
+    """(1, S, S, 3) organized cloud of a tilted plane seen from the camera, a disc of valid
+    points in the middle; `height` (S, S) metres added along the plane's normal."""
+    v, u = torch.meshgrid(torch.arange(size, dtype=torch.float64),
+                          torch.arange(size, dtype=torch.float64), indexing='ij')
+    x, y = (u - size / 2) * spacing, (v - size / 2) * spacing
+    z = distance + tilt * x
+    xyz = torch.stack([x, y, z], -1)
+    if height is not None:
+        normal = torch.tensor([tilt, 0.0, -1.0], dtype=torch.float64)
+        xyz = xyz + height[..., None] * normal / normal.norm()
+    inside = (u - size / 2) ** 2 + (v - size / 2) ** 2 < (0.4 * size) ** 2
+    return (xyz * inside[..., None]).float()[None], inside[None]
+
+
+def bump(size=112, centre=(56, 40), sigma=4.0, height=0.0015):
+    v, u = torch.meshgrid(torch.arange(size, dtype=torch.float64),
+                          torch.arange(size, dtype=torch.float64), indexing='ij')
+    return height * torch.exp(-((v - centre[0]) ** 2 + (u - centre[1]) ** 2) / (2 * sigma ** 2))
+
+
+def test_pca_normals_of_a_plane_face_the_camera():
+    xyz, valid = surface()
+    normals = pca_normals(xyz, valid, stride=2)
+    assert normals.shape == (1, 56, 56, 3)
+    expected = torch.tensor([0.3, 0.0, -1.0]) / torch.tensor([0.3, 0.0, -1.0]).norm()
+    inner = valid[:, ::2, ::2] & (pca_normals(xyz, valid, stride=2).norm(dim=-1) > 0)
+    assert torch.allclose(normals[inner], expected.expand(int(inner.sum()), 3), atol=1e-3)
+    assert (normals[~valid[:, ::2, ::2]] == 0).all()
+
+
+def test_patch_descriptors_see_a_bump_and_only_there():
+    xyz, valid = surface()
+    flat = patch_descriptors(xyz, valid, patch=8)
+    assert flat.shape == (1, 33, 14, 14)
+    on_part = flat.abs().sum(1) > 0
+    assert not on_part[0, 0, 0] and on_part[0, 7, 7]       # background zero, part described
+    bumped = patch_descriptors(*surface(bump()), patch=8)
+    change = (bumped - flat).norm(dim=1)[0]                # (14, 14)
+    assert change[7, 5] > 20 * change[7, 11]               # the bump's patch (row 56, col 40)
+    # The descriptor ignores where the part lies in the image (whole patches moved).
+    shifted = patch_descriptors(torch.roll(xyz, (8, -8), dims=(1, 2)),
+                                torch.roll(valid, (8, -8), dims=(1, 2)), patch=8)
+    assert torch.allclose(torch.roll(flat, (1, -1), dims=(2, 3)), shifted, atol=1e-3, rtol=1e-4)
+
+
+def test_prior_nll_equals_the_mixture_and_scores_a_bump_above_good_parts():
+    good = torch.cat([surface(bump(centre=(56, 56), height=h, sigma=20.0))[0]
+                      for h in (0.0, 0.001, -0.001, 0.002)]).numpy()
+    prior = ShapePrior(components=2, patch_size=4)
+    summary = fit_shape_prior(prior, good, seed=0, device='cpu')
+    assert summary['converged'] and summary['patches'] == 4 * 28 * 28   # 4 px patches at 112
+    # The same numbers as scikit-learn's own likelihood of the fitted mixture.
+    x = np.random.default_rng(0).uniform(0, 60, size=(50, 33))
+    reference = GaussianMixture(2, covariance_type='full', reg_covar=1e-2, random_state=0)
+    reference.fit(np.concatenate([patch_descriptors(torch.from_numpy(c)[None],
+                                                    torch.from_numpy(c)[None].abs().sum(-1) > 0,
+                                                    4)[0].permute(1, 2, 0).reshape(-1, 33)
+                                  for c in good]).astype(np.float64))
+    assert np.allclose(prior.nll(torch.from_numpy(x).float()).numpy(),
+                       -reference.score_samples(x), rtol=1e-4)
+    xyz, valid = surface(bump(centre=(56, 40), sigma=3.0, height=0.002))
+    scores = prior.patch_scores(xyz, valid)[0]                              # (28, 28)
+    on_part = patch_descriptors(xyz, valid, 4)[0].abs().sum(0) > 0
+    assert scores[13:16, 9:12].max() > scores[on_part].median() + 3
+    good_scores = prior.patch_scores(*surface())[0]
+    assert good_scores[13:16, 9:12].max() < scores[13:16, 9:12].max() - 3
+
+
+def test_model_with_and_without_prior():
+    """A model with a prior carries its buffers in the state dict; a configuration
+    without one (checkpoints made before it) builds the head for the base channels."""
+    small = DBMRConfig(image_size=112, patch_size=16, num_points=256, num_groups=16,
+                       group_size=8, embed_dim=32, depth=1, num_heads=2, decoder_dim=32,
+                       decoder_heads=2, shape_prior_components=4)
+    model = DBMRNet(small)
+    assert 'shape_prior.means' in model.state_dict()
+    assert model.scoring_head.input_norm.num_features == NUM_INPUTS + 1
+    old = DBMRNet(DBMRConfig.from_dict({k: v for k, v in small.to_dict().items()
+                                        if k != 'shape_prior_components'}))
+    assert old.shape_prior is None and old.scoring_head.input_norm.num_features == NUM_INPUTS
+
+
+def test_smallest_axis_agrees_with_eigh():
+    """Power iteration (graph-recordable) against torch.linalg.eigh on covariances of surface
+    windows: two large eigenvalues and a small one, in random orientations."""
+    generator = torch.Generator().manual_seed(0)
+    rotations = torch.linalg.qr(torch.randn(200, 3, 3, generator=generator,
+                                            dtype=torch.float64))[0]
+    spread = torch.rand(200, 3, generator=generator, dtype=torch.float64) * torch.tensor(
+        [0.05, 1.0, 1.0], dtype=torch.float64) + torch.tensor([0.0, 0.5, 0.5],
+                                                              dtype=torch.float64)
+    cov = rotations @ torch.diag_embed(spread) @ rotations.transpose(1, 2) * 1e-6
+    start = torch.randn(200, 3, generator=generator, dtype=torch.float64)
+    unique = cov[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
+    axis = smallest_axis(unique, start)
+    reference = torch.linalg.eigh(cov)[1][..., 0]
+    assert torch.allclose((axis * reference).sum(-1).abs(), torch.ones(200, dtype=torch.float64),
+                          atol=1e-9)
+
+
+def test_patch_descriptors_do_not_depend_on_the_batch():
+    """Only a box around the batch's parts is computed; a part's descriptors are the whole
+    image's whatever else the batch holds (a flat synthetic surface sits on bin edges, so
+    any difference in what is summed shows)."""
+    clouds, masks = [], []
+    for centre in ((35, 35), (75, 70)):
+        xyz, _ = surface(bump(centre=centre), tilt=0.0)
+        v, u = torch.meshgrid(torch.arange(112), torch.arange(112), indexing='ij')
+        inside = ((v - centre[0]) ** 2 + (u - centre[1]) ** 2 < 20 ** 2)[None]
+        clouds.append(xyz * inside[..., None])
+        masks.append(inside)
+    both = patch_descriptors(torch.cat(clouds), torch.cat(masks), 4)
+    alone = torch.cat([patch_descriptors(c, m, 4) for c, m in zip(clouds, masks)])
+    assert torch.equal(both, alone)
+    # ... and the same as computing the whole image (no box at all).
+    whole = fpfh_whole_image(clouds[0], masks[0], 4)
+    assert torch.equal(alone[:1], whole)
+
+
+def fpfh_whole_image(xyz, valid, patch, stride=2):
+    """patch_descriptors without its box: every pixel of the image."""
+    normals = pca_normals(xyz, valid, stride=stride)
+    every = (slice(None), slice(None, None, stride), slice(None, None, stride))
+    features = fpfh(xyz[every], normals, valid[every])
+    features = torch.nn.functional.avg_pool2d(features, 3, stride=1, padding=1)
+    return torch.nn.functional.avg_pool2d(features, patch // stride)
