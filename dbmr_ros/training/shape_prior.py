@@ -1,9 +1,11 @@
 """Fitting the shape prior (`model.shape_prior`) on the training parts, before either stage.
 
-Every patch of every training sample counts, the background's too (its descriptor is zero, so
-one component takes it and a patch that loses its points to a hole scores against the part's
-shapes, not against the empty table). scikit-learn's EM fits the mixture (deterministic for a
-seed); its parameters are copied into the model's buffers, so inference needs torch only.
+Every patch of every training sample counts, the background's too: its descriptor is zero and
+one component takes it, so the empty table scores as good. A patch that loses some of its
+points to a hole or a cut averages its histograms with zeros and scores as unusual; one that
+loses all of them looks like background here (the head's validity channel sees it).
+scikit-learn's EM fits the mixture (deterministic for a seed); its parameters are copied into
+the model's buffers, so inference needs torch only.
 """
 import numpy as np
 import torch
