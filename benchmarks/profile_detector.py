@@ -6,7 +6,7 @@ synchronisations per call: the figures that say whether the GPU waits on Python,
 on its own work.
 
     .venv/bin/python benchmarks/profile_detector.py [--preset tiny] [--device cuda]
-        [--batch N] [--calls 5] [--rows 25] [--trace trace.json]
+        [--batch N] [--calls 5] [--rows 25] [--sort device|cpu] [--trace trace.json]
 """
 import argparse
 import sys
@@ -24,6 +24,9 @@ def main(argv=None) -> int:
     parser.add_argument('--batch', type=int, default=1)
     parser.add_argument('--calls', type=int, default=5)
     parser.add_argument('--rows', type=int, default=25)
+    parser.add_argument('--sort', choices=('device', 'cpu'), default='device',
+                        help="ops by device time (CUDA's, else the CPU's) or by CPU time (what "
+                             'the host spends launching, copying and waiting)')
     parser.add_argument('--trace', help='write a Chrome trace here')
     args = parser.parse_args(argv)
     rgb, xyz, source = load_frame()
@@ -39,7 +42,7 @@ def main(argv=None) -> int:
         if cuda:
             torch.cuda.synchronize(detector.device)
     events = prof.key_averages()
-    sort = 'self_cuda_time_total' if cuda else 'self_cpu_time_total'
+    sort = 'self_cuda_time_total' if cuda and args.sort == 'device' else 'self_cpu_time_total'
     print(f'{args.preset}, {source}, device {detector.device}, batch {args.batch}, '
           f'{args.calls} calls; sorted by {sort}')
     print(events.table(sort_by=sort, row_limit=args.rows, max_name_column_width=60))

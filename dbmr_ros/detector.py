@@ -5,7 +5,6 @@ it, so preprocessing and scoring exist once. No ROS, no framework types.
 """
 import dataclasses
 import os
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -16,12 +15,15 @@ import torch.nn.functional as F
 
 from dbmr_ros.checkpoint import build_model, CheckpointMeta
 from dbmr_ros.cuda_graphs import GraphedFunction
-from dbmr_ros.data import preprocess_torch
+from dbmr_ros.data import preprocess_batched, preprocess_torch
 from dbmr_ros.data.preprocess import (clean_point_cloud, preprocess, square_padding,
                                       to_input_size)
 from dbmr_ros.model.dbmrnet import DBMRNet
-from dbmr_ros.model.inputs import group_points, prepare, require_points
+from dbmr_ros.data.sample import valid_mask
+from dbmr_ros.host_transfer import stack_on_device, to_host
+from dbmr_ros.model.inputs import group_points, prepare, require_counts, require_points
 from dbmr_ros.model.scoring import anomaly_maps, AnomalyMaps, raw_maps, SCORINGS
+from dbmr_ros.stopwatch import Stopwatch
 
 
 @dataclass
@@ -57,15 +59,17 @@ class Detector:
     and score come along for evaluation. The threshold is the checkpoint's for that scoring,
     refused (CalibrationError) when it was fitted for another score definition.
 
-    `preprocessing`: 'numpy' (OpenCV / SciPy on the CPU), 'torch' (the same steps on the
-    model's device, `preprocess_torch`) or 'auto': torch on CUDA, numpy on the CPU, where it is
-    the faster of the two. Frames given with `cleaned_xyz` (a cache) take the numpy resize.
+    `preprocessing`: 'numpy' (OpenCV / SciPy on the CPU), 'torch' (on the model's device: a
+    call's frames of one size in fixed shapes, `preprocess_batched`, replayed as a CUDA graph,
+    the frames it flags redone step by step by `preprocess_torch`) or 'auto': torch on CUDA,
+    numpy on the CPU, where it is the faster of the two. Frames given with `cleaned_xyz` (a
+    cache) take the numpy resize.
 
-    `cuda_graphs` (CUDA only): grouping, network and scoring are recorded as a CUDA graph at
-    the first call of each batch size and replayed after (`dbmr_ros.cuda_graphs`); the same maps
-    as eager execution, which is the fallback should recording fail. The graph holds the
-    scoring and calibration it was recorded with: another calibration is another Detector
-    (`with_calibration`).
+    `cuda_graphs` (CUDA only): the preprocessing, and grouping, network and scoring, are
+    recorded as two CUDA graphs at the first call of each batch size and replayed after
+    (`dbmr_ros.cuda_graphs`); the same maps as eager execution, which is the fallback should
+    recording fail. The network's graph holds the scoring and calibration it was recorded
+    with: another calibration is another Detector (`with_calibration`).
 
     On the CPU, load and call it from one thread (as the node does): torch on a second thread
     that also runs parallel ops makes libgomp stop spin-waiting, and small ops get ~2x slower.
@@ -95,6 +99,10 @@ class Detector:
         self.cuda_graphs = cuda_graphs
         self._graphed = (GraphedFunction(self._model_maps, 'the Detector\'s network')
                          if cuda_graphs and self.device.type == 'cuda' else None)
+        # A batch of one frame size preprocesses in fixed shapes: one more graph per batch size.
+        self._preprocess_batch = (GraphedFunction(self._preprocess_fixed, 'the preprocessing')
+                                  if cuda_graphs and self.device.type == 'cuda'
+                                  else self._preprocess_fixed)
 
     @classmethod
     def from_checkpoint(cls, path, device: str = 'auto', mixed_precision: bool = True,
@@ -138,18 +146,62 @@ class Detector:
             raise ValueError(f'{len(rgbs)} images but {len(xyzs)} point clouds')
         for image, cloud in zip(rgbs, xyzs):
             self._check(image, cloud)
-        clock = self._clock()
-        prepared = self._preprocess_all(rgbs, xyzs, cleaned)
-        stack = torch.stack if self.preprocess_on_device else np.stack
-        rgb_s, xyz_s = stack([p[0] for p in prepared]), stack([p[1] for p in prepared])
-        timings = {'preprocess': clock()}
-        maps = self.score_prepared(rgb_s, xyz_s, timings=timings,
-                                   on_device=self.preprocess_on_device)
+        watch = Stopwatch(self.device)
+        if (self.preprocess_on_device and cleaned_xyz is None
+                and len({image.shape for image in rgbs}) == 1):
+            maps = self._score_on_device(rgbs, xyzs, watch)
+        else:
+            prepared = self._preprocess_all(rgbs, xyzs, cleaned)
+            stack = torch.stack if self.preprocess_on_device else np.stack
+            rgb_s, xyz_s = stack([p[0] for p in prepared]), stack([p[1] for p in prepared])
+            watch.lap('preprocess')
+            maps = self._score_checked(rgb_s, xyz_s, watch, self.preprocess_on_device)
         full = self._input_resolution_maps(maps, [image.shape[:2] for image in rgbs])
         scores, paper_scores = maps.score.tolist(), maps.paper_score.tolist()  # one read-back
+        timings = _with_model_total(watch.times_ms())
         results = [self._result(scores[i], paper_scores[i], full[i], timings)
                    for i in range(len(rgbs))]
         return results if batched else results[0]
+
+    def _score_on_device(self, rgbs, xyzs, watch: Stopwatch) -> AnomalyMaps:
+        """Frames of one size -> AnomalyMaps on the device: preprocessed in fixed shapes
+        (`preprocess_batched`) and scored, both replayed as CUDA graphs on a GPU, before anything
+        is read back, so the host launches the network while the GPU still preprocesses. Then
+        one read-back of the preprocessing's flags and point counts: a cloud with too few points
+        is refused as `require_points` does (the network saw a stand-in for it), and frames
+        flagged as not exact are redone step by step (`preprocess_torch`) and the batch scored
+        again."""
+        rgb_t, xyz_t = (stack_on_device(frames, dtype, self.device) for frames, dtype in (
+            (rgbs, np.uint8), (xyzs, np.float32)))
+        rgb_s, xyz_s, exact, counts = self._preprocess_batch(rgb_t, xyz_t)
+        watch.lap('preprocess')
+        maps = self._score(rgb_s, xyz_s, watch, on_device=True)
+        exact, counts = exact.tolist(), counts.tolist()
+        if all(exact):
+            require_counts(counts, self.model.cfg.group_size)
+            return maps
+        # Copies: a replayed graph overwrites its outputs at the next replay.
+        rgb_s, xyz_s = rgb_s.clone(), xyz_s.clone()
+        for i in (i for i, flag in enumerate(exact) if not flag):
+            rgb_s[i], xyz_s[i] = preprocess_torch.preprocess(rgb_t[i], xyz_t[i],
+                                                             self.meta.preprocess)
+        watch.lap('preprocess')
+        return self._score_checked(rgb_s, xyz_s, watch, on_device=True)
+
+    def _preprocess_fixed(self, rgb_t: torch.Tensor, xyz_t: torch.Tensor):
+        """Raw (B, H, W, 3) tensors on the device -> model-size rgb and xyz, (B,) exact flags
+        and (B,) valid point counts, with nothing read back (a CUDA graph records it). A cloud
+        left with fewer points than a group is replaced by a stand-in (every pixel valid), so
+        the network's graph, which replays before the counts are read, never sees it."""
+        rgb_s, xyz_s, exact = preprocess_batched.preprocess_batch(rgb_t, xyz_t,
+                                                                  self.meta.preprocess)
+        counts = valid_mask(xyz_s).flatten(1).sum(1)
+        size = xyz_s.shape[1]
+        steps = torch.arange(size, device=xyz_s.device, dtype=xyz_s.dtype) / size
+        stand_in = torch.stack([steps[None, :].expand(size, size), steps[:, None].expand(
+            size, size), torch.ones_like(steps[:, None].expand(size, size))], -1)
+        enough = (counts >= self.model.cfg.group_size)[:, None, None, None]
+        return rgb_s, torch.where(enough, xyz_s, stand_in), exact, counts
 
     def _preprocess_all(self, rgbs, xyzs, cleaned) -> list:
         """Every pair of a call. The numpy path preprocesses a batch's frames on parallel
@@ -185,21 +237,32 @@ class Detector:
 
         timings gets 'model' (grouping, network and scoring, ms) and, when run eagerly, its
         parts 'grouping', 'network' and 'scoring'; a replayed graph has no parts."""
-        timings = {} if timings is None else timings
-        clock = self._clock()
+        watch = Stopwatch(self.device)
+        maps = self._score_checked(rgb_s, xyz_s, watch, on_device)
+        if timings is not None:
+            timings.update(_with_model_total(watch.times_ms()))
+        return maps
+
+    def _score_checked(self, rgb_s, xyz_s, watch: Stopwatch, on_device: bool) -> AnomalyMaps:
+        """`_score` after `require_points` (one read-back: the graph cannot raise)."""
         rgb_t, xyz_t = self._on_device(rgb_s, xyz_s)
+        require_points(xyz_t, self.model.cfg.group_size)
+        return self._score(rgb_t, xyz_t, watch, on_device)
+
+    def _score(self, rgb_t: torch.Tensor, xyz_t: torch.Tensor, watch: Stopwatch,
+               on_device: bool) -> AnomalyMaps:
+        """Model-size tensors on the device, every cloud with enough points -> AnomalyMaps (on
+        the device or the CPU); laps 'model', or its parts where it runs eagerly."""
         if self._graphed is not None and self._graphed.usable:
-            require_points(xyz_t, self.model.cfg.group_size)  # the graph cannot raise
             maps = self._graphed(rgb_t, xyz_t)
+            lap = 'model'
         else:
-            def lap(stage):
-                timings[stage] = clock()
-            maps = self._model_maps(rgb_t, xyz_t, lap)
+            maps = self._model_maps(rgb_t, xyz_t, watch.lap)
+            lap = 'scoring'  # the copy below
         # A copy either way: the graph overwrites its outputs at the next replay.
         maps = AnomalyMaps(*(m.to(torch.float32, copy=True) if on_device else m.float().cpu()
                              for m in maps))
-        timings['model'] = clock() + sum(timings.get(stage, 0.0)
-                                         for stage in ('grouping', 'network', 'scoring'))
+        watch.lap(lap)
         return maps
 
     def _model_maps(self, rgb_t: torch.Tensor, xyz_t: torch.Tensor,
@@ -241,17 +304,6 @@ class Detector:
 
     # --- helpers -------------------------------------------------------------------------
 
-    def _clock(self):
-        last = [time.perf_counter()]
-
-        def lap():
-            if self.device.type == 'cuda':
-                torch.cuda.synchronize(self.device)
-            now = time.perf_counter()
-            elapsed, last[0] = (now - last[0]) * 1e3, now
-            return elapsed
-        return lap
-
     @staticmethod
     def _check(rgb: np.ndarray, xyz: np.ndarray) -> None:
         rgb, xyz = np.asarray(rgb), np.asarray(xyz)
@@ -286,7 +338,7 @@ class Detector:
         size = (height + top + bottom, width + left + right)
         batch = model_maps if model_maps.dim() == 4 else model_maps[None]
         full = F.interpolate(batch, size=size, mode='bilinear', align_corners=False)
-        full = full[..., top:top + height, left:left + width].cpu().numpy()
+        full = to_host(full[..., top:top + height, left:left + width])
         return full if model_maps.dim() == 4 else full[0]
 
     def _result(self, score: float, paper_score: float, full_maps: np.ndarray,
@@ -298,3 +350,9 @@ class Detector:
                              map_2d=map_2d, map_3d=map_3d, paper_map=paper,
                              paper_score=paper_score, scoring=self.scoring,
                              threshold=threshold, timings_ms=dict(timings))
+
+
+def _with_model_total(times: Dict[str, float]) -> Dict[str, float]:
+    """Stage times with 'model' as the sum of its parts where the network ran eagerly."""
+    parts = [times[stage] for stage in ('grouping', 'network', 'scoring') if stage in times]
+    return {**times, 'model': times.get('model', 0.0) + sum(parts)}

@@ -1,12 +1,14 @@
 """The shape prior: FPFH on the image grid (model.local_shape) and the Gaussian mixture of good
 parts' patch descriptors (model.shape_prior, fitted by training.shape_prior)."""
 import numpy as np
+import pytest
 import torch
 from sklearn.mixture import GaussianMixture
 
 from dbmr_ros.model import DBMRConfig, DBMRNet
 from dbmr_ros.model.head import NUM_INPUTS
-from dbmr_ros.model.local_shape import fpfh, patch_descriptors, pca_normals, smallest_axis
+from dbmr_ros.model.local_shape import fpfh, patch_descriptors, pca_normals
+from dbmr_ros.symmetric3 import smallest_axis
 from dbmr_ros.model.shape_prior import ShapePrior
 from dbmr_ros.training.shape_prior import fit_shape_prior
 
@@ -94,9 +96,13 @@ def test_model_with_and_without_prior():
     assert old.shape_prior is None and old.scoring_head.input_norm.num_features == NUM_INPUTS
 
 
-def test_smallest_axis_agrees_with_eigh():
-    """Power iteration (graph-recordable) against torch.linalg.eigh on covariances of surface
-    windows: two large eigenvalues and a small one, in random orientations."""
+@pytest.mark.parametrize('device', [
+    'cpu', pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason='needs a CUDA device'))])
+def test_smallest_axis_agrees_with_eigh(device):
+    """Power iteration (graph-recordable; whole-matrix products on CUDA) against
+    torch.linalg.eigh on covariances of surface windows: two large eigenvalues and a small
+    one, in random orientations."""
     generator = torch.Generator().manual_seed(0)
     rotations = torch.linalg.qr(torch.randn(200, 3, 3, generator=generator,
                                             dtype=torch.float64))[0]
@@ -106,7 +112,7 @@ def test_smallest_axis_agrees_with_eigh():
     cov = rotations @ torch.diag_embed(spread) @ rotations.transpose(1, 2) * 1e-6
     start = torch.randn(200, 3, generator=generator, dtype=torch.float64)
     unique = cov[:, [0, 0, 0, 1, 1, 2], [0, 1, 2, 1, 2, 2]]
-    axis = smallest_axis(unique, start)
+    axis = smallest_axis(unique.to(device), start.to(device)).cpu()
     reference = torch.linalg.eigh(cov)[1][..., 0]
     assert torch.allclose((axis * reference).sum(-1).abs(), torch.ones(200, dtype=torch.float64),
                           atol=1e-9)

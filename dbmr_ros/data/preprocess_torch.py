@@ -240,15 +240,16 @@ def preprocess(rgb: torch.Tensor, xyz: torch.Tensor,
     image = _pad_square(rgb, cfg).permute(2, 0, 1)[None].float()
     image = F.interpolate(image, size=size, mode='bicubic', align_corners=False)
     points = _pad_square(cleaned, cfg)
-    rows, cols = (_nearest_sources(n, cfg.image_size, points.device) for n in points.shape[:2])
+    rows, cols = (nearest_sources(n, cfg.image_size, points.device) for n in points.shape[:2])
     return (image[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8),
             points[rows[:, None], cols[None, :]])
 
 
-def _nearest_sources(source: int, target: int, device) -> torch.Tensor:
+def nearest_sources(source: int, target: int, device) -> torch.Tensor:
     """(target,) source indices of OpenCV's INTER_NEAREST, floor(i * source / target) in
     double precision (torch's 'nearest' computes the scale in float32 and picks a different
-    pixel where the product is an integer)."""
+    pixel where the product is an integer). Built on the device (no copy from the host, so a
+    CUDA graph can record it); the same IEEE products as numpy's."""
     scale = 1.0 / (target / source)
-    index = np.minimum(np.floor(np.arange(target) * scale).astype(np.int64), source - 1)
-    return torch.from_numpy(index).to(device)
+    index = (torch.arange(target, dtype=torch.float64, device=device) * scale).floor()
+    return index.long().clamp_max(source - 1)

@@ -59,7 +59,7 @@ def prepare(rgb: torch.Tensor, xyz: torch.Tensor, num_points: int, min_points: i
     valid = valid_mask(xyz)
     counts = valid.flatten(1).sum(1)
     if not capturing():  # a recorded graph's caller checks before each replay
-        _require_counts(counts, min_points)
+        require_counts(counts, min_points)
     xyz = torch.where(valid[..., None], xyz, torch.zeros((), dtype=xyz.dtype,
                                                          device=xyz.device)).float()
     weights = valid[..., None].float()
@@ -80,11 +80,12 @@ def prepare(rgb: torch.Tensor, xyz: torch.Tensor, num_points: int, min_points: i
 def require_points(xyz: torch.Tensor, min_points: int) -> None:
     """ValueError unless every cloud (B, S, S, 3) keeps `min_points` valid points (reads the
     counts back: one synchronisation on a GPU)."""
-    _require_counts(valid_mask(xyz).flatten(1).sum(1), min_points)
+    require_counts(valid_mask(xyz).flatten(1).sum(1), min_points)
 
 
-def _require_counts(counts: torch.Tensor, min_points: int) -> None:
-    fewest = int(counts.min())
+def require_counts(counts, min_points: int) -> None:
+    """ValueError unless every count (a tensor or a list) is at least `min_points`."""
+    fewest = int(counts.min()) if isinstance(counts, torch.Tensor) else min(counts)
     if fewest < min_points:
         raise ValueError(f'a cloud has {fewest} valid points after preprocessing; '
                          f'at least {min_points} are needed')

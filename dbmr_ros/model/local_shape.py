@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from dbmr_ros.cuda_graphs import capturing
+from dbmr_ros.symmetric3 import smallest_axis
 
 BINS = 11
 FPFH_DIM = 3 * BINS
@@ -64,32 +65,6 @@ def _centroid(xyz: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3), (B, H, W) -> (B, 3) float64 mean of the valid points."""
     weights = valid.double()[..., None]
     return (xyz.double() * weights).sum((1, 2)) / weights.sum((1, 2)).clamp_min(1)
-
-
-def smallest_axis(cov: torch.Tensor, start: torch.Tensor, squarings: int = 8) -> torch.Tensor:
-    """(..., 6) symmetric 3 x 3 matrices as their unique entries (xx, xy, xz, yy, yz, zz),
-    (..., 3) start vectors -> (..., 3) unit eigenvectors of the smallest eigenvalue.
-
-    Power iteration on trace(C) I - C (whose largest eigenvalue that is), the matrix squared
-    `squarings` times (2^8 = 256 iterations). Elementwise products of the six entries only:
-    batched 3 x 3 matmuls are slow on the CPU, and torch.linalg.eigh's CUDA path reads an
-    error flag back, which a CUDA graph cannot record. On cable_gland it agrees with eigh to
-    0.03 degrees at the 99th percentile of windows; where two eigenvalues are close (edges) the
-    normal is ill-defined either way."""
-    xx, xy, xz, yy, yz, zz = cov.unbind(-1)
-    trace = xx + yy + zz
-    a, b, c, d, e, f = trace - xx, -xy, -xz, trace - yy, -yz, trace - zz
-    for _ in range(squarings):
-        scale = (a + d + f).clamp_min(1e-300)
-        a, b, c, d, e, f = (m / scale for m in (a, b, c, d, e, f))
-        a, b, c, d, e, f = (a * a + b * b + c * c, a * b + b * d + c * e, a * c + b * e + c * f,
-                            b * b + d * d + e * e, b * c + d * e + e * f, c * c + e * e + f * f)
-    s0, s1, s2 = start.unbind(-1)
-    axis = torch.stack([a * s0 + b * s1 + c * s2, b * s0 + d * s1 + e * s2,
-                        c * s0 + e * s1 + f * s2], -1)
-    length = axis.norm(dim=-1, keepdim=True)
-    fallback = start / start.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return torch.where(length > 1e-12, axis / length.clamp_min(1e-300), fallback)
 
 
 _PAIRS = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
