@@ -29,9 +29,9 @@ nvidia-smi -L >"$out/gpu.log" 2>&1
 numpy.__version__, "cv2", cv2.__version__, "cuda", torch.cuda.is_available())' >>"$out/gpu.log" 2>&1
 cat "$out/gpu.log"
 
-step tests 150 "$python" -m pytest -q -s -p no:cacheprovider -k cuda \
+step tests 180 "$python" -m pytest -q -s -p no:cacheprovider -k cuda \
     test/test_model.py test/test_device.py test/test_preprocess_torch.py test/test_cuda_graphs.py \
-    test/test_fps_kernel.py
+    test/test_fps_kernel.py test/test_preprocess_batched.py test/test_shape_prior.py
 step model 90 "$python" benchmarks/bench_model.py --device cuda --frames 30
 step model_eager 60 "$python" benchmarks/bench_model.py --device cuda --presets tiny \
     --frames 20 --no-cuda-graphs
@@ -46,15 +46,21 @@ step batch32_numpy 75 "$python" benchmarks/bench_model.py --device cuda --preset
 step train 120 "$python" benchmarks/bench_train.py --device cuda --steps 30
 step train_batch64 120 "$python" benchmarks/bench_train.py --device cuda --steps 20 \
     --batch-size 64
+step preprocess_stages 60 "$python" benchmarks/bench_preprocess.py --device cuda --batch 1 32 \
+    --calls 30
 step profile 60 "$python" benchmarks/profile_detector.py --device cuda --calls 5 --rows 15
+step profile_host 60 "$python" benchmarks/profile_detector.py --device cuda --calls 10 --rows 12 \
+    --sort cpu
 
 echo
 grep -hE "^E |passed|failed|losses" "$out/tests.log" | tail -n 15
 for name in model model_eager model_graphed_fps model_numpy_preprocessing batch32 \
-    batch32_numpy train train_batch64; do
+    batch32_numpy preprocess_stages train train_batch64; do
     echo "-- $name"
     grep -E "^\||^input|^device" "$out/$name.log" || tail -n 15 "$out/$name.log"
 done
-echo "-- profile"
-grep -v "^USDT" "$out/profile.log" | head -n 24 | cut -c1-150
+for name in profile profile_host; do
+    echo "-- $name"
+    grep -v "^USDT" "$out/$name.log" | head -n 24 | cut -c1-150
+done
 [ ${#failed[@]} = 0 ] || { echo "failed: ${failed[*]}"; exit 1; }

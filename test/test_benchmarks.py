@@ -61,6 +61,13 @@ def test_profile_detector_on_the_cpu():
     assert 'sorted by self_cpu_time_total' in out and 'per call:' in out
 
 
+def test_bench_preprocess_prints_every_stage_on_the_cpu():
+    out = _run(str(BENCHMARKS / 'bench_preprocess.py'), '--calls', '1')
+    for stage in ('support plane', 'grid components', 'near cluster', 'all stages, one graph',
+                  'numpy, per frame'):
+        assert f'| {stage}' in out, out
+
+
 def test_gpu_check_script_parses():
     subprocess.run(['bash', '-n', str(BENCHMARKS / 'gpu_check.sh')], check=True)
 
