@@ -6,6 +6,7 @@ eagerly. The whole step is timed the same way ('all stages, one graph'), and the
 reference paths beside it: `preprocess_torch` per frame and the numpy one per frame.
 
     .venv/bin/python benchmarks/bench_preprocess.py [--device cuda] [--batch 1 32] [--calls 50]
+        [--no-triton]
 """
 import argparse
 import statistics
@@ -18,7 +19,7 @@ import torch
 
 from dbmr_ros.cuda_graphs import GraphedFunction
 from dbmr_ros.data import preprocess_batched as batched
-from dbmr_ros.data import preprocess_torch
+from dbmr_ros.data import preprocess_torch, window_search
 from dbmr_ros.data.preprocess import preprocess, PreprocessConfig
 from dbmr_ros.data.sample import valid_mask
 
@@ -37,9 +38,9 @@ def stages(cfg: PreprocessConfig):
         g, v = grid(xyz, kept)
         labels, _ = batched.grid_components(g, v, eps)
         largest = batched._largest(labels, v)
-        close = batched._close_pairs(g, v, eps)
+        touching = window_search.touching_search(g, v, eps)
         for _ in range(batched.JOIN_WAVES):
-            largest = largest | batched._joining(labels, v, batched._touching(close, largest))
+            largest = largest | batched._joining(labels, v, touching(largest))
         return largest
 
     return (
@@ -51,8 +52,8 @@ def stages(cfg: PreprocessConfig):
         ('largest + joins', lambda rgb, xyz, valid, kept: joins(xyz, kept)),
         ('stride check', lambda rgb, xyz, valid, kept: batched._stride_fits(
             xyz, kept, eps, stride)),
-        ('near cluster (full resolution)', lambda rgb, xyz, valid, kept: batched._near_cluster(
-            xyz, kept, grid(xyz, kept)[0], grid(xyz, kept)[1], stride, eps)),
+        ('near cluster (full resolution)', lambda rgb, xyz, valid, kept:
+            window_search.near_cluster(xyz, kept, *grid(xyz, kept), stride, eps)),
         ('pad + resize', lambda rgb, xyz, valid, kept: (batched._resize_rgb(rgb, cfg),
                                                         batched._resize_points(xyz, cfg))),
         ('all stages, one graph', lambda rgb, xyz, valid, kept: batched.preprocess_batch(
@@ -109,7 +110,10 @@ def main(argv=None) -> None:
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--batch', type=int, nargs='+', default=[1])
     parser.add_argument('--calls', type=int, default=20)
+    parser.add_argument('--no-triton', action='store_true',
+                        help='the window searches in torch on CUDA too (no Triton kernels)')
     args = parser.parse_args(argv)
+    window_search.use_triton = not args.no_triton
     device = torch.device(args.device)
     cfg = PreprocessConfig()
     rgb, xyz, name = load_frame()
@@ -118,7 +122,10 @@ def main(argv=None) -> None:
                                         torch.from_numpy(kept_frame)[None], cfg)
     kept_frame &= ~plane[0].numpy()
     where = torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'
-    print(f'input: {name}; device {device} ({where}); torch threads {torch.get_num_threads()}')
+    searches = ('Triton kernels' if window_search._kernels(device) is not None
+                else 'torch')
+    print(f'input: {name}; device {device} ({where}); torch threads {torch.get_num_threads()}; '
+          f'window searches: {searches}')
     print('| stage | ' + ' | '.join(f'batch {b}: ms per call' for b in args.batch) + ' |')
     print('|---|' + '---|' * len(args.batch))
     columns = []

@@ -17,13 +17,9 @@ from dbmr_ros.data import open_dataset, preprocess, PreprocessConfig
 from dbmr_ros.model import PRESETS
 from dbmr_ros.model.inputs import prepare
 from dbmr_ros.model.point_ops import fps_torch
+from triton_checks import assert_triton_not_loaded, compile_without_gpu, require_triton
 
-try:
-    import triton
-except ImportError:  # CI installs it (Makefile): missing there is a failure, not a skip
-    if os.environ.get('CI'):
-        raise
-    pytest.skip('Triton is not installed (`make setup` installs it)', allow_module_level=True)
+require_triton()  # skips the module where Triton is missing (fails under CI)
 
 INTERPRETED = r'''
 import json, sys
@@ -79,30 +75,20 @@ def test_kernel_compiles_for_a_gpu_without_one(arch):
     """Triton compiles the kernel to a cubin for an H100 (sm_90) and an A100 (sm_80) with the
     launcher's options, for both presets' cloud sizes and the largest cloud it takes, and the
     PTX has no fused multiply-add (the indices' equality with the torch loop relies on it)."""
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from dbmr_ros.model.fps_kernel import _fps_kernel, launch_options, MAX_POINTS
     signature = {'points': '*fp32', 'out': '*i32', 'num_points': 'i32',
                  'NUM_SAMPLES': 'constexpr', 'BLOCK': 'constexpr'}
     for num_points, samples in ((4096, 128), (16384, 512), (MAX_POINTS, 64)):
         options = launch_options(num_points)
-        source = ASTSource(fn=_fps_kernel, signature=signature,
-                           constexprs={'NUM_SAMPLES': samples, 'BLOCK': options.pop('BLOCK')})
-        compiled = triton.compile(source, target=GPUTarget('cuda', arch, 32), options=options)
-        assert len(compiled.asm['cubin']) > 1000
-        assert 'fma.' not in compiled.asm['ptx']
+        compile_without_gpu(_fps_kernel, signature,
+                            {'NUM_SAMPLES': samples, 'BLOCK': options.pop('BLOCK')}, options, arch)
 
 
 def test_cpu_paths_never_load_triton():
     """Triton is imported on CUDA only: grouping on the CPU leaves it unloaded."""
-    script = ('import sys, torch\n'
-              'from dbmr_ros.model.point_ops import fps\n'
-              'fps(torch.rand(1, 50, 3), 5)\n'
-              'assert "triton" not in sys.modules, "triton was imported"\n')
-    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                            timeout=120)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert_triton_not_loaded('import torch\n'
+                             'from dbmr_ros.model.point_ops import fps\n'
+                             'fps(torch.rand(1, 50, 3), 5)')
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')

@@ -13,9 +13,10 @@ replay launches it at once. What changes to get there, and what it costs in agre
   inliers; least-squares planes by `symmetric3.smallest_axis` instead of eigh.
 - The largest cluster, at the configured stride: grid components by hooking and pointer jumping
   for a fixed number of rounds; components that come within eps of the kept one join when that
-  happens inside a window of `JOIN_RADIUS` grid cells (the reference searches the whole cloud,
-  once per joining wave); the other pixels are kept when within eps of a kept grid point among
-  the `NEAR_RADIUS` window around their nearest grid pixel (the reference: anywhere).
+  happens inside a window of grid cells (`window_search.JOIN_RADIUS`; the reference searches
+  the whole cloud, once per joining wave); the other pixels are kept when within eps of a kept
+  grid point among the window around their nearest grid pixel (`window_search.NEAR_RADIUS`;
+  the reference: anywhere). Triton kernels run both searches on CUDA.
 
 Each frame comes with an `exact` flag, False where one of these bounds may have cut the
 reference short: the components had not converged by the last round, a second joining wave
@@ -30,15 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dbmr_ros.data import window_search
 from dbmr_ros.data.preprocess import PreprocessConfig, square_padding
 from dbmr_ros.data.preprocess_torch import nearest_sources
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.symmetric3 import smallest_axis
 
 COMPONENT_ROUNDS = 8   # hooking + jumping rounds (cable_gland: 5 or 6, the last changing nothing)
-JOIN_RADIUS = 8        # grid cells searched for a joining component (24 px at stride 3)
 JOIN_WAVES = 4         # components joining the kept one, then theirs, ... (cable_gland: 0-4)
-NEAR_RADIUS = 3        # grid cells around a pixel's nearest grid pixel searched for the cluster
 # Grid neighbours linked directly: right, down and both diagonals (8-connectivity).
 _GRID_OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
 
@@ -166,14 +166,14 @@ def largest_cluster_masks(xyz: torch.Tensor, valid: torch.Tensor, eps: float, st
     grid, grid_valid = xyz[:, ::stride, ::stride], valid[:, ::stride, ::stride]
     labels, converged = grid_components(grid, grid_valid, eps)
     kept = _largest(labels, grid_valid)
-    close = _close_pairs(grid, grid_valid, eps)
+    touching = window_search.touching_search(grid, grid_valid, eps)
     for _ in range(JOIN_WAVES):
-        kept = kept | _joining(labels, grid_valid, _touching(close, kept))
-    still_joining = (~kept & _touching(close, kept)).flatten(1)
+        kept = kept | _joining(labels, grid_valid, touching(kept))
+    still_joining = (~kept & touching(kept)).flatten(1)
     exact = converged & ~still_joining.any(1) & _stride_fits(xyz, valid, eps, stride)
     if stride == 1:
         return kept, exact
-    return _near_cluster(xyz, valid, grid, kept, stride, eps), exact
+    return window_search.near_cluster(xyz, valid, grid, kept, stride, eps), exact
 
 
 def grid_components(xyz: torch.Tensor, valid: torch.Tensor, eps: float
@@ -227,33 +227,6 @@ def _largest(labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return valid & (labels == best[:, None, None])
 
 
-def _close_pairs(xyz: torch.Tensor, valid: torch.Tensor, eps: float) -> torch.Tensor:
-    """(B, H, W, 3), (B, H, W) -> (B, H, W, K, K) bool, K = 2 JOIN_RADIUS + 1: which pixels of
-    each valid pixel's window are valid and closer than eps (computed a row of offsets at a
-    time: the whole window's differences at once would take 900x the grid's memory)."""
-    radius, size = JOIN_RADIUS, 2 * JOIN_RADIUS + 1
-    height, width = valid.shape[1:]
-    padded = F.pad(xyz.permute(0, 3, 1, 2), (radius,) * 4)                  # (B, 3, H+2r, W+2r)
-    padded_valid = F.pad(valid, (radius,) * 4)
-    centre = xyz.permute(0, 3, 1, 2)[..., None]                            # (B, 3, H, W, 1)
-    rows = []
-    for dy in range(size):
-        # (B, C, H, W + 2r) -> (B, C, H, W, K): every column offset of this row offset.
-        others = padded[:, :, dy:dy + height].unfold(3, size, 1)
-        step = others - centre
-        rows.append(((step * step).sum(1) < eps ** 2)
-                    & padded_valid[:, dy:dy + height].unfold(2, size, 1))
-    return torch.stack(rows, 3) & valid[..., None, None]                  # (B, H, W, K, K)
-
-
-def _touching(close: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-    """(B, H, W, K, K) close pairs, (B, H, W) kept -> (B, H, W) bool: pixels with a kept
-    pixel closer than eps in their window."""
-    windows = F.pad(kept, (JOIN_RADIUS,) * 4).unfold(1, close.shape[3], 1).unfold(
-        2, close.shape[4], 1)                                              # a view, no copy
-    return (close & windows).flatten(3).any(3)
-
-
 def _joining(labels: torch.Tensor, valid: torch.Tensor, touching: torch.Tensor) -> torch.Tensor:
     """(B, H, W) bool: the valid pixels of every component that has a touching pixel."""
     none = labels.numel()
@@ -261,34 +234,6 @@ def _joining(labels: torch.Tensor, valid: torch.Tensor, touching: torch.Tensor) 
     # Untouched pixels mark the label `none`, which only invalid pixels carry.
     marks = marks.index_fill(0, torch.where(touching, labels, none).flatten(), True)
     return valid & marks[labels]
-
-
-def _near_cluster(xyz: torch.Tensor, valid: torch.Tensor, grid: torch.Tensor,
-                  kept: torch.Tensor, stride: int, eps: float) -> torch.Tensor:
-    """(B, H, W) bool: valid pixels within eps of a kept grid point among the NEAR_RADIUS
-    window of grid cells around their nearest grid pixel.
-
-    The kept grid points are spread to every pixel they are nearest to (the others moved far
-    away); the grid cell `dy` rows away from a pixel's nearest one is then the spread map's
-    pixel `stride * dy` rows away, so each row of the window is one dilated unfold."""
-    height, width = valid.shape[1:]
-    rows = torch.clamp((torch.arange(height, device=xyz.device) + stride // 2) // stride,
-                       max=grid.shape[1] - 1)
-    cols = torch.clamp((torch.arange(width, device=xyz.device) + stride // 2) // stride,
-                       max=grid.shape[2] - 1)
-    far = torch.where(kept[..., None], grid, 1e6)                           # not kept: 1000 km
-    spread = far[:, rows[:, None], cols[None, :]].permute(0, 3, 1, 2)     # (B, 3, H, W)
-    reach = NEAR_RADIUS * stride
-    spread = F.pad(spread, (0, 0, reach, reach), value=1e6)
-    centre = xyz.permute(0, 3, 1, 2)[:, :, None]                           # (B, 3, 1, H, W)
-    size = 2 * NEAR_RADIUS + 1
-    near = torch.zeros_like(valid)
-    for dy in range(size):
-        shifted = spread[:, :, dy * stride:dy * stride + height]
-        window = F.unfold(shifted, (1, size), dilation=(1, stride), padding=(0, reach))
-        step = window.view(len(xyz), 3, size, height, width) - centre
-        near |= ((step * step).sum(1) < eps ** 2).any(1)
-    return near & valid
 
 
 def _stride_fits(xyz: torch.Tensor, valid: torch.Tensor, eps: float,
