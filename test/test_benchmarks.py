@@ -68,6 +68,14 @@ def test_bench_preprocess_prints_every_stage_on_the_cpu():
         assert f'| {stage}' in out, out
 
 
+def test_compare_preprocessing_on_the_real_validation_split(mvtec_root):
+    out = _run(str(BENCHMARKS / 'compare_preprocessing.py'), '--data-root', str(mvtec_root),
+               '--category', 'cable_gland', '--splits', 'validation')
+    row = next(line for line in out.splitlines() if line.startswith('| validation |'))
+    frames, flagged = (int(cell) for cell in row.strip('|').split('|')[1:3])
+    assert frames == 23 and flagged == 0, out
+
+
 def test_gpu_check_script_parses():
     subprocess.run(['bash', '-n', str(BENCHMARKS / 'gpu_check.sh')], check=True)
 

@@ -80,6 +80,24 @@ def test_frames_beyond_the_bounds_are_flagged_and_redone(rgbd_frames, mvtec_root
     assert result.score == expected.score[0].item()
 
 
+def test_a_sparse_frame_beside_a_flagged_one_is_still_refused(rgbd_frames):
+    """A batch where one frame is redone step by step and another, exact, keeps too few points:
+    the stand-in the network saw for it must not turn into a result."""
+    rgb, xyz = tum_frame(rgbd_frames)
+    sparse = np.zeros_like(xyz)
+    v, u = np.mgrid[0:4, 0:4].astype(np.float32) * 1e-4  # 16 points 0.1 mm apart: exact
+    sparse[200:204, 300:304] = np.stack([u, v, np.ones_like(u)], -1)
+    cfg = dataclasses.replace(PreprocessConfig(), max_depth=2.0)
+    _, exact = preprocess_batched.clean_point_clouds(torch.from_numpy(np.stack([xyz, sparse])),
+                                                     cfg)
+    assert exact.tolist() == [False, True]
+    loaded = Detector.from_checkpoint(share_dir() / 'models' / 'dbmr_default.safetensors', 'cpu')
+    detector = Detector(loaded.model, dataclasses.replace(loaded.meta, preprocess=cfg), 'cpu',
+                        preprocessing='torch')
+    with pytest.raises(ValueError, match='valid points after preprocessing'):
+        detector([rgb, rgb], [xyz, sparse])
+
+
 def test_components_flag_what_the_rounds_do_not_reach():
     """A serpentine one pixel wide is one component when the rounds suffice, and a frame whose
     components have not converged is flagged, not silently split."""
