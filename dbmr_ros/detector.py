@@ -4,6 +4,7 @@ The single inference path of the package: the ROS node, the CLIs and the bag eva
 it, so preprocessing and scoring exist once. No ROS, no framework types.
 """
 import dataclasses
+import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -200,11 +201,8 @@ class Detector:
         rgb_s, xyz_s, exact = preprocess_batched.preprocess_batch(rgb_t, xyz_t,
                                                                   self.meta.preprocess)
         counts = valid_mask(xyz_s).flatten(1).sum(1)
-        size = xyz_s.shape[1]
-        steps = torch.arange(size, device=xyz_s.device, dtype=xyz_s.dtype) / size
-        stand_in = torch.stack([steps[None, :].expand(size, size), steps[:, None].expand(
-            size, size), torch.ones_like(steps[:, None].expand(size, size))], -1)
         enough = (counts >= self.model.cfg.group_size)[:, None, None, None]
+        stand_in = _stand_in_cloud(xyz_s.shape[1], xyz_s.dtype, xyz_s.device)
         return rgb_s, torch.where(enough, xyz_s, stand_in), exact, counts
 
     def _preprocess_all(self, rgbs, xyzs, cleaned) -> list:
@@ -360,3 +358,12 @@ def _with_model_total(times: Dict[str, float]) -> Dict[str, float]:
     """Stage times with 'model' as the sum of its parts where the network ran eagerly."""
     parts = [times[stage] for stage in ('grouping', 'network', 'scoring') if stage in times]
     return {**times, 'model': times.get('model', 0.0) + sum(parts)}
+
+
+@functools.lru_cache(maxsize=4)
+def _stand_in_cloud(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(S, S, 3): a plane one metre away with every pixel valid, built once per size (at a CUDA
+    graph's warm-up run, so the recording only reads it)."""
+    steps = torch.arange(size, device=device, dtype=dtype) / size
+    return torch.stack([steps[None, :].expand(size, size), steps[:, None].expand(size, size),
+                        torch.ones(size, size, device=device, dtype=dtype)], -1)

@@ -28,8 +28,8 @@ cases = torch.load(sys.argv[1], weights_only=True)
 results = {}
 for name, (xyz, valid, grid, grid_valid, kept, stride, eps) in cases.items():
     far = torch.where(kept[..., None], grid, 1e6)
-    results[name] = (window_kernels.touching(grid, grid_valid, kept, eps,
-                                             window_search.JOIN_RADIUS),
+    results[name] = (window_kernels.touching_search(grid, grid_valid, eps,
+                                                    window_search.JOIN_RADIUS)(kept),
                      window_kernels.near(xyz, valid, far, stride, eps, window_search.NEAR_RADIUS))
 torch.save(results, sys.argv[2])
 '''

@@ -19,7 +19,7 @@ replay launches it at once. What changes to get there, and what it costs in agre
   the reference: anywhere). Triton kernels run both searches on CUDA.
 
 Each frame comes with an `exact` flag, False where one of these bounds may have cut the
-reference short: the components had not converged by the last round, a second joining wave
+reference short: the components had not converged by the last round, one more joining wave
 would still add a component, or the point spacing asks for a finer stride than the configured
 one (`clustering._max_stride`). The Detector redoes such frames with `preprocess_torch`. The
 agreement with the numpy reference is stated and tested in `test/test_preprocess_batched.py`.
@@ -33,14 +33,12 @@ import torch.nn.functional as F
 
 from dbmr_ros.data import window_search
 from dbmr_ros.data.preprocess import PreprocessConfig, square_padding
-from dbmr_ros.data.preprocess_torch import nearest_sources
+from dbmr_ros.data.preprocess_torch import grid_pairs, nearest_sources
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.symmetric3 import smallest_axis
 
 COMPONENT_ROUNDS = 8   # hooking + jumping rounds (cable_gland: 5 or 6, the last changing nothing)
 JOIN_WAVES = 4         # components joining the kept one, then theirs, ... (cable_gland: 0-4)
-# Grid neighbours linked directly: right, down and both diagonals (8-connectivity).
-_GRID_OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
 
 
 def preprocess_batch(rgb: torch.Tensor, xyz: torch.Tensor, cfg: PreprocessConfig
@@ -190,9 +188,8 @@ def grid_components(xyz: torch.Tensor, valid: torch.Tensor, eps: float
     none = batch * height * width
     index = torch.arange(none, device=valid.device).view(batch, height, width)
     here, there, linked = [], [], []
-    for dy, dx in _GRID_OFFSETS:
-        a = (slice(None), slice(0, height - dy), slice(max(0, -dx), width - max(0, dx)))
-        b = (slice(None), slice(dy, height), slice(max(0, dx), width + min(0, dx)))
+    for here_2d, there_2d in grid_pairs(height, width):
+        a, b = (slice(None),) + here_2d, (slice(None),) + there_2d  # every frame of the batch
         step = xyz[a] - xyz[b]
         here.append(index[a].flatten())
         there.append(index[b].flatten())

@@ -78,7 +78,7 @@ def support_plane_mask(xyz: torch.Tensor, valid: torch.Tensor,
     return valid & (distance < cfg.plane_clear_distance)
 
 
-def _pairs(height: int, width: int):
+def grid_pairs(height: int, width: int):
     """Per grid offset: the two slices of an (H, W) grid it pairs."""
     for dy, dx in _GRID_OFFSETS:
         yield ((slice(0, height - dy), slice(max(0, -dx), width - max(0, dx))),
@@ -87,7 +87,7 @@ def _pairs(height: int, width: int):
 
 def _links(xyz: torch.Tensor, valid: torch.Tensor, eps: float):
     """Per grid offset: bool mask of its pairs that are both valid and closer than eps."""
-    for here, there in _pairs(*valid.shape):
+    for here, there in grid_pairs(*valid.shape):
         step = xyz[here] - xyz[there]
         yield valid[here] & valid[there] & ((step * step).sum(-1) < eps ** 2)
 
@@ -100,7 +100,7 @@ def _lowering_passes(labels: torch.Tensor, *links: torch.Tensor, passes: int) ->
     none = height * width
     for _ in range(passes):
         lowered = labels.clone()
-        for (here, there), linked in zip(_pairs(height, width), links):
+        for (here, there), linked in zip(grid_pairs(height, width), links):
             pair = torch.where(linked, torch.minimum(labels[here], labels[there]), none)
             lowered[here] = torch.minimum(lowered[here], pair)
             lowered[there] = torch.minimum(lowered[there], pair)

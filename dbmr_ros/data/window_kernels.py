@@ -11,6 +11,8 @@ squared distance is summed in the same order without fused multiply-adds
 (`enable_fp_fusion=False`). CUDA only; `preprocess_batched` keeps the torch versions elsewhere.
 Triton compiles them at their first call (a CUDA graph's warm-up run).
 """
+from typing import Callable
+
 import torch
 import triton
 import triton.language as tl
@@ -87,21 +89,27 @@ def _near_kernel(xyz, valid, grid, out, pixels, height, width, grid_height, grid
     tl.store(out + index, (found & centre_valid).to(tl.int8), mask=inside)
 
 
-def touching(xyz: torch.Tensor, valid: torch.Tensor, kept: torch.Tensor, eps: float,
-             radius: int) -> torch.Tensor:
-    """(B, H, W, 3), (B, H, W) bool x2 -> (B, H, W) bool: `preprocess_batched._touching`."""
-    out = torch.empty(valid.shape, dtype=torch.int8, device=valid.device)
+def touching_search(xyz: torch.Tensor, valid: torch.Tensor, eps: float,
+                    radius: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """(B, H, W, 3), (B, H, W) bool -> a function of kept (B, H, W) bool giving (B, H, W)
+    bool: `window_search.touching_search`. The grid is laid out for the kernel once, not once
+    per joining wave."""
+    points, valid_bytes = xyz.float().contiguous(), valid.to(torch.int8)
     pixels = valid.numel()
-    _touching_kernel[(triton.cdiv(pixels, BLOCK),)](
-        xyz.float().contiguous(), valid.to(torch.int8), kept.to(torch.int8), out, pixels,
-        valid.shape[1], valid.shape[2], eps ** 2, RADIUS=radius, **_OPTIONS)
-    return out.bool()
+
+    def touching(kept: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(valid.shape, dtype=torch.int8, device=valid.device)
+        _touching_kernel[(triton.cdiv(pixels, BLOCK),)](
+            points, valid_bytes, kept.to(torch.int8), out, pixels, valid.shape[1],
+            valid.shape[2], eps ** 2, RADIUS=radius, **_OPTIONS)
+        return out.bool()
+    return touching
 
 
 def near(xyz: torch.Tensor, valid: torch.Tensor, far_grid: torch.Tensor, stride: int,
          eps: float, radius: int) -> torch.Tensor:
     """(B, H, W, 3), (B, H, W) bool, (B, h, w, 3) kept grid points (others far away) ->
-    (B, H, W) bool: `preprocess_batched._near_cluster`."""
+    (B, H, W) bool: `window_search.near_cluster`."""
     out = torch.empty(valid.shape, dtype=torch.int8, device=valid.device)
     pixels = valid.numel()
     _near_kernel[(triton.cdiv(pixels, BLOCK),)](

@@ -37,7 +37,7 @@ def touching_search(xyz: torch.Tensor, valid: torch.Tensor,
     per joining wave; the torch version works out the window's close pairs once for all."""
     kernels = _kernels(xyz.device)
     if kernels is not None:
-        return lambda kept: kernels.touching(xyz, valid, kept, eps, JOIN_RADIUS)
+        return kernels.touching_search(xyz, valid, eps, JOIN_RADIUS)
     close = _close_pairs(xyz, valid, eps)
     return lambda kept: _touching(close, kept)
 
