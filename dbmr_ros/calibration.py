@@ -15,6 +15,7 @@ import numpy as np
 
 from dbmr_ros.data.anomalies import AnomalyConfig, anomalous_copies, KIND_NAMES
 from dbmr_ros.data.sample import valid_mask
+from dbmr_ros.data.unseen_defects import unseen_copies
 from dbmr_ros.model.config import DBMRConfig
 from dbmr_ros.model.head import input_channels
 from dbmr_ros.model.scoring import SCORINGS
@@ -162,6 +163,35 @@ def fit_stats(detector, rgb: np.ndarray, xyz: np.ndarray, batch_size: int = 8) -
     return accumulator.stats()
 
 
+def score_into(results: CategoryResults, scorer, rgb: np.ndarray, xyz: np.ndarray,
+               masks: Optional[np.ndarray] = None, kinds: Optional[Sequence[str]] = None,
+               batch_size: int = 8) -> None:
+    """Score model-size samples (N, S, S, 3) with a calibrated Detector and add them to
+    `results`: good ones without `masks`, anomalous ones with their masks (N, S, S) and kind
+    names."""
+    label = int(masks is not None)
+    for start in range(0, len(rgb), batch_size):
+        maps = scorer.score_prepared(rgb[start:start + batch_size], xyz[start:start + batch_size])
+        for i in range(len(maps.score)):
+            index = start + i
+            gt = masks[index] if label else np.zeros(xyz.shape[1:3], dtype=bool)
+            results.add(label, gt, maps.anomaly[i].numpy(), maps.map_2d[i].numpy(),
+                        maps.map_3d[i].numpy(), float(maps.score[i]), maps.paper[i].numpy(),
+                        float(maps.paper_score[i]), kinds[index] if label else '')
+
+
+def unseen_results(scorer, rgb: np.ndarray, xyz: np.ndarray, seed: int,
+                   copies: int = 1) -> CategoryResults:
+    """The second selection set: good model-size samples (N, S, S, 3) and, on each, every
+    defect kind that training never draws (`data/unseen_defects.py`), scored by a calibrated
+    Detector. Whether a map generalises beyond the training's kinds of synthetic anomalies."""
+    bad_rgb, bad_xyz, masks, kinds = unseen_copies(rgb, xyz, seed, copies)
+    results = CategoryResults()
+    score_into(results, scorer, rgb, xyz)
+    score_into(results, scorer, bad_rgb, bad_xyz, masks, kinds)
+    return results
+
+
 def fit(detector, rgb: np.ndarray, xyz: np.ndarray, anomalies: AnomalyConfig,
         rule: ThresholdRule = ThresholdRule(), seed: int = 0, copies: int = 2,
         batch_size: int = 8, fitted_on: str = ''):
@@ -178,16 +208,9 @@ def fit(detector, rgb: np.ndarray, xyz: np.ndarray, anomalies: AnomalyConfig,
     bad_rgb, bad_xyz, masks, kinds = anomalous_copies(rgb, xyz, anomalies, seed, copies,
                                                       batch_size)
     results = CategoryResults()
-    for label, (images, clouds, gts, names) in enumerate([
-            (rgb, xyz, np.zeros(xyz.shape[:3], dtype=bool), [''] * len(rgb)),
-            (bad_rgb, bad_xyz, masks, [KIND_NAMES[k] for k in kinds])]):
-        for start in range(0, len(images), batch_size):
-            maps = scorer.score_prepared(images[start:start + batch_size],
-                                         clouds[start:start + batch_size])
-            for i in range(len(maps.score)):
-                results.add(label, gts[start + i], maps.anomaly[i].numpy(), maps.map_2d[i].numpy(),
-                            maps.map_3d[i].numpy(), float(maps.score[i]), maps.paper[i].numpy(),
-                            float(maps.paper_score[i]), names[start + i])
+    score_into(results, scorer, rgb, xyz, batch_size=batch_size)
+    score_into(results, scorer, bad_rgb, bad_xyz, masks, [KIND_NAMES[k] for k in kinds],
+               batch_size)
     labels = np.asarray(results.labels)
     thresholds = {}
     for scoring, variant in (('learned', 'fused'), ('paper', 'paper')):

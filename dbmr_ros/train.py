@@ -40,11 +40,15 @@ CHECKPOINT = 'checkpoint.safetensors'
 TRAIN_STATE = 'train_state.pt'
 FINAL = 'model.safetensors'
 
+SELECTION_METRICS = ('i_auroc', 'p_auroc', 'aupro@0.3')
 
-def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainConfig):
+
+def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainConfig,
+                           unseen: bool = False):
     """Calibration on validation/good + synthetic anomalies on it, and that selection set's
-    metrics per scoring and, for the learned one, per kind of synthetic defect:
-    (calibrated meta, {'learned' | 'paper' | 'learned_<kind>': metrics})."""
+    metrics per scoring and, for the learned one, per kind of synthetic defect; with `unseen`,
+    also both scorings on the defect kinds that training never draws:
+    (calibrated meta, {'learned' | 'paper' | 'learned_<kind>' | 'unseen_<scoring>': metrics})."""
     detector = Detector(model, dataclasses.replace(meta, calibration=calibration.Calibration()),
                         device)
     fitted, results = calibration.fit(
@@ -53,12 +57,20 @@ def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainC
         fitted_on=f'{meta.dataset}/{meta.category} validation/good ({len(val[0])} samples) '
                   f'and {cfg.calibration_copies} synthetic anomalies on each')
     computed = results.compute()
-    selection = {'learned': {k: computed[k] for k in ('i_auroc', 'p_auroc', 'aupro@0.3')},
-                 'paper': {k: computed['paper'][k] for k in ('i_auroc', 'p_auroc', 'aupro@0.3')}}
+    selection = {'learned': {k: computed[k] for k in SELECTION_METRICS},
+                 'paper': {k: computed['paper'][k] for k in SELECTION_METRICS}}
     # The learned map per kind of synthetic defect (against all good samples): the pooled
     # figures hide a kind that it misses. Its map alone: each other one costs seconds.
     for kind, values in results.compute_by_kind(variants=('fused',)).items():
         selection[f'learned_{kind}'] = {k: values[k] for k in ('i_auroc', 'aupro@0.3')}
+    if unseen:
+        scorer = Detector(model, dataclasses.replace(meta, calibration=fitted), device)
+        values = calibration.unseen_results(scorer, *val, seed=cfg.seed + 2).compute(
+            variants=('fused', 'paper'))
+        for scoring, figures in (('learned', values), ('paper', values['paper'])):
+            defined = {k: figures[k] for k in SELECTION_METRICS if figures[k] is not None}
+            if defined:   # none where the validation parts were too small for every kind
+                selection[f'unseen_{scoring}'] = defined
     return dataclasses.replace(meta, calibration=fitted), selection
 
 
@@ -181,7 +193,10 @@ def train(args) -> Path:
             progress.log_epoch(writer, description, means, epoch + 1)
             stage_end = epoch + 1 in (cfg.epochs, total)
             if stage_end or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0):
-                meta, selection = evaluate_and_calibrate(model, meta, device, val, cfg)
+                # The unseen kinds at the end only: the head is trained by then, and they
+                # cost about a minute on two CPU cores.
+                meta, selection = evaluate_and_calibrate(model, meta, device, val, cfg,
+                                                         unseen=epoch + 1 == total)
                 progress.log_selection(writer, selection, epoch + 1)
                 save_checkpoint(output / CHECKPOINT, model.state_dict(), meta)
             if cfg.log_images_every and (epoch + 1) % cfg.log_images_every == 0:

@@ -28,6 +28,21 @@ def test_sweep_inference_prints_one_row_per_value(synthetic_root):
     assert len(metrics) == 6 and all(0.0 <= m <= 1.0 for m in metrics)
 
 
+def test_selection_sets_prints_both_sets_and_every_kind(synthetic_root):
+    out = _run(str(BENCHMARKS / 'selection_sets.py'),
+               str(share_dir() / 'models' / 'dbmr_default.safetensors'),
+               '--data-root', str(synthetic_root), '--dataset', 'synthetic', '--category', 'puck',
+               '--copies', '1')
+    rows = {line.split('|')[1].strip(): [cell.strip() for cell in line.strip('|').split('|')[1:]]
+            for line in out.splitlines() if line.startswith('| training') or
+            line.startswith('| unseen')}
+    for name in ('training kinds', 'unseen kinds'):
+        for scoring in ('learned', 'paper'):
+            assert all(0.0 <= float(v) <= 1.0 for v in rows[f'{name}, {scoring}']), rows
+    for kind in ('bend', 'cut', 'scratch', 'crater', 'shaved', 'stain'):
+        assert f'unseen kinds: {kind}, learned' in rows
+
+
 def test_sweep_inference_refuses_a_trained_field():
     result = subprocess.run([sys.executable, str(BENCHMARKS / 'sweep_inference.py'), 'x',
                              '--data-root', '.', '--category', 'c', '--set', 'embed_dim=64'],

@@ -47,6 +47,10 @@ def test_train_eval_infer_end_to_end(synthetic_root, config, tmp_path):
     log = (run / 'train.log').read_text()
     assert 'epoch 2/3 reconstruction' in log and 'epoch 3/3 head' in log
     assert 'selection set (validation + synthetic anomalies)' in log
+    # The defect kinds training never draws are scored once, at the end.
+    selections = [line for line in log.splitlines() if 'selection set' in line]
+    assert [('unseen_learned i_auroc' in line) for line in selections] == [False, True]
+    assert 'unseen_paper i_auroc' in selections[-1]
     detector = Detector.from_checkpoint(run / 'model.safetensors', 'cpu')
     meta = detector.meta
     # The optional shape prior (on in SMALL_MODEL) is fitted before stage 1 and saved.
