@@ -13,24 +13,19 @@ import argparse
 import sys
 import time
 
-from dbmr_ros.calibration import score_into, unseen_results
-from dbmr_ros.data.anomalies import AnomalyConfig, anomalous_copies, KIND_NAMES
+from dbmr_ros.calibration import synthetic_results, unseen_results
+from dbmr_ros.data.anomalies import AnomalyConfig
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
-from dbmr_ros.report import CategoryResults
 
 METRICS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1')
 
 
 def judge(detector: Detector, rgb, xyz, copies: int, unseen: int, seed: int) -> dict:
     """{set name: CategoryResults} for a calibrated detector and good model-size samples."""
-    bad_rgb, bad_xyz, masks, kinds = anomalous_copies(
-        rgb, xyz, detector.meta.anomalies or AnomalyConfig(), seed, copies)
-    trained = CategoryResults()
-    score_into(trained, detector, rgb, xyz)
-    score_into(trained, detector, bad_rgb, bad_xyz, masks, [KIND_NAMES[k] for k in kinds])
-    return {'training kinds': trained,
+    return {'training kinds': synthetic_results(
+                detector, rgb, xyz, detector.meta.anomalies or AnomalyConfig(), seed, copies),
             'unseen kinds': unseen_results(detector, rgb, xyz, seed, unseen)}
 
 

@@ -163,9 +163,9 @@ def fit_stats(detector, rgb: np.ndarray, xyz: np.ndarray, batch_size: int = 8) -
     return accumulator.stats()
 
 
-def score_into(results: CategoryResults, scorer, rgb: np.ndarray, xyz: np.ndarray,
-               masks: Optional[np.ndarray] = None, kinds: Optional[Sequence[str]] = None,
-               batch_size: int = 8) -> None:
+def _add_scored(results: CategoryResults, scorer, rgb: np.ndarray, xyz: np.ndarray,
+                masks: Optional[np.ndarray], kinds: Optional[Sequence[str]],
+                batch_size: int) -> None:
     """Score model-size samples (N, S, S, 3) with a calibrated Detector and add them to
     `results`: good ones without `masks`, anomalous ones with their masks (N, S, S) and kind
     names."""
@@ -180,16 +180,34 @@ def score_into(results: CategoryResults, scorer, rgb: np.ndarray, xyz: np.ndarra
                         float(maps.paper_score[i]), kinds[index] if label else '')
 
 
+def scored_set(scorer, rgb: np.ndarray, xyz: np.ndarray, anomalous: tuple,
+               batch_size: int = 8) -> CategoryResults:
+    """A selection set scored by a calibrated Detector: the good model-size samples
+    (N, S, S, 3), then `anomalous` = (rgb (M, S, S, 3), xyz (M, S, S, 3), masks (M, S, S),
+    kind names (M,)) made from them."""
+    bad_rgb, bad_xyz, masks, kinds = anomalous
+    results = CategoryResults()
+    _add_scored(results, scorer, rgb, xyz, None, None, batch_size)
+    _add_scored(results, scorer, bad_rgb, bad_xyz, masks, kinds, batch_size)
+    return results
+
+
+def synthetic_results(scorer, rgb: np.ndarray, xyz: np.ndarray, anomalies: AnomalyConfig,
+                      seed: int, copies: int, batch_size: int = 8) -> CategoryResults:
+    """The first selection set: good model-size samples (N, S, S, 3) and `copies` seeded
+    synthetic anomalies of the training's kinds on each, scored by a calibrated Detector."""
+    bad_rgb, bad_xyz, masks, kinds = anomalous_copies(rgb, xyz, anomalies, seed, copies,
+                                                      batch_size)
+    return scored_set(scorer, rgb, xyz, (bad_rgb, bad_xyz, masks, [KIND_NAMES[k] for k in kinds]),
+                      batch_size)
+
+
 def unseen_results(scorer, rgb: np.ndarray, xyz: np.ndarray, seed: int,
                    copies: int = 1) -> CategoryResults:
     """The second selection set: good model-size samples (N, S, S, 3) and, on each, every
     defect kind that training never draws (`data/unseen_defects.py`), scored by a calibrated
     Detector. Whether a map generalises beyond the training's kinds of synthetic anomalies."""
-    bad_rgb, bad_xyz, masks, kinds = unseen_copies(rgb, xyz, seed, copies)
-    results = CategoryResults()
-    score_into(results, scorer, rgb, xyz)
-    score_into(results, scorer, bad_rgb, bad_xyz, masks, kinds)
-    return results
+    return scored_set(scorer, rgb, xyz, unseen_copies(rgb, xyz, seed, copies))
 
 
 def fit(detector, rgb: np.ndarray, xyz: np.ndarray, anomalies: AnomalyConfig,
@@ -205,12 +223,7 @@ def fit(detector, rgb: np.ndarray, xyz: np.ndarray, anomalies: AnomalyConfig,
     """
     stats = fit_stats(detector, rgb, xyz, batch_size)
     scorer = detector.with_calibration(Calibration(stats=stats), scoring='learned')
-    bad_rgb, bad_xyz, masks, kinds = anomalous_copies(rgb, xyz, anomalies, seed, copies,
-                                                      batch_size)
-    results = CategoryResults()
-    score_into(results, scorer, rgb, xyz, batch_size=batch_size)
-    score_into(results, scorer, bad_rgb, bad_xyz, masks, [KIND_NAMES[k] for k in kinds],
-               batch_size)
+    results = synthetic_results(scorer, rgb, xyz, anomalies, seed, copies, batch_size)
     labels = np.asarray(results.labels)
     thresholds = {}
     for scoring, variant in (('learned', 'fused'), ('paper', 'paper')):
