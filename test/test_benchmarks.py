@@ -121,3 +121,19 @@ def test_shape_prior_alone_scores_the_selection_set(synthetic_root):
     displaced = [values for (name, kind), values in rows.items()
                  if name == 'shape prior' and 'displaced' in kind]
     assert displaced and all(values[1] > 0.6 for values in displaced), out
+
+
+def test_compare_weights_tells_identical_from_one_changed_tensor(tmp_path):
+    from safetensors.torch import load_file, save_file
+    shipped = share_dir() / 'models' / 'dbmr_default.safetensors'
+    out = _run(str(BENCHMARKS / 'compare_weights.py'), str(shipped), str(shipped))
+    assert out.splitlines()[-1] == 'identical' and ' 0 differ' in out
+    tensors = load_file(str(shipped))
+    name = sorted(name for name, t in tensors.items() if t.is_floating_point())[0]
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] += 0.25
+    changed = tmp_path / 'changed.safetensors'
+    save_file(tensors, str(changed))
+    out = _run(str(BENCHMARKS / 'compare_weights.py'), str(shipped), str(changed))
+    assert out.splitlines()[-1] == 'different' and ' 1 differ' in out
+    assert f'{name}: max |A - B| 0.25' in out
