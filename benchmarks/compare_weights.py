@@ -17,14 +17,13 @@ def compare(a: dict, b: dict) -> dict:
     """{'only_a', 'only_b', 'shape', 'differ': [(name, max |a - b|)] largest first, 'common'}
     for two {name: tensor} dicts."""
     common = sorted(set(a) & set(b))
-    same_shape = [name for name in common if a[name].shape == b[name].shape]
-    differ = []
-    for name in same_shape:
-        if not torch.equal(a[name], b[name]):
-            gap = (a[name].double() - b[name].double()).abs().max().item()
-            differ.append((name, gap))
-    return {'only_a': sorted(set(a) - set(b)), 'only_b': sorted(set(b) - set(a)),
-            'shape': [name for name in common if name not in same_shape],
+    shape, differ = [], []
+    for name in common:
+        if a[name].shape != b[name].shape:
+            shape.append(name)
+        elif not torch.equal(a[name], b[name]):
+            differ.append((name, (a[name].double() - b[name].double()).abs().max().item()))
+    return {'only_a': sorted(set(a) - set(b)), 'only_b': sorted(set(b) - set(a)), 'shape': shape,
             'differ': sorted(differ, key=lambda item: -item[1]), 'common': len(common)}
 
 
