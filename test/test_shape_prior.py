@@ -7,6 +7,7 @@ from sklearn.mixture import GaussianMixture
 
 from dbmr_ros.model import DBMRConfig, DBMRNet
 from dbmr_ros.model.head import NUM_INPUTS
+from dbmr_ros.model import local_shape
 from dbmr_ros.model.local_shape import fpfh, patch_descriptors, pca_normals
 from dbmr_ros.symmetric3 import smallest_axis
 from dbmr_ros.model.shape_prior import ShapePrior
@@ -144,3 +145,16 @@ def fpfh_whole_image(xyz, valid, patch, stride=2):
     features = fpfh(xyz[every], normals, valid[every])
     features = torch.nn.functional.avg_pool2d(features, 3, stride=1, padding=1)
     return torch.nn.functional.avg_pool2d(features, patch // stride)
+
+
+def test_grid_fpfh_helpers_equal_the_straightforward_tensors():
+    """The CPU-cheap forms in local_shape equal the straightforward tensors up to rounding: the
+    cross product torch.cross, the window sum the sum of the unfolded windows."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 2, 3, 25, 9, 11, generator=generator)
+    assert torch.allclose(local_shape._cross(a, b), torch.cross(a, b, dim=1), atol=1e-6)
+    values = torch.randn(2, 33, 9, 11, generator=generator)
+    weights = torch.rand(2, 25, 9, 11, generator=generator)
+    unfolded = local_shape._windows(values, 2)                              # (B, 33, K, H, W)
+    expected = (unfolded * weights[:, None]).sum(2)
+    assert torch.allclose(local_shape._window_sum(values, weights, 2), expected, atol=1e-5)
