@@ -1,6 +1,7 @@
 """Dataset readers, preprocessing (on the real cable_gland files) and the synthetic generator."""
 import dataclasses
 import os
+import sys
 
 import cv2
 import numpy as np
@@ -140,6 +141,17 @@ def test_cache_never_touches_source(mvtec_root, tmp_path):
     # A damaged cache entry is recomputed, not trusted.
     next(tmp_path.glob('*.npy')).write_bytes(b'garbage')
     np.testing.assert_array_equal(cache.cleaned(ref.xyz_path, read_xyz(ref.xyz_path)), first)
+
+
+def test_cache_is_recomputed_when_the_cleaning_code_changes(mvtec_root, tmp_path, monkeypatch):
+    """An edited cleaning (another digest of its modules) never reads an older code's entry."""
+    ref = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'validation')[0]
+    cache = PreprocessCache(PreprocessConfig(), tmp_path)
+    cache.cleaned(ref.xyz_path, read_xyz(ref.xyz_path))
+    # The module itself: the package's name `preprocess` is the function.
+    monkeypatch.setattr(sys.modules['dbmr_ros.data.preprocess'], 'CLEANING_CODE', 'another one')
+    cache.cleaned(ref.xyz_path, read_xyz(ref.xyz_path))
+    assert len(list(tmp_path.glob('*.npy'))) == 2
 
 
 def test_ransac_recovers_noisy_plane():

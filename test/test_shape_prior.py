@@ -158,3 +158,19 @@ def test_grid_fpfh_helpers_equal_the_straightforward_tensors():
     unfolded = local_shape._windows(values, 2)                              # (B, 33, K, H, W)
     expected = (unfolded * weights[:, None]).sum(2)
     assert torch.allclose(local_shape._window_sum(values, weights, 2), expected, atol=1e-5)
+
+
+def test_window_pair_bins_compute_half_the_pairs_and_equal_all_of_them():
+    """Each pixel's bins with the offsets before its window's centre are read from the
+    neighbour's bins with the opposite offset: the same as computing every pair (random
+    normals: no two angles tie)."""
+    generator = torch.Generator().manual_seed(1)
+    points = torch.randn(2, 3, 9, 11, generator=generator) * 0.001
+    normals = torch.nn.functional.normalize(torch.randn(2, 3, 9, 11, generator=generator), dim=1)
+    near = local_shape._windows(torch.cat([points, normals, torch.ones(2, 1, 9, 11)], 1), 2)
+    every = local_shape.pair_bins(points[:, :, None], normals[:, :, None], near[:, :3],
+                                  near[:, 3:6])
+    half = local_shape.window_pair_bins(points, normals, near[:, :3], near[:, 3:6], 2)
+    inside = (near[:, 6:] > 0).expand_as(every).clone()
+    inside[:, :, 12] = False                                  # the centre: not a pair
+    assert torch.equal(half[inside], every[inside])

@@ -17,8 +17,11 @@ from typing import Optional, Tuple
 
 import cv2
 import numpy as np
+import scipy
+import sklearn
 from threadpoolctl import ThreadpoolController
 
+from dbmr_ros.data import clustering, sample
 from dbmr_ros.data.clustering import CLUSTER_METHODS, largest_cluster_mask
 from dbmr_ros.data.sample import invalid_to_zero, valid_mask
 from dbmr_ros.dataclass_dict import from_dict, to_dict
@@ -240,11 +243,27 @@ def default_cache_dir() -> Path:
     return Path(base) / 'preprocessed'
 
 
+def _cleaning_code() -> str:
+    """A digest of what decides `clean_point_cloud`'s result besides its input and options: the
+    source of the modules it runs (this one, `clustering`, `sample`) and the libraries' versions
+    (RANSAC and DBSCAN are numpy's, scipy's and scikit-learn's). A module added to the cleaning
+    belongs here too."""
+    digest = hashlib.sha1(' '.join((np.__version__, scipy.__version__,
+                                    sklearn.__version__)).encode())
+    for module in (__file__, clustering.__file__, sample.__file__):
+        digest.update(Path(module).read_bytes())
+    return digest.hexdigest()
+
+
+CLEANING_CODE = _cleaning_code()
+
+
 class PreprocessCache:
     """Caches `clean_point_cloud` results per source file and config, never touching the source.
 
-    The key hashes the file's absolute path, size, modification time and the cleaning options, so
-    an edited file or a changed option is recomputed. Writes are atomic (temp file + rename).
+    The key hashes the file's absolute path, size, modification time, the cleaning options and
+    the cleaning's code (`CLEANING_CODE`), so an edited file, a changed option or an edited
+    cleaning is recomputed, never served an old result. Writes are atomic (temp file + rename).
     """
 
     def __init__(self, cfg: PreprocessConfig, directory: Optional[os.PathLike] = None):
@@ -254,8 +273,8 @@ class PreprocessCache:
     def _key(self, source: Path) -> str:
         stat = source.stat()
         options = {k: v for k, v in self.cfg.to_dict().items() if k != 'image_size'}
-        text = json.dumps([str(source.resolve()), stat.st_size, stat.st_mtime_ns, options],
-                          sort_keys=True)
+        text = json.dumps([str(source.resolve()), stat.st_size, stat.st_mtime_ns, options,
+                           CLEANING_CODE], sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()
 
     def cleaned(self, source: os.PathLike, xyz: np.ndarray) -> np.ndarray:

@@ -139,6 +139,30 @@ def pair_bins(p1, n1, p2, n2):
     return bins.clamp(0, BINS - 1).long() + offsets
 
 
+def window_pair_bins(points: torch.Tensor, normals: torch.Tensor, near_points: torch.Tensor,
+                     near_normals: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, 3, H, W) points and normals, (B, 3, K, H, W) their windows (`_windows`) -> (B, 3, K,
+    H, W) `pair_bins` of each pixel with each position of its window (the centre's: zero).
+
+    Only the K // 2 positions after the centre are computed. The pair features do not depend
+    on the order of the two points (Open3D starts from the point whose angle is smaller, so
+    (p, q) and (q, p) give the same three angles, bit for bit where the two angles differ),
+    so the bins at offset -o are those at offset +o read at the neighbour: half the work."""
+    count = near_points.shape[2]
+    half = count // 2
+    after = pair_bins(points[:, :, None], normals[:, :, None], near_points[:, :, half + 1:],
+                      near_normals[:, :, half + 1:])                       # (B, 3, K // 2, H, W)
+    size = 2 * radius + 1
+    height, width = points.shape[-2:]
+    padded = F.pad(after, (radius,) * 4)   # beyond the image: masked by the window's validity
+    before = []
+    for k in range(half):
+        row, col = divmod(k, size)   # offset (row - radius, col - radius) from the pixel
+        opposite = count - 1 - k - (half + 1)
+        before.append(padded[:, :, opposite, row:row + height, col:col + width])
+    return torch.cat([torch.stack(before, 2), torch.zeros_like(after[:, :, :1]), after], 2)
+
+
 def fpfh(xyz: torch.Tensor, normals: torch.Tensor, valid: torch.Tensor,
          radius: int = 2) -> torch.Tensor:
     """(B, H, W, 3) cloud (metres) and unit normals, (B, H, W) bool -> (B, 33, H, W) FPFH over
@@ -149,8 +173,8 @@ def fpfh(xyz: torch.Tensor, normals: torch.Tensor, valid: torch.Tensor,
     near_points, near_normals = near[:, :3], near[:, 3:6]
     near_valid = near[:, 6] * mask                                           # (B, K, H, W)
     near_valid[:, near_valid.shape[1] // 2] = 0                              # not itself
-    bins = pair_bins(points[:, :, None], normals[:, :, None], near_points, near_normals)
-    batch, _, count, height, width = bins.shape
+    bins = window_pair_bins(points, normals, near_points, near_normals, radius)
+    batch, _, _, height, width = bins.shape
     spfh = torch.zeros(batch, FPFH_DIM, height, width, dtype=xyz.dtype, device=xyz.device)
     spfh.scatter_add_(1, bins.flatten(1, 2), near_valid.repeat(1, 3, 1, 1))
     spfh = spfh * (100.0 / near_valid.sum(1, keepdim=True).clamp_min(1))
