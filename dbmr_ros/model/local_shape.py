@@ -94,20 +94,23 @@ def _cross(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], 1)
 
 
+def _shifted(x: torch.Tensor, radius: int) -> list:
+    """(..., H, W) -> the K = (2 radius + 1)^2 views of x zero padded, in `_windows`' order of
+    window positions: view k at a pixel holds x at that pixel's k-th window position. Views of
+    one padded copy, so the loops below shift without unfolding."""
+    size = 2 * radius + 1
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (radius,) * 4)
+    return [padded[..., row:row + height, col:col + width]
+            for row, col in (divmod(k, size) for k in range(size * size))]
+
+
 def _window_sum(x: torch.Tensor, weights: torch.Tensor, radius: int) -> torch.Tensor:
     """(B, C, H, W) values, (B, K, H, W) weights of each pixel's window (as `_windows` orders
     it) -> (B, C, H, W) weighted sums over the window, zero padded. One shifted product per
     offset instead of `_windows(x)`: for the 33 histogram bins that tensor, (B, 33, 25, H, W),
     was the descriptor's largest and slowest."""
-    size = 2 * radius + 1
-    height, width = x.shape[-2:]
-    padded = F.pad(x, (radius,) * 4)
-    total = None
-    for k in range(size * size):
-        row, col = divmod(k, size)
-        term = padded[:, :, row:row + height, col:col + width] * weights[:, None, k]
-        total = term if total is None else total + term
-    return total
+    return sum(view * weights[:, None, k] for k, view in enumerate(_shifted(x, radius)))
 
 
 def pair_bins(p1, n1, p2, n2):
@@ -152,14 +155,10 @@ def window_pair_bins(points: torch.Tensor, normals: torch.Tensor, near_points: t
     half = count // 2
     after = pair_bins(points[:, :, None], normals[:, :, None], near_points[:, :, half + 1:],
                       near_normals[:, :, half + 1:])                       # (B, 3, K // 2, H, W)
-    size = 2 * radius + 1
-    height, width = points.shape[-2:]
-    padded = F.pad(after, (radius,) * 4)   # beyond the image: masked by the window's validity
-    before = []
-    for k in range(half):
-        row, col = divmod(k, size)   # offset (row - radius, col - radius) from the pixel
-        opposite = count - 1 - k - (half + 1)
-        before.append(padded[:, :, opposite, row:row + height, col:col + width])
+    # Position k < K // 2 is the opposite of position K - 1 - k, index K - 1 - k - (half + 1) of
+    # `after`; beyond the image the zero padding is masked by the window's validity.
+    shifted = _shifted(after, radius)
+    before = [shifted[k][:, :, count - 1 - k - (half + 1)] for k in range(half)]
     return torch.cat([torch.stack(before, 2), torch.zeros_like(after[:, :, :1]), after], 2)
 
 
