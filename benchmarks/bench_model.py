@@ -7,10 +7,11 @@ included; its three parts where they run eagerly, '-' where a CUDA graph replays
 the whole call's median (total, frames/s), and peak resident memory. Input: a real MVTec 3D-AD
 cable_gland test frame (400x400 organized cloud with all its points; background removal at that
 resolution is part of preprocessing) from ../shared, or a synthetic 400x400 frame where
-../shared is absent.
+../shared is absent. Each preset's model is the one its default training config trains
+(`tiny`: with the 32-component shape prior; `--shape-prior 0` measures it without).
 
     .venv/bin/python benchmarks/bench_model.py [--presets tiny base] [--frames 30]
-        [--score-passes N] [--num-points N] [--device cuda] [--batch N]
+        [--score-passes N] [--num-points N] [--shape-prior N] [--device cuda] [--batch N]
         [--preprocessing auto|numpy|torch] [--no-cuda-graphs] [--no-triton-fps]
 
 --batch N scores N copies of the frame per call (offline evaluation); the times are per call,
@@ -39,6 +40,8 @@ from dbmr_ros.model import DBMRNet, point_ops, PRESETS
 from dbmr_ros.model.dbmrnet import count_parameters
 from dbmr_ros.model.inputs import group_points, prepare
 from dbmr_ros.model.scoring import anomaly_maps
+from dbmr_ros.resources import share_dir
+from dbmr_ros.training.config import TrainConfig
 
 STAGES = ('preprocess', 'model', 'grouping', 'network', 'scoring', 'total')
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'mvtec3d'
@@ -62,9 +65,12 @@ def peak_rss_mb() -> float:
 
 def random_detector(preset: str, device: str, overrides: dict = None,
                     preprocessing: str = 'auto', cuda_graphs: bool = True) -> Detector:
-    """A Detector of the preset, its DBMRConfig fields `overrides` replaced, with random
-    weights (the cost does not depend on them)."""
-    cfg = dataclasses.replace(PRESETS[preset], **(overrides or {}))
+    """A Detector of the model that the preset's default training config trains
+    (config/train_PRESET.yaml: the preset and its `model:` fields, so `tiny` with the shape
+    prior), its DBMRConfig fields `overrides` replaced, with random weights (the cost does not
+    depend on them)."""
+    default = TrainConfig.load(share_dir() / 'config' / f'train_{preset}.yaml').model_config()
+    cfg = dataclasses.replace(default, **(overrides or {}))
     torch.manual_seed(0)
     meta = CheckpointMeta(model=cfg, preprocess=PreprocessConfig(image_size=cfg.image_size),
                           calibration=Calibration.manual(cfg, {'mean_2d': 1.0, 'mean_3d': 1.0},
@@ -116,7 +122,8 @@ def main(argv=None) -> int:
                         help='override the points grouped per cloud (more than the valid ones: '
                              'every valid point is grouped)')
     parser.add_argument('--shape-prior', type=int,
-                        help='shape_prior_components: the optional shape prior channel')
+                        help='override shape_prior_components (0: no shape prior; default: the '
+                             "training config's, 32 for tiny)")
     parser.add_argument('--batch', type=int, default=1, help='frames per Detector call')
     parser.add_argument('--preprocessing', default='auto', choices=('auto', 'numpy', 'torch'))
     parser.add_argument('--no-cuda-graphs', action='store_true',
@@ -131,13 +138,14 @@ def main(argv=None) -> int:
           f'; batch {args.batch}; preprocessing {args.preprocessing}'
           + (f'; score_passes {args.score_passes}' if args.score_passes else '')
           + (f'; num_points {args.num_points}' if args.num_points else '')
-          + (f'; shape prior {args.shape_prior}' if args.shape_prior else '')
+          + (f'; shape_prior_components {args.shape_prior}'
+             if args.shape_prior is not None else '')
           + ('; CUDA graphs off' if args.no_cuda_graphs else '')
           + (f'; farthest point sampling: {point_ops.fps_method(args.device)}'
              if args.device.startswith('cuda') else ''))
     overrides = {name: value for name, value in (
         ('score_passes', args.score_passes), ('num_points', args.num_points),
-        ('shape_prior_components', args.shape_prior)) if value}
+        ('shape_prior_components', args.shape_prior)) if value is not None}
     rows = [bench(p, rgb, xyz, args.frames, args.device, overrides, args.batch,
                   args.preprocessing, not args.no_cuda_graphs)
             for p in args.presets]

@@ -3,7 +3,10 @@
 repeated `--batch` times; on CUDA each stage is recorded as its own CUDA graph and timed over
 `--calls` replays with CUDA events (so the figures are GPU time plus graph launch), on the CPU
 eagerly. The whole step is timed the same way ('all stages, one graph'), and the step-by-step
-reference paths beside it: `preprocess_torch` per frame and the numpy one per frame.
+reference paths beside it: `preprocess_torch` per frame and the numpy one per frame. Before the
+stages, the Detector's first step: the raw frames stacked into (page-locked, on CUDA) host
+memory and copied to the device (`host_transfer.stack_on_device`), on one thread and on its
+pool, wall time to the copy's end.
 
     .venv/bin/python benchmarks/bench_preprocess.py [--device cuda] [--batch 1 32] [--calls 50]
         [--no-triton]
@@ -22,6 +25,7 @@ from dbmr_ros.data import preprocess_batched as batched
 from dbmr_ros.data import preprocess_torch, window_search
 from dbmr_ros.data.preprocess import preprocess, PreprocessConfig
 from dbmr_ros.data.sample import valid_mask
+from dbmr_ros.host_transfer import PARALLEL_BYTES, POOL_SIZE, stack_on_device
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_model import load_frame  # noqa: E402
@@ -85,6 +89,21 @@ def time_ms(fn, inputs, calls: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
+def transfer_ms(rgb, xyz, batch: int, workers: int, calls: int, device: torch.device) -> float:
+    """Median wall ms to stack `batch` copies of the raw frame (separate arrays, as a dataset's
+    are) into host memory and copy them to `device`, as the Detector does."""
+    rgbs, xyzs = [rgb.copy() for _ in range(batch)], [xyz.copy() for _ in range(batch)]
+    times = []
+    for _ in range(calls + 1):   # the first call fills the caching host allocator
+        clock = time.perf_counter()
+        stack_on_device(rgbs, np.uint8, device, workers)
+        stack_on_device(xyzs, np.float32, device, workers)
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - clock) * 1e3)
+    return statistics.median(times[1:])
+
+
 def reference_ms(rgb, xyz, cfg, calls: int, device: torch.device) -> dict:
     """Per frame: the step-by-step torch path on the device and the numpy path on the CPU."""
     results = {}
@@ -128,6 +147,12 @@ def main(argv=None) -> None:
           f'window searches: {searches}')
     print('| stage | ' + ' | '.join(f'batch {b}: ms per call' for b in args.batch) + ' |')
     print('|---|' + '---|' * len(args.batch))
+    for workers in sorted({1, POOL_SIZE}):
+        how = ('one thread' if workers == 1 else
+               f'{workers} threads above {PARALLEL_BYTES >> 20} MB, else one')
+        print(f'| raw frames to the device, {how} | ' + ' | '.join(
+            f'{transfer_ms(rgb, xyz, b, workers, args.calls, device):.2f}' for b in args.batch)
+            + ' |')
     columns = []
     for batch in args.batch:
         inputs = tuple(torch.from_numpy(np.repeat(a[None], batch, 0)).to(device) for a in (

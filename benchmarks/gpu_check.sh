@@ -31,8 +31,11 @@ cat "$out/gpu.log"
 
 step tests 180 "$python" -m pytest -q -s -p no:cacheprovider -k cuda \
     test/test_model.py test/test_device.py test/test_preprocess_torch.py test/test_cuda_graphs.py \
-    test/test_fps_kernel.py test/test_preprocess_batched.py test/test_shape_prior.py
+    test/test_fps_kernel.py test/test_preprocess_batched.py test/test_shape_prior.py \
+    test/test_window_kernels.py test/test_host_transfer.py
 step model 90 "$python" benchmarks/bench_model.py --device cuda --frames 30
+step model_no_prior 45 "$python" benchmarks/bench_model.py --device cuda --presets tiny \
+    --frames 30 --shape-prior 0
 step model_eager 60 "$python" benchmarks/bench_model.py --device cuda --presets tiny \
     --frames 20 --no-cuda-graphs
 step model_graphed_fps 60 "$python" benchmarks/bench_model.py --device cuda --frames 20 \
@@ -41,6 +44,8 @@ step model_numpy_preprocessing 45 "$python" benchmarks/bench_model.py --device c
     --presets tiny --frames 20 --preprocessing numpy
 step batch32 75 "$python" benchmarks/bench_model.py --device cuda --presets tiny --batch 32 \
     --frames 5
+step batch32_no_prior 60 "$python" benchmarks/bench_model.py --device cuda --presets tiny \
+    --batch 32 --frames 5 --shape-prior 0
 step batch32_numpy 75 "$python" benchmarks/bench_model.py --device cuda --presets tiny \
     --batch 32 --frames 5 --preprocessing numpy
 step train 120 "$python" benchmarks/bench_train.py --device cuda --steps 30
@@ -54,8 +59,8 @@ step profile_host 60 "$python" benchmarks/profile_detector.py --device cuda --ca
 
 echo
 grep -hE "^E |passed|failed|losses" "$out/tests.log" | tail -n 15
-for name in model model_eager model_graphed_fps model_numpy_preprocessing batch32 \
-    batch32_numpy preprocess_stages train train_batch64; do
+for name in model model_no_prior model_eager model_graphed_fps model_numpy_preprocessing \
+    batch32 batch32_no_prior batch32_numpy preprocess_stages train train_batch64; do
     echo "-- $name"
     grep -E "^\||^input|^device" "$out/$name.log" || tail -n 15 "$out/$name.log"
 done

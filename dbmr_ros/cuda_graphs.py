@@ -23,6 +23,29 @@ def capturing() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
+def run_beside(device: torch.device, fn: Callable, *args):
+    """fn(*args) queued on a side stream of CUDA `device`, after the work queued so far on the
+    current stream; returns (result, join), join() making the current stream wait for it. For
+    independent work that would leave the GPU idle queued alone (small batches). Elsewhere fn
+    runs inline and join does nothing.
+
+    Safe for the caching allocator without record_stream: the side stream starts behind
+    everything queued before it, so the memory it allocates was last used by finished work,
+    and the caller joins before it reads the result. A recorded graph keeps both branches (the
+    side stream forks from and joins the capturing stream)."""
+    if torch.device(device).type != 'cuda':
+        return fn(*args), lambda: None
+    current = torch.cuda.current_stream(device)
+    side = _side_streams.setdefault(torch.device(device), torch.cuda.Stream(device))
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        result = fn(*args)
+    return result, lambda: current.wait_stream(side)
+
+
+_side_streams = {}
+
+
 class GraphedFunction:
     """`fn(*tensors, **options)` replayed as a CUDA graph per input signature.
 

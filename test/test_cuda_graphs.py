@@ -15,7 +15,7 @@ import torch
 from dbmr_ros.data import open_dataset, preprocess
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.detector import Detector
-from dbmr_ros.cuda_graphs import capturing, GraphedFunction
+from dbmr_ros.cuda_graphs import capturing, GraphedFunction, run_beside
 from dbmr_ros.resources import share_dir
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
@@ -35,20 +35,48 @@ def test_cpu_tensors_run_eagerly():
 
 
 def test_the_recorded_form_computes_the_eager_maps(monkeypatch, mvtec_root):
-    """What a graph records (no value read back: every pixel kept, no point count check) gives
-    the eager maps; checked on the CPU by letting the model code believe it is recorded."""
+    """What a graph records (no value read back: every pixel kept, no point count check, the
+    shape prior's descriptors over the whole image) gives the eager maps; checked on the CPU by
+    letting the model code believe it is recorded."""
     model = share_dir() / 'models' / 'dbmr_default.safetensors'
     detector = Detector.from_checkpoint(model, 'cpu')
+    assert detector.model.shape_prior is not None   # the shipped model's prior is recorded too
     sample = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'test')[7].load()
     rgb_s, xyz_s = (torch.from_numpy(a[None]) for a in preprocess(
         sample.rgb, sample.xyz, detector.meta.preprocess))
     with torch.inference_mode():
         eager = detector._model_maps(rgb_s, xyz_s)
-        for module in ('inputs', 'pixels'):
+        for module in ('inputs', 'pixels', 'local_shape'):
             monkeypatch.setattr(f'dbmr_ros.model.{module}.capturing', lambda: True)
         recorded_form = detector._model_maps(rgb_s, xyz_s)
     for a, b in zip(eager, recorded_form):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def _forked(x, y):
+    """x's part beside the current stream, y's on it, joined before they meet."""
+    doubled, join = run_beside(x.device, lambda t: (t * 2).cumsum(-1), x)
+    shifted = (y + 1).cumsum(-1)
+    join()
+    return doubled + shifted
+
+
+def test_run_beside_runs_inline_off_cuda():
+    x, y = torch.randn(3, 4), torch.randn(3, 4)
+    assert torch.equal(_forked(x, y), (x * 2).cumsum(-1) + (y + 1).cumsum(-1))
+
+
+@needs_cuda
+def test_work_beside_the_stream_is_recorded_and_replayed():
+    """A side stream forked from and joined to the capturing stream: the graph keeps both
+    branches, and each replay follows the new inputs (large enough to overlap)."""
+    graphed = GraphedFunction(_forked, 'forked')
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        x, y = (torch.randn(64, 4096, generator=generator).cuda() for _ in range(2))
+        got = graphed(x, y).clone()
+        torch.testing.assert_close(got, (x * 2).cumsum(-1) + (y + 1).cumsum(-1))
+    assert graphed.usable and len(graphed._graphs) == 1
 
 
 @needs_cuda

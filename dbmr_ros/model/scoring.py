@@ -93,13 +93,22 @@ class HeadFeatures(NamedTuple):
 
 
 @torch.no_grad()
+def shape_prior_map(model: DBMRNet, inp: ModelInput) -> Optional[torch.Tensor]:
+    """The shape prior's (B, S, S) map of the input cloud; None for a model without one. It
+    reads the cloud alone, so it can run beside the network (`cuda_graphs.run_beside`)."""
+    return None if model.shape_prior is None else model.shape_prior(metric_xyz(inp), inp.valid)
+
+
+@torch.no_grad()
 def head_features(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: TokenScores,
-                  stats: Optional[dict]) -> HeadFeatures:
+                  stats: Optional[dict],
+                  shape_map: Optional[torch.Tensor] = None) -> HeadFeatures:
     """The paper's normalised maps and the head's inputs from `model.score_tokens` (shared by
-    training the head and by inference, so the head always reads what it was trained on)."""
+    training the head and by inference, so the head always reads what it was trained on).
+    `shape_map`: `shape_prior_map`'s result where the caller computed it already."""
     map_2d, map_3d = normalised(*raw_maps(tokens, inp, groups, model.cfg.score_2d), stats)
-    shape_map = None if model.shape_prior is None else model.shape_prior(metric_xyz(inp),
-                                                                         inp.valid)
+    if shape_map is None:
+        shape_map = shape_prior_map(model, inp)
     inputs = head_inputs(inp, tokens.reconstruction, map_2d, map_3d, model.cfg.normal_smoothing,
                          shape_map)
     context = token_context(tokens.features_2d, tokens.features_3d, groups,
@@ -109,14 +118,15 @@ def head_features(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: Token
 
 @torch.no_grad()
 def anomaly_maps(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: TokenScores,
-                 stats: Optional[dict], scoring: str = 'learned') -> AnomalyMaps:
+                 stats: Optional[dict], scoring: str = 'learned',
+                 shape_map: Optional[torch.Tensor] = None) -> AnomalyMaps:
     """Both scorings' maps (B, S, S) and image scores from `model.score_tokens`; `anomaly` is
-    `scoring`'s."""
+    `scoring`'s (`shape_map` as in `head_features`)."""
     if scoring not in SCORINGS:
         raise ValueError(f'scoring must be one of {SCORINGS}, got {scoring!r}')
     sigma = model.cfg.smoothing_sigma
     if scoring == 'learned':
-        features = head_features(model, inp, groups, tokens, stats)
+        features = head_features(model, inp, groups, tokens, stats, shape_map)
         map_2d, map_3d = features.map_2d, features.map_3d
     else:  # the head's inputs are not needed
         map_2d, map_3d = normalised(*raw_maps(tokens, inp, groups, model.cfg.score_2d), stats)
