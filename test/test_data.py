@@ -154,6 +154,31 @@ def test_cache_is_recomputed_when_the_cleaning_code_changes(mvtec_root, tmp_path
     assert len(list(tmp_path.glob('*.npy'))) == 2
 
 
+def test_cache_evicts_the_least_recently_used_entries_and_nothing_else(mvtec_root, tmp_path):
+    """Above its limit the cache removes its oldest entries, a hit counting as a use; files
+    that are not its entries stay."""
+    refs = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'validation')[:3]
+    foreign = [tmp_path / 'notes.txt', tmp_path / 'mine.npy']
+    for path in foreign:
+        path.write_bytes(b'x' * 4096)
+    entry_bytes = 400 * 400 * 3 * 4 + 128                    # a cleaned cloud's .npy
+    cache = PreprocessCache(PreprocessConfig(), tmp_path, max_bytes=int(2.5 * entry_bytes))
+    entries = [tmp_path / (cache._key(ref.xyz_path) + '.npy') for ref in refs]
+    for ref in refs[:2]:
+        cache.cleaned(ref.xyz_path, read_xyz(ref.xyz_path))
+    for age, path in enumerate(entries[:2]):                  # the first written first
+        os.utime(path, ns=(10 ** 9 * (age + 1),) * 2)
+    cache.cleaned(refs[0].xyz_path, read_xyz(refs[0].xyz_path))   # a hit: now the newest
+    cache.cleaned(refs[2].xyz_path, read_xyz(refs[2].xyz_path))   # over the limit
+    assert [path.exists() for path in entries] == [True, False, True]
+    assert all(path.exists() for path in foreign)
+    # Another process's eviction (an entry gone under a reader) is recomputed, not an error.
+    entries[0].unlink()
+    np.testing.assert_array_equal(cache.cleaned(refs[0].xyz_path, read_xyz(refs[0].xyz_path)),
+                                  clean_point_cloud(read_xyz(refs[0].xyz_path),
+                                                    PreprocessConfig()))
+
+
 def test_ransac_recovers_noisy_plane():
     rng = np.random.default_rng(0)
     xy = rng.uniform(-0.1, 0.1, size=(2000, 2))

@@ -258,17 +258,36 @@ def _cleaning_code() -> str:
 CLEANING_CODE = _cleaning_code()
 
 
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:   # a read-only cache still serves its entries
+        pass
+
+
+def default_cache_limit() -> int:
+    """Bytes the preprocessing cache may hold: $DBMR_CACHE_MAX_GB (default 4: about 2000
+    cleaned 400 x 400 clouds, several categories of MVTec 3D-AD)."""
+    return int(float(os.environ.get('DBMR_CACHE_MAX_GB', 4)) * 2 ** 30)
+
+
 class PreprocessCache:
     """Caches `clean_point_cloud` results per source file and config, never touching the source.
 
     The key hashes the file's absolute path, size, modification time, the cleaning options and
     the cleaning's code (`CLEANING_CODE`), so an edited file, a changed option or an edited
     cleaning is recomputed, never served an old result. Writes are atomic (temp file + rename).
+    Bounded: above `max_bytes` (default `default_cache_limit()`) the least recently used
+    entries go (a hit renews an entry's time); only this cache's own entries, never another
+    file in the directory.
     """
 
-    def __init__(self, cfg: PreprocessConfig, directory: Optional[os.PathLike] = None):
+    def __init__(self, cfg: PreprocessConfig, directory: Optional[os.PathLike] = None,
+                 max_bytes: Optional[int] = None):
         self.cfg = cfg
         self.directory = Path(directory) if directory else default_cache_dir()
+        self.max_bytes = default_cache_limit() if max_bytes is None else max_bytes
+        self._held = None   # bytes in the directory: scanned at the first write, then counted
 
     def _key(self, source: Path) -> str:
         stat = source.stat()
@@ -283,11 +302,47 @@ class PreprocessCache:
         if path.exists():
             try:
                 cached = np.load(path, allow_pickle=False)
-                if cached.shape == xyz.shape:
-                    return cached
             except (OSError, ValueError):
-                pass  # a damaged cache entry is recomputed below
+                cached = None  # a damaged (or just evicted) entry is recomputed below
+            if cached is not None and cached.shape == xyz.shape:
+                _touch(path)   # recently used: evicted last
+                return cached
         result = clean_point_cloud(xyz, self.cfg)
         self.directory.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp: np.save(tmp, result))
+        self._held = (self._entries_bytes() if self._held is None else
+                      self._held + path.stat().st_size)
+        if self._held > self.max_bytes:
+            self._held = self._evict()
         return result
+
+    def _entries(self) -> list:
+        """(modification time, bytes, path) of this cache's entries: `<40 hex digits>.npy`."""
+        found = []
+        for entry in os.scandir(self.directory):
+            stem, ext = os.path.splitext(entry.name)
+            if ext == '.npy' and len(stem) == 40 and all(c in '0123456789abcdef' for c in stem):
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:   # evicted by another process meanwhile
+                    continue
+                found.append((stat.st_mtime_ns, stat.st_size, entry.path))
+        return found
+
+    def _entries_bytes(self) -> int:
+        return sum(size for _, size, _ in self._entries())
+
+    def _evict(self) -> int:
+        """Removes the least recently used entries until at most `max_bytes` remain (the
+        newest alone may exceed it); returns the bytes left."""
+        entries = sorted(self._entries())
+        held = sum(size for _, size, _ in entries)
+        for _, size, path in entries[:-1]:
+            if held <= self.max_bytes:
+                break
+            try:
+                os.remove(path)
+            except FileNotFoundError:   # another process evicted it first
+                pass
+            held -= size
+        return held
