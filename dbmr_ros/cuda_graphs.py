@@ -30,13 +30,16 @@ def run_beside(device: torch.device, fn: Callable, *args):
     runs inline and join does nothing.
 
     Safe for the caching allocator without record_stream: the side stream starts behind
-    everything queued before it, so the memory it allocates was last used by finished work,
-    and the caller joins before it reads the result. A recorded graph keeps both branches (the
-    side stream forks from and joins the capturing stream)."""
-    if torch.device(device).type != 'cuda':
+    everything queued before it, so the memory it allocates was last used by work it waits
+    for, and the caller joins before it reads the result. A recorded graph keeps both branches
+    (the side stream forks from and joins the capturing stream)."""
+    device = torch.device(device)
+    if device.type != 'cuda':
         return fn(*args), lambda: None
     current = torch.cuda.current_stream(device)
-    side = _side_streams.setdefault(torch.device(device), torch.cuda.Stream(device))
+    side = _side_streams.get(device)
+    if side is None:
+        side = _side_streams[device] = torch.cuda.Stream(device)
     side.wait_stream(current)
     with torch.cuda.stream(side):
         result = fn(*args)
