@@ -1,6 +1,7 @@
 """Dataset readers, preprocessing (on the real cable_gland files) and the synthetic generator."""
 import dataclasses
 import os
+import shutil
 import sys
 
 import cv2
@@ -12,6 +13,7 @@ import yaml
 from dbmr_ros.data import open_dataset, PreprocessConfig, preprocess
 from dbmr_ros.data.datasets import DatasetError, eyescandies_depth_to_xyz
 from dbmr_ros.data.io import read_xyz
+from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.clustering import _near_cluster, largest_cluster_mask, largest_grid_cluster
 from dbmr_ros.data.preprocess import (clean_point_cloud, fit_plane_ransac, PreprocessCache,
                                       resize_mask, square_padding, support_plane_mask)
@@ -282,6 +284,24 @@ def test_synthetic_round_trip(synthetic_root, tmp_path):
         assert sample.label == 1 and sample.gt.any(), ref.name
     with pytest.raises(FileExistsError):
         write_dataset(synthetic_root, 'puck', size=32, n_train=1)
+
+
+def test_a_split_loads_its_good_samples_only(synthetic_root, tmp_path):
+    """Training and calibration read good parts: a split's labelled defects (test's, or real
+    defects someone keeps in validation) are never taken for good ones."""
+    cfg = PreprocessConfig(image_size=64, dbscan_eps=0.009)
+    cache = PreprocessCache(cfg, tmp_path / 'cache')
+    refs = open_dataset('synthetic', synthetic_root, 'puck', 'test')
+    rgb, xyz = load_split('synthetic', synthetic_root, 'puck', 'test', cfg, cache)
+    good = [ref for ref in refs if not ref.label]
+    assert len(rgb) == len(xyz) == len(good) == 3 < len(refs)
+    sample = good[0].load()
+    np.testing.assert_array_equal(xyz[0], preprocess(sample.rgb, sample.xyz, cfg)[1])
+    only_defects = tmp_path / 'data'
+    shutil.copytree(synthetic_root / 'puck' / 'test' / 'bump', only_defects / 'puck' / 'test' /
+                    'bump')
+    with pytest.raises(DatasetError, match='no good samples'):
+        load_split('mvtec3d', only_defects, 'puck', 'test', cfg, cache)
 
 
 def test_synthetic_defects_change_the_right_modality():
