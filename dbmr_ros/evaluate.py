@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from dbmr_ros.command import run_command
 from dbmr_ros.data.datasets import DATASETS, open_dataset
@@ -27,12 +28,13 @@ def prepare_output(path, overwrite: bool) -> Path:
 
 
 def evaluate_category(detector: Detector, kind, root, category, cache: PreprocessCache,
-                      overlay_dir: Path, num_overlays: int, log=print,
-                      batch_size: int = 1) -> CategoryResults:
-    """Score the category's test split, `batch_size` samples per Detector call."""
-    refs = open_dataset(kind, root, category, 'test')
+                      overlay_dir: Optional[Path] = None, num_overlays: int = 0, log=print,
+                      batch_size: int = 1, split: str = 'test') -> CategoryResults:
+    """Score a split of the category (test; dbmr-train: validation, where it holds labelled
+    defects), `batch_size` samples per Detector call; `num_overlays` written to overlay_dir."""
+    refs = open_dataset(kind, root, category, split)
     results = CategoryResults()
-    overlays = set(overlay_indices(len(refs), num_overlays))
+    overlays = set(overlay_indices(len(refs), num_overlays)) if overlay_dir else set()
     for start in range(0, len(refs), batch_size):
         batch = list(enumerate(refs[start:start + batch_size], start))
         samples = [ref.load() for _, ref in batch]

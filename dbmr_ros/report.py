@@ -33,7 +33,12 @@ class CategoryResults:
 
     def add(self, label: int, gt: np.ndarray, fused, map_2d, map_3d, score: float,
             paper=None, paper_score: Optional[float] = None, kind: str = '') -> None:
-        """map_2d / map_3d / paper may be None (a results bag holds the fused map only)."""
+        """map_2d / map_3d / paper may be None (a results bag holds the fused map only); gt
+        None for a good sample without a mask file (validation/good's): nothing anomalous."""
+        if gt is None:
+            if label:
+                raise ValueError('a defective sample needs its ground-truth mask')
+            gt = np.zeros(np.shape(fused), bool)
         self.labels.append(int(label))
         self.kinds.append(kind if label else '')
         self.gts.append(np.asarray(gt) > 0)

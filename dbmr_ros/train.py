@@ -4,9 +4,11 @@ Two stages (see `dbmr_ros.training.engine`): anomaly-aware masked reconstruction
 then the scoring head on synthetic anomalies for `head_epochs`. Calibration (normalisation
 statistics and thresholds, `dbmr_ros.calibration`) is fitted on validation/good plus synthetic
 anomalies on it, every `eval_every` epochs and at the end of each stage; the same set's metrics
-are logged (model selection never sees test samples). Checkpoints are atomic and written every
-epoch, so `--resume` continues a killed run exactly (optimizers, schedulers, RNG state). Under
-`torchrun --nproc_per_node=N` the same command trains with DistributedDataParallel.
+are logged (model selection never sees test samples), and where the validation split holds
+labelled defects (real ones; MVTec 3D-AD's holds none) both scorings on them (`real_*`).
+Checkpoints are atomic and written every epoch, so `--resume` continues a killed run exactly
+(optimizers, schedulers, RNG state). Under `torchrun --nproc_per_node=N` the same command
+trains with DistributedDataParallel.
 """
 import argparse
 import dataclasses
@@ -22,10 +24,11 @@ import torch.distributed as dist
 from dbmr_ros import calibration
 from dbmr_ros.checkpoint import CheckpointMeta, save_checkpoint
 from dbmr_ros.command import run_command
-from dbmr_ros.data.datasets import DATASETS
+from dbmr_ros.data.datasets import DATASETS, open_dataset
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector, resolve_device
+from dbmr_ros.evaluate import evaluate_category
 from dbmr_ros.files import refuse_existing_output
 from dbmr_ros.model import DBMRNet, PRESETS
 from dbmr_ros.resources import share_dir
@@ -72,6 +75,28 @@ def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainC
             if defined:   # none where the validation parts were too small for every kind
                 selection[f'unseen_{scoring}'] = defined
     return dataclasses.replace(meta, calibration=fitted), selection
+
+
+def labelled_defects(dataset, root, category) -> int:
+    """How many labelled defects the validation split holds (real ones a user keeps there;
+    MVTec 3D-AD's validation holds none)."""
+    return sum(ref.label for ref in open_dataset(dataset, root, category, 'validation'))
+
+
+def real_selection(model, meta: CheckpointMeta, device, dataset, root, category,
+                   cache: PreprocessCache) -> dict:
+    """Both scorings on the validation split's labelled defects and its good samples, each at
+    its own resolution, as dbmr-eval scores the test split: {'real_learned' | 'real_paper':
+    metrics}. Real defects judge a recipe better than synthetic ones can (README, Results)."""
+    figures = evaluate_category(Detector(model, meta, device), dataset, root, category, cache,
+                                log=lambda *_: None, split='validation').compute(
+        variants=('fused', 'paper'))
+    selection = {}
+    for scoring, values in (('learned', figures), ('paper', figures['paper'])):
+        defined = {k: values[k] for k in SELECTION_METRICS if values[k] is not None}
+        if defined:
+            selection[f'real_{scoring}'] = defined
+    return selection
 
 
 def build_optimizers(model: DBMRNet, cfg: TrainConfig, steps_per_epoch: int):
@@ -128,6 +153,10 @@ def train(args) -> Path:
     LOG.info('%s/%s: %d training and %d validation samples, preset %s, device %s, %d process(es)',
              args.dataset, args.category, len(train_data[0]), len(val[0]), cfg.preset, device,
              world)
+    real_defects = labelled_defects(args.dataset, args.data_root, args.category)
+    if real_defects:
+        LOG.info('validation holds %d labelled defects: scored with its good samples at every '
+                 'selection (real_learned, real_paper)', real_defects)
 
     torch.manual_seed(cfg.seed)
     model = DBMRNet(model_cfg).to(device)
@@ -197,6 +226,9 @@ def train(args) -> Path:
                 # about 20 s to the final evaluation on two CPU cores).
                 meta, selection = evaluate_and_calibrate(model, meta, device, val, cfg,
                                                          unseen=epoch + 1 == total)
+                if real_defects:
+                    selection.update(real_selection(model, meta, device, args.dataset,
+                                                    args.data_root, args.category, cache))
                 progress.log_selection(writer, selection, epoch + 1)
                 save_checkpoint(output / CHECKPOINT, model.state_dict(), meta)
             if cfg.log_images_every and (epoch + 1) % cfg.log_images_every == 0:

@@ -13,6 +13,7 @@ from dbmr_ros.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from dbmr_ros.data.preprocess import PreprocessConfig
 from dbmr_ros.detector import Detector
 from dbmr_ros.model import DBMRConfig, DBMRNet
+from dbmr_ros.report import CategoryResults
 
 SMALL = DBMRConfig(image_size=64, patch_size=8, num_points=400, num_groups=24, group_size=12,
                    embed_dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_heads=2,
@@ -141,7 +142,6 @@ def test_dbmr_calibrate_set_changes_an_inference_setting_and_fits_for_it(synthet
 def test_selection_results_by_kind_show_a_missed_kind():
     """Pooled figures hide a kind of defect the map misses; `compute_by_kind` pairs each kind
     with all good samples."""
-    from dbmr_ros.report import CategoryResults
     results = CategoryResults()
     size = 16
     rng = np.random.default_rng(0)
@@ -176,3 +176,14 @@ def test_fit_tags_each_synthetic_defect_with_its_kind():
     assert results.kinds[:4] == [''] * 4
     assert len(results.kinds) == 12 and set(results.kinds[4:]) <= set(KIND_NAMES[1:])
     assert set(results.compute_by_kind()) == set(results.kinds[4:])
+
+
+def test_a_good_sample_without_a_mask_counts_as_nothing_anomalous():
+    """validation/good has no mask files: its samples add an empty mask; a defect without
+    one is refused."""
+    results = CategoryResults()
+    good = np.zeros((8, 8), np.float32)
+    results.add(0, None, good, None, None, 0.1)
+    assert results.gts[0].shape == (8, 8) and not results.gts[0].any()
+    with pytest.raises(ValueError, match='ground-truth mask'):
+        results.add(1, None, good, None, None, 0.9)

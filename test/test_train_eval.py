@@ -1,6 +1,7 @@
 """dbmr-train / dbmr-eval / dbmr-infer on small synthetic data."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,6 +37,25 @@ def config(tmp_path_factory):
 def _train_args(root, output, config, *extra):
     return ['--dataset', 'synthetic', '--data-root', str(root), '--category', 'puck',
             '--output', str(output), '--config', str(config), '--device', 'cpu', *extra]
+
+
+def test_labelled_defects_in_validation_are_a_real_selection_set(synthetic_root, config,
+                                                                 tmp_path):
+    """Defects kept in validation/<defect> (with ground truth) are scored at every selection
+    against the good validation samples, never calibrated on as good ones."""
+    root = tmp_path / 'data'
+    shutil.copytree(synthetic_root, root)
+    for defect in ('bump', 'hole'):
+        shutil.copytree(root / 'puck' / 'test' / defect, root / 'puck' / 'validation' / defect)
+    run = tmp_path / 'run'
+    assert train_main(_train_args(root, run, config)) == 0
+    log = (run / 'train.log').read_text()
+    assert 'validation holds 2 labelled defects' in log
+    selections = [line for line in log.splitlines() if 'selection set' in line]
+    assert len(selections) == 2 and all('real_learned i_auroc' in line and
+                                        'real_paper i_auroc' in line for line in selections)
+    meta = Detector.from_checkpoint(run / 'model.safetensors', 'cpu').meta
+    assert 'validation/good (3 samples)' in meta.calibration.fitted_on
 
 
 def test_train_eval_infer_end_to_end(synthetic_root, config, tmp_path):

@@ -19,7 +19,8 @@ def log_epoch(writer, description: str, means: dict, epoch: int) -> None:
 
 
 def log_selection(writer, selection: dict, epoch: int) -> None:
-    """The selection set: validation/good + synthetic anomalies on it (model resolution)."""
+    """The selection set: validation/good + synthetic anomalies on it (model resolution), and
+    `real_*`, the validation split's labelled defects (input resolution), where it has any."""
     for scoring, values in selection.items():
         for key, value in values.items():
             writer.add_scalar(f'selection_{scoring}/{key}', value, epoch)
