@@ -1,7 +1,9 @@
 """Trained checkpoints judged on two selection sets, never on test samples: validation/good with
 the training's kinds of synthetic anomalies on it (what dbmr-train logs), and with defect kinds
 that training never draws (`data/unseen_defects.py`: bends, cuts, scratches, craters, shaved
-facets, stains), which asks whether a map generalises beyond what it was taught.
+facets, stains), which asks whether a map generalises beyond what it was taught; and, where the
+validation split holds labelled defects (real ones: dbmr-train's `real_*`), those against the
+good validation samples at input resolution.
 
 One block per checkpoint: pooled I-AUROC / P-AUROC / AUPRO@0.3 / AUPRO@0.1 of the learned and the
 paper's scoring on each set, then the learned map per kind.
@@ -18,6 +20,8 @@ from dbmr_ros.data.anomalies import AnomalyConfig
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
+from dbmr_ros.evaluate import evaluate_category
+from dbmr_ros.train import labelled_defects
 
 METRICS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1')
 
@@ -53,6 +57,10 @@ def main(argv=None) -> int:
         rgb, xyz = load_split(args.dataset, args.data_root, args.category, 'validation', pcfg,
                               PreprocessCache(pcfg))[:2]
         sets = judge(detector, rgb, xyz, args.copies, args.unseen_copies, args.seed)
+        if labelled_defects(args.dataset, args.data_root, args.category):
+            sets['real defects'] = evaluate_category(
+                detector, args.dataset, args.data_root, args.category, PreprocessCache(pcfg),
+                log=lambda *_: None, split='validation')
         print(f'\n{checkpoint}: {args.category} validation/good ({len(rgb)}) with '
               f'{args.copies} training-kind anomalies and {args.unseen_copies} of each unseen '
               'kind on each sample')

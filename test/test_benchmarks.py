@@ -1,5 +1,6 @@
 """The benchmark scripts that are cheap enough to run here, end to end (their figures are
 printed, not asserted: speed is measured by them, not by tests)."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,21 @@ def test_selection_sets_prints_both_sets_and_every_kind(synthetic_root):
             assert all(0.0 <= float(v) <= 1.0 for v in rows[f'{name}, {scoring}']), rows
     for kind in ('bend', 'cut', 'scratch', 'crater', 'shaved', 'stain'):
         assert f'unseen kinds: {kind}, learned' in rows
+
+
+def test_selection_sets_add_the_real_defects_kept_in_validation(synthetic_root, tmp_path):
+    root = tmp_path / 'data'
+    shutil.copytree(synthetic_root, root)
+    shutil.copytree(root / 'puck' / 'test' / 'bump', root / 'puck' / 'validation' / 'bump')
+    out = _run(str(BENCHMARKS / 'selection_sets.py'),
+               str(share_dir() / 'models' / 'dbmr_default.safetensors'),
+               '--data-root', str(root), '--dataset', 'synthetic', '--category', 'puck',
+               '--copies', '1')
+    rows = {line.split('|')[1].strip(): [cell.strip() for cell in line.strip('|').split('|')[1:]]
+            for line in out.splitlines() if line.startswith('| real defects')}
+    assert set(rows) == {'real defects, learned', 'real defects, paper',
+                         'real defects: bump, learned'}, out
+    assert all(0.0 <= float(v) <= 1.0 for v in rows['real defects, learned'][:3]), rows
 
 
 def test_sweep_inference_refuses_a_trained_field():
