@@ -17,11 +17,10 @@ import time
 
 from dbmr_ros.calibration import synthetic_results, unseen_results
 from dbmr_ros.data.anomalies import AnomalyConfig
-from dbmr_ros.data.prepared import load_split
+from dbmr_ros.data.prepared import labelled_defects, load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
 from dbmr_ros.evaluate import evaluate_category
-from dbmr_ros.train import labelled_defects
 
 METRICS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1')
 
@@ -54,12 +53,13 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         detector = Detector.from_checkpoint(checkpoint, 'cpu')
         pcfg = detector.meta.preprocess
+        cache = PreprocessCache(pcfg)
         rgb, xyz = load_split(args.dataset, args.data_root, args.category, 'validation', pcfg,
-                              PreprocessCache(pcfg))[:2]
+                              cache)
         sets = judge(detector, rgb, xyz, args.copies, args.unseen_copies, args.seed)
         if labelled_defects(args.dataset, args.data_root, args.category):
             sets['real defects'] = evaluate_category(
-                detector, args.dataset, args.data_root, args.category, PreprocessCache(pcfg),
+                detector, args.dataset, args.data_root, args.category, cache,
                 log=lambda *_: None, split='validation')
         print(f'\n{checkpoint}: {args.category} validation/good ({len(rgb)}) with '
               f'{args.copies} training-kind anomalies and {args.unseen_copies} of each unseen '

@@ -24,8 +24,8 @@ import torch.distributed as dist
 from dbmr_ros import calibration
 from dbmr_ros.checkpoint import CheckpointMeta, save_checkpoint
 from dbmr_ros.command import run_command
-from dbmr_ros.data.datasets import DATASETS, open_dataset
-from dbmr_ros.data.prepared import load_split
+from dbmr_ros.data.datasets import DATASETS
+from dbmr_ros.data.prepared import labelled_defects, load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector, resolve_device
 from dbmr_ros.evaluate import evaluate_category
@@ -68,19 +68,21 @@ def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainC
         selection[f'learned_{kind}'] = {k: values[k] for k in ('i_auroc', 'aupro@0.3')}
     if unseen:
         scorer = Detector(model, dataclasses.replace(meta, calibration=fitted), device)
-        values = calibration.unseen_results(scorer, *val, seed=cfg.seed + 2).compute(
-            variants=('fused', 'paper'))
-        for scoring, figures in (('learned', values), ('paper', values['paper'])):
-            defined = {k: figures[k] for k in SELECTION_METRICS if figures[k] is not None}
-            if defined:   # none where the validation parts were too small for every kind
-                selection[f'unseen_{scoring}'] = defined
+        # A scoring is left out where the validation parts were too small for every kind.
+        selection.update(_both_scorings('unseen', calibration.unseen_results(
+            scorer, *val, seed=cfg.seed + 2).compute(variants=('fused', 'paper'))))
     return dataclasses.replace(meta, calibration=fitted), selection
 
 
-def labelled_defects(dataset, root, category) -> int:
-    """How many labelled defects the validation split holds (real ones a user keeps there;
-    MVTec 3D-AD's validation holds none)."""
-    return sum(ref.label for ref in open_dataset(dataset, root, category, 'validation'))
+def _both_scorings(prefix: str, figures: dict) -> dict:
+    """CategoryResults.compute's figures -> {'<prefix>_learned' | '<prefix>_paper': the
+    selection metrics that are defined}, a scoring left out where none is."""
+    selection = {}
+    for scoring, values in (('learned', figures), ('paper', figures['paper'])):
+        defined = {k: values[k] for k in SELECTION_METRICS if values[k] is not None}
+        if defined:
+            selection[f'{prefix}_{scoring}'] = defined
+    return selection
 
 
 def real_selection(model, meta: CheckpointMeta, device, dataset, root, category,
@@ -88,15 +90,9 @@ def real_selection(model, meta: CheckpointMeta, device, dataset, root, category,
     """Both scorings on the validation split's labelled defects and its good samples, each at
     its own resolution, as dbmr-eval scores the test split: {'real_learned' | 'real_paper':
     metrics}. Real defects judge a recipe better than synthetic ones can (README, Results)."""
-    figures = evaluate_category(Detector(model, meta, device), dataset, root, category, cache,
-                                log=lambda *_: None, split='validation').compute(
-        variants=('fused', 'paper'))
-    selection = {}
-    for scoring, values in (('learned', figures), ('paper', figures['paper'])):
-        defined = {k: values[k] for k in SELECTION_METRICS if values[k] is not None}
-        if defined:
-            selection[f'real_{scoring}'] = defined
-    return selection
+    return _both_scorings('real', evaluate_category(
+        Detector(model, meta, device), dataset, root, category, cache, log=lambda *_: None,
+        split='validation').compute(variants=('fused', 'paper')))
 
 
 def build_optimizers(model: DBMRNet, cfg: TrainConfig, steps_per_epoch: int):

@@ -22,3 +22,9 @@ def load_split(kind, root, category, split, pcfg: PreprocessConfig, cache: Prepr
         rgbs.append(rgb)
         xyzs.append(xyz)
     return np.stack(rgbs), np.stack(xyzs)
+
+
+def labelled_defects(kind, root, category, split: str = 'validation') -> int:
+    """How many labelled defects a split holds (validation: real ones a user keeps there for
+    selection; MVTec 3D-AD's holds none)."""
+    return sum(ref.label for ref in open_dataset(kind, root, category, split))
