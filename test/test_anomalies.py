@@ -163,7 +163,9 @@ def test_gaussian_blur_keeps_mass_and_dilate_grows():
     assert int(grown.sum()) == 25
     masks = torch.rand(2, 50, 37, generator=torch.Generator().manual_seed(0)) > 0.99
     square = torch.nn.functional.max_pool2d(masks[:, None].float(), 17, stride=1, padding=8)
-    assert torch.equal(dilate(masks, 8), square[:, 0] > 0)  # separable = the square pool
+    assert torch.equal(dilate(masks, 8), square[:, 0] > 0)  # the square pool, exactly
+    wide = torch.nn.functional.max_pool2d(masks[:, None].float(), 81, stride=1, padding=40)
+    assert torch.equal(dilate(masks, 40), wide[:, 0] > 0)  # a window wider than the image
 
 
 def test_smoothed_cloud_keeps_a_plane_and_ignores_the_background():

@@ -322,6 +322,39 @@ def test_scoring_head_any_size_with_token_context():
     assert not torch.allclose(head(x, torch.zeros(1, 6, 8, 8)), head(x, torch.ones(1, 6, 8, 8)))
 
 
+def test_scoring_head_inference_layout_gives_the_training_layouts_logits():
+    """On the CPU the head infers on channels-last pixels (faster); its logits equal those of
+    the layout it trains with."""
+    head = ScoringHead((8, 16, 32), context_dim=6)
+    head(torch.randn(4, NUM_INPUTS, 48, 48), torch.randn(4, 6, 6, 6))  # running statistics
+    head.eval()
+    x, context = torch.randn(2, NUM_INPUTS, 48, 48), torch.randn(2, 6, 6, 6)
+    with torch.no_grad():
+        inferred = head(x, context)
+        head.train()   # the training layout, with the running statistics of eval mode
+        for module in head.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.eval()
+        trained_layout = head(x, context)
+    assert torch.allclose(inferred, trained_layout, atol=1e-5)
+
+
+def test_point_pooling_without_autograd_equals_the_training_pooling():
+    """The embedding pools each group's points by amax without autograd (no indices: faster)
+    and by max with it (its backward is what the reproducible runs were trained with); the
+    values are the same, and with autograd a tied maximum passes its gradient to one point."""
+    from dbmr_ros.model.embedding import max_over_points
+    h = torch.randn(2, 5, 8, 4)
+    h[0, 0, :, 0] = 1.0   # a tie over every point
+    with torch.no_grad():
+        pooled = max_over_points(h, keepdim=True)
+    trained = h.clone().requires_grad_(True)
+    values = max_over_points(trained, keepdim=True)
+    assert torch.equal(pooled, values.detach())
+    values.sum().backward()
+    assert trained.grad[0, 0, :, 0].sum() == 1 and (trained.grad[0, 0, :, 0] == 1).sum() == 1
+
+
 def test_focal_loss_is_normalised_by_the_anomalous_pixels():
     target = torch.zeros(2, 64, 64)
     target[0, :8, :8] = 1

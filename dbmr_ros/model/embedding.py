@@ -5,6 +5,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def max_over_points(h: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """(B, G, k, C) -> (B, G, C) (or (B, G, 1, C)): the maximum over each group's points.
+
+    Without autograd (inference, the frozen network of the head stage) `amax`: the same values
+    without the indices, which on the CPU cost 10 to 20 times the pooling itself (1.2 against
+    0.1 ms a call at 128 groups). With autograd `max`, whose backward (the gradient to one
+    point) the reproducible training runs were made with; amax's splits it between tied points
+    and changes the trained weights' last bits."""
+    if torch.is_grad_enabled() and h.requires_grad:
+        return h.max(dim=2, keepdim=keepdim).values
+    return h.amax(dim=2, keepdim=keepdim)
+
+
 class GroupingBlock(nn.Module):
     """Mini-PointNet step over the points of each group: a shared MLP, max-pool over the group,
     the pooled feature concatenated back to every point, a second MLP."""
@@ -19,7 +32,7 @@ class GroupingBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, G, k, C_in) -> (B, G, k, C_out)."""
         h = self.point_mlp(x)
-        pooled = h.max(dim=2, keepdim=True).values                        # (B, G, 1, C_out)
+        pooled = max_over_points(h, keepdim=True)                         # (B, G, 1, C_out)
         # The fuse linear over [h, pooled], split in two: the pooled half once per group instead
         # of once per point, and no concatenated copy (2x faster block, same up to rounding).
         linear, channels = self.fuse_mlp[0], h.shape[-1]
@@ -42,7 +55,7 @@ class PointEmbedding(nn.Module):
     def forward(self, neighborhoods: torch.Tensor, centers: torch.Tensor):
         """neighborhoods: (B, G, k, 3) relative to centers (B, G, 3).
         Returns tokens (B, G, D) and positional embeddings (B, G, D)."""
-        tokens = self.blocks(self.projection(neighborhoods)).max(dim=2).values
+        tokens = max_over_points(self.blocks(self.projection(neighborhoods)))
         return tokens, self.position(centers)
 
 

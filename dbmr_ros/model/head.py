@@ -82,6 +82,11 @@ class ScoringHead(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor = None) -> torch.Tensor:
         size = x.shape[-2:]
+        if not self.training and x.device.type == 'cpu':
+            # oneDNN's convolutions run about a fifth faster on channels-last pixels (9.2 ->
+            # 7.3 ms per frame on 2 cores; the same logits to 1e-7). Inference only: training
+            # keeps the layout its reproducible runs were made with.
+            x = x.contiguous(memory_format=torch.channels_last)
         skips = [self.stem(self.input_norm(x))]
         for block in self.down:
             skips.append(block(F.max_pool2d(skips[-1], 2)))
