@@ -59,6 +59,22 @@ def test_selection_sets_add_the_real_defects_kept_in_validation(synthetic_root, 
     assert all(0.0 <= float(v) <= 1.0 for v in rows['real defects, learned'][:3]), rows
 
 
+def test_head_input_gap_prints_each_input_for_both_splits(synthetic_root):
+    out = _run(str(BENCHMARKS / 'head_input_gap.py'),
+               str(share_dir() / 'models' / 'dbmr_default.safetensors'),
+               '--data-root', str(synthetic_root), '--dataset', 'synthetic', '--category', 'puck',
+               '--samples', '3')
+    rows = {tuple(cell.strip() for cell in line.strip('|').split('|')[:2]):
+            [float(cell) for cell in line.strip('|').split('|')[2:]]
+            for line in out.splitlines() if line.startswith(('| train', '| validation'))}
+    for split in ('train', 'validation'):
+        for name in ('map_2d', 'map_3d', 'shape_prior', 'learned map', 'image score'):
+            mean, *quantiles = rows[(split, name)]
+            assert quantiles == sorted(quantiles), (split, name, quantiles)
+        for name in ('learned map', 'image score'):   # probabilities
+            assert all(0 <= v <= 1 for v in rows[(split, name)]), rows
+
+
 def test_sweep_inference_refuses_a_trained_field():
     result = subprocess.run([sys.executable, str(BENCHMARKS / 'sweep_inference.py'), 'x',
                              '--data-root', '.', '--category', 'c', '--set', 'embed_dim=64'],
@@ -137,6 +153,17 @@ def test_shape_prior_alone_scores_the_selection_set(synthetic_root):
     displaced = [values for (name, kind), values in rows.items()
                  if name == 'shape prior' and 'displaced' in kind]
     assert displaced and all(values[1] > 0.6 for values in displaced), out
+
+
+def test_shape_prior_alone_fitted_on_the_part_with_a_background_component(synthetic_root):
+    out = _run(str(BENCHMARKS / 'shape_prior_alone.py'), '--dataset', 'synthetic',
+               '--data-root', str(synthetic_root), '--category', 'puck', '--components', '5',
+               '--fit-on-part')
+    assert "'on_part'" in out, out
+    rows = {line.split('|')[2].strip(): [float(v) for v in line.split('|')[3:7]]
+            for line in out.splitlines() if line.startswith('| shape prior')}
+    assert all(0 <= v <= 1 for v in rows['all']), out
+    assert all(values[1] > 0.6 for kind, values in rows.items() if 'displaced' in kind), out
 
 
 def test_compare_weights_tells_identical_from_one_changed_tensor(tmp_path):

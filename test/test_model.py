@@ -355,6 +355,29 @@ def test_point_pooling_without_autograd_equals_the_training_pooling():
     assert trained.grad[0, 0, :, 0].sum() == 1 and (trained.grad[0, 0, :, 0] == 1).sum() == 1
 
 
+def test_head_input_dropout_drops_whole_groups_never_the_validity():
+    """The training-only input dropout: per sample, whole channel groups of `input_channels`
+    at the given rate, never the validity mask, the same draw for the same generator; keeping
+    every channel changes nothing."""
+    from dbmr_ros.model.head import input_channels, input_dropout_keep
+    groups = input_channels(True)
+    keep = input_dropout_keep(4000, True, 0.25, torch.Generator().manual_seed(3))
+    assert keep.shape == (4000, sum(n for _, n in groups))
+    start = 0
+    for name, count in groups:
+        block = keep[:, start:start + count]
+        assert (block == block[:, :1]).all(), f'{name} is dropped as a whole'
+        rate = 1 - float(block[:, 0].mean())
+        assert rate == 0 if name == 'valid' else abs(rate - 0.25) < 0.03, (name, rate)
+        start += count
+    assert torch.equal(keep, input_dropout_keep(4000, True, 0.25,
+                                                torch.Generator().manual_seed(3)))
+    head = ScoringHead((8, 16), in_dim=keep.shape[1], context_dim=4).train()
+    x, context = torch.randn(2, keep.shape[1], 32, 32), torch.randn(2, 4, 4, 4)
+    torch.manual_seed(0)
+    assert torch.allclose(head(x, context), head(x, context, torch.ones(2, keep.shape[1])))
+
+
 def test_focal_loss_is_normalised_by_the_anomalous_pixels():
     target = torch.zeros(2, 64, 64)
     target[0, :8, :8] = 1

@@ -24,6 +24,7 @@ class TrainConfig:
     lr: float = 1e-3
     head_lr: float = 2e-3
     head_loss_per_defect: bool = False  # focal loss averaged per defect (see model.head)
+    head_input_dropout: float = 0.0  # per sample, each group of head inputs dropped (model.head)
     weight_decay: float = 0.05
     warmup_epochs: int = 5
     grad_clip: float = 1.0

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from dbmr_ros.data.anomalies import AnomalyConfig, synthesize
 from dbmr_ros.model.dbmrnet import DBMRNet
-from dbmr_ros.model.head import focal_loss
+from dbmr_ros.model.head import focal_loss, input_dropout_keep
 from dbmr_ros.model.inputs import clean_targets, Groups, group_points, ModelInput, prepare, \
     Targets
 from dbmr_ros.model.scoring import head_features
@@ -139,15 +139,21 @@ def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cf
     model.eval()
     model.scoring_head.train()
     anomalies = cfg.anomaly_config()
+    # The input dropout draws from its own generator, seeded by the step count (so a resumed
+    # run draws the same): the data, the anomalies and their order stay those of a run without.
+    dropout = torch.Generator().manual_seed(cfg.seed * 1_000_003 + scheduler.last_epoch)
     runner = EpochRunner(batches, description, progress)
     for index in runner:
         batch = make_batch(data[0][index], data[1][index], model.cfg, anomalies,
                            generator, cfg.augment, cfg.brightness_jitter, device)
+        keep = (input_dropout_keep(len(index), model.shape_prior is not None,
+                                   cfg.head_input_dropout, dropout).to(device)
+                if cfg.head_input_dropout > 0 else None)
         with autocast(cfg, device):
             with torch.no_grad():
                 tokens = model.score_tokens(batch.inp.images, batch.groups)
                 features = head_features(model, batch.inp, batch.groups, tokens, stats)
-            loss = focal_loss(head_net(features.inputs, features.context), batch.mask,
+            loss = focal_loss(head_net(features.inputs, features.context, keep), batch.mask,
                               per_defect=cfg.head_loss_per_defect)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,86 @@
+"""Does the scoring head see calmer inputs on the parts it trained on than on unseen good parts?
+
+The head trains on the training parts, through the network and the shape prior that were
+fitted on those very parts. Had either memorised them, the head would learn what a good
+region looks like from inputs calmer than any new part gives, and fire on new good parts (the
+leakage that stacking in machine learning avoids by fitting on other folds). This prints, for
+the good training parts and the unseen good validation parts, each head input that the network
+or the prior computes (the paper's normalised 2D and 3D maps, the prior's channel) and the
+learned map, on the part: mean and quantiles, and the image score. Test samples never enter.
+
+    .venv/bin/python benchmarks/head_input_gap.py CHECKPOINT --data-root ../shared/data/mvtec3d \\
+        --category cable_gland [--samples 23]
+"""
+import argparse
+import sys
+
+import numpy as np
+import torch
+
+from dbmr_ros.data.prepared import load_split
+from dbmr_ros.data.preprocess import PreprocessCache
+from dbmr_ros.detector import Detector
+from dbmr_ros.model.head import input_channels
+from dbmr_ros.model.inputs import group_points, prepare
+from dbmr_ros.model.scoring import head_features
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+@torch.inference_mode()
+def split_figures(detector: Detector, rgb: np.ndarray, xyz: np.ndarray,
+                  batch_size: int = 8) -> dict:
+    """{name: values on the part (1-D)} for the network's and the prior's head inputs, the
+    learned map, and the image scores."""
+    model, cfg = detector.model, detector.model.cfg
+    channels = input_channels(model.shape_prior is not None)
+    names = [name for name, _ in channels]
+    # The channel where each input starts.
+    first = dict(zip(names, np.cumsum([0] + [count for _, count in channels])))
+    values = {name: [] for name in ('map_2d', 'map_3d', 'shape_prior', 'learned map',
+                                    'image score')}
+    for start in range(0, len(rgb), batch_size):
+        rgb_t, xyz_t = (torch.from_numpy(a[start:start + batch_size]).to(detector.device)
+                        for a in (rgb, xyz))
+        inp = prepare(rgb_t, xyz_t, cfg.num_points, cfg.group_size)
+        groups = group_points(inp, cfg.num_groups, cfg.group_size)
+        tokens = model.score_tokens(inp.images, groups)
+        features = head_features(model, inp, groups, tokens, detector.meta.calibration.stats)
+        part = inp.valid
+        values['map_2d'].append(features.map_2d[part])
+        values['map_3d'].append(features.map_3d[part])
+        if 'shape_prior' in names:
+            values['shape_prior'].append(features.inputs[:, first['shape_prior']][part])
+        maps = detector.score_prepared(rgb[start:start + batch_size],
+                                       xyz[start:start + batch_size])
+        values['learned map'].append(maps.anomaly.to(part.device)[part])
+        values['image score'].append(maps.score)
+    return {name: torch.cat(v).float().cpu().numpy() for name, v in values.items() if v}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('checkpoint')
+    parser.add_argument('--dataset', default='mvtec3d')
+    parser.add_argument('--data-root', required=True)
+    parser.add_argument('--category', default='cable_gland')
+    parser.add_argument('--samples', type=int, default=23,
+                        help='parts per split (the first ones; validation has 23)')
+    parser.add_argument('--device', default='cpu')
+    args = parser.parse_args(argv)
+    detector = Detector.from_checkpoint(args.checkpoint, args.device)
+    cache = PreprocessCache(detector.meta.preprocess)
+    print('| split | input | mean | ' + ' | '.join(f'{int(q * 100)} %' for q in QUANTILES)
+          + ' |\n|---|---|---|' + '---|' * len(QUANTILES))
+    for split in ('train', 'validation'):
+        rgb, xyz = load_split(args.dataset, args.data_root, args.category, split,
+                              detector.meta.preprocess, cache)
+        figures = split_figures(detector, rgb[:args.samples], xyz[:args.samples])
+        for name, values in figures.items():
+            print(f'| {split} | {name} | {values.mean():.3f} | '
+                  + ' | '.join(f'{q:.3f}' for q in np.quantile(values, QUANTILES)) + ' |')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
