@@ -22,7 +22,7 @@ from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
 from dbmr_ros.model.head import input_channels
 from dbmr_ros.model.inputs import group_points, prepare
-from dbmr_ros.model.scoring import head_features
+from dbmr_ros.model.scoring import anomaly_maps, head_features, shape_prior_map
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -45,15 +45,16 @@ def split_figures(detector: Detector, rgb: np.ndarray, xyz: np.ndarray,
         inp = prepare(rgb_t, xyz_t, cfg.num_points, cfg.group_size)
         groups = group_points(inp, cfg.num_groups, cfg.group_size)
         tokens = model.score_tokens(inp.images, groups)
-        features = head_features(model, inp, groups, tokens, detector.meta.calibration.stats)
+        stats, shape_map = detector.meta.calibration.stats, shape_prior_map(model, inp)
+        features = head_features(model, inp, groups, tokens, stats, shape_map)
         part = inp.valid
         values['map_2d'].append(features.map_2d[part])
         values['map_3d'].append(features.map_3d[part])
         if 'shape_prior' in names:
             values['shape_prior'].append(features.inputs[:, first['shape_prior']][part])
-        maps = detector.score_prepared(rgb[start:start + batch_size],
-                                       xyz[start:start + batch_size])
-        values['learned map'].append(maps.anomaly.to(part.device)[part])
+        # The same network pass: the maps the Detector returns for these samples.
+        maps = anomaly_maps(model, inp, groups, tokens, stats, 'learned', shape_map)
+        values['learned map'].append(maps.anomaly[part])
         values['image score'].append(maps.score)
     return {name: torch.cat(v).float().cpu().numpy() for name, v in values.items() if v}
 

@@ -39,7 +39,8 @@ from dbmr_ros.model.grid import gaussian_blur
 from dbmr_ros.model.local_shape import patch_descriptors
 from dbmr_ros.model.shape_prior import ShapePrior
 from dbmr_ros.report import CategoryResults
-from dbmr_ros.training.shape_prior import fit_shape_prior, REGULARISATION, training_descriptors
+from dbmr_ros.training.shape_prior import (fit_shape_prior, load_mixture, REGULARISATION,
+                                           training_descriptors)
 
 METRICS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1')
 
@@ -54,17 +55,10 @@ def fit_on_part(prior: ShapePrior, xyz: np.ndarray, seed: int, device) -> dict:
                               reg_covar=REGULARISATION, max_iter=200,
                               random_state=seed).fit(descriptors[part])
     dim, share = descriptors.shape[1], part.mean()
-    with torch.no_grad():
-        prior.means.copy_(torch.from_numpy(np.concatenate([mixture.means_, np.zeros((1, dim))])))
-        background = np.eye(dim)[None] / math.sqrt(REGULARISATION)
-        prior.precision_cholesky.copy_(torch.from_numpy(
-            np.concatenate([mixture.precisions_cholesky_, background])))
-        prior.log_weights.copy_(torch.from_numpy(
-            np.log(np.concatenate([mixture.weights_ * share, [1 - share]]))))
-        nll = prior.nll(torch.from_numpy(descriptors[part]).to(prior.means)).numpy()
-        low, centre, high = np.quantile(nll, [0.25, 0.5, 0.75])
-        prior.nll_centre.fill_(float(centre))
-        prior.nll_spread.fill_(float(max(high - low, 1e-3)))
+    load_mixture(prior, np.concatenate([mixture.means_, np.zeros((1, dim))]),
+                 np.concatenate([mixture.precisions_cholesky_,
+                                 np.eye(dim)[None] / math.sqrt(REGULARISATION)]),
+                 np.concatenate([mixture.weights_ * share, [1 - share]]), descriptors[part])
     return {'patches': len(descriptors), 'on_part': int(part.sum()),
             'converged': bool(mixture.converged_), 'iterations': int(mixture.n_iter_)}
 

@@ -141,14 +141,15 @@ def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cf
     anomalies = cfg.anomaly_config()
     # The input dropout draws from its own generator, seeded by the step count (so a resumed
     # run draws the same): the data, the anomalies and their order stay those of a run without.
-    dropout = torch.Generator().manual_seed(cfg.seed * 1_000_003 + scheduler.last_epoch)
+    dropout = (torch.Generator().manual_seed(cfg.seed * 1_000_003 + scheduler.last_epoch)
+               if cfg.head_input_dropout > 0 else None)
     runner = EpochRunner(batches, description, progress)
     for index in runner:
         batch = make_batch(data[0][index], data[1][index], model.cfg, anomalies,
                            generator, cfg.augment, cfg.brightness_jitter, device)
         keep = (input_dropout_keep(len(index), model.shape_prior is not None,
                                    cfg.head_input_dropout, dropout).to(device)
-                if cfg.head_input_dropout > 0 else None)
+                if dropout is not None else None)
         with autocast(cfg, device):
             with torch.no_grad():
                 tokens = model.score_tokens(batch.inp.images, batch.groups)

@@ -36,15 +36,25 @@ def fit_shape_prior(prior: ShapePrior, xyz: np.ndarray, seed: int, device) -> di
     mixture = GaussianMixture(len(prior.log_weights), covariance_type='full',
                               reg_covar=REGULARISATION, max_iter=200, random_state=seed)
     mixture.fit(descriptors)
-    with torch.no_grad():
-        prior.means.copy_(torch.from_numpy(mixture.means_))
-        prior.precision_cholesky.copy_(torch.from_numpy(mixture.precisions_cholesky_))
-        prior.log_weights.copy_(torch.from_numpy(np.log(mixture.weights_)))
-        on_part = descriptors[np.abs(descriptors).sum(1) > 0]
-        nll = prior.nll(torch.from_numpy(on_part).to(prior.means)).cpu().numpy()
-        low, centre, high = np.quantile(nll, [0.25, 0.5, 0.75])
-        prior.nll_centre.fill_(float(centre))
-        prior.nll_spread.fill_(float(max(high - low, 1e-3)))
+    on_part = descriptors[np.abs(descriptors).sum(1) > 0]
+    centre, spread = load_mixture(prior, mixture.means_, mixture.precisions_cholesky_,
+                                  mixture.weights_, on_part)
     return {'patches': len(descriptors), 'on_part': len(on_part), 'converged':
             bool(mixture.converged_), 'iterations': int(mixture.n_iter_),
-            'nll_median': float(centre), 'nll_iqr': float(high - low)}
+            'nll_median': centre, 'nll_iqr': spread}
+
+
+@torch.no_grad()
+def load_mixture(prior: ShapePrior, means: np.ndarray, precisions_cholesky: np.ndarray,
+                 weights: np.ndarray, on_part: np.ndarray):
+    """A fitted mixture's (K, D) means, (K, D, D) precision Cholesky factors and (K,) weights
+    into `prior`'s buffers, and its NLL standardised on the training parts' patches `on_part`
+    (N, D): median and interquartile range, returned."""
+    prior.means.copy_(torch.from_numpy(means))
+    prior.precision_cholesky.copy_(torch.from_numpy(precisions_cholesky))
+    prior.log_weights.copy_(torch.from_numpy(np.log(weights)))
+    nll = prior.nll(torch.from_numpy(on_part).to(prior.means)).cpu().numpy()
+    low, centre, high = np.quantile(nll, [0.25, 0.5, 0.75])
+    prior.nll_centre.fill_(float(centre))
+    prior.nll_spread.fill_(float(max(high - low, 1e-3)))
+    return float(centre), float(high - low)
