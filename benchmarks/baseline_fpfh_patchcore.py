@@ -35,6 +35,7 @@ from dbmr_ros.data.preprocess import PreprocessCache, to_input_size
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.model.local_shape import BINS, pair_bins
 from dbmr_ros.report import CategoryResults
+from dbmr_ros.training.shape_prior import greedy_coreset
 
 NORMAL_NEIGHBOURS, FPFH_NEIGHBOURS = 30, 100   # BTF: max_nn of its two hybrid searches
 PATCH_GRID, CORESET_SHARE, REWEIGHT_NEIGHBOURS, MAP_SIGMA = 28, 0.1, 3, 4.0
@@ -98,15 +99,9 @@ def patch_features(xyz: np.ndarray, use_open3d: bool = False) -> torch.Tensor:
     return grid[0].flatten(1).T
 
 
-def greedy_coreset(bank: torch.Tensor, share: float = CORESET_SHARE) -> torch.Tensor:
-    """PatchCore's greedy k-centre subsample: each next patch is the one farthest from those
-    chosen (start: the first patch)."""
-    chosen = [0]
-    nearest = torch.cdist(bank, bank[:1])[:, 0]
-    for _ in range(max(1, int(share * len(bank))) - 1):
-        chosen.append(int(nearest.argmax()))
-        nearest = torch.minimum(nearest, torch.cdist(bank, bank[chosen[-1]][None])[:, 0])
-    return bank[chosen]
+def coreset(bank: torch.Tensor, share: float = CORESET_SHARE) -> torch.Tensor:
+    """PatchCore's greedy k-centre subsample of `share` of the patches."""
+    return bank[greedy_coreset(bank, max(1, int(share * len(bank))))]
 
 
 def score(patches: torch.Tensor, bank: torch.Tensor):
@@ -140,7 +135,7 @@ def run(kind, root, category, use_open3d=False, log=print) -> CategoryResults:
     started = time.perf_counter()
     train = open_dataset(kind, root, category, 'train')
     bank = torch.cat([patch_features(prepared(ref)[1], use_open3d) for ref in train])
-    bank = greedy_coreset(bank)
+    bank = coreset(bank)
     log(f'memory bank: {len(bank)} patches from {len(train)} training samples '
         f'({time.perf_counter() - started:.0f} s)')
     results = CategoryResults()

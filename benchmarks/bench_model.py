@@ -40,6 +40,7 @@ from dbmr_ros.model import DBMRNet, point_ops, PRESETS
 from dbmr_ros.model.dbmrnet import count_parameters
 from dbmr_ros.model.inputs import group_points, prepare
 from dbmr_ros.model.scoring import anomaly_maps
+from dbmr_ros.model.shape_prior import SHAPE_PRIOR_KINDS
 from dbmr_ros.resources import share_dir
 from dbmr_ros.training.config import TrainConfig
 
@@ -124,6 +125,8 @@ def main(argv=None) -> int:
     parser.add_argument('--shape-prior', type=int,
                         help='override shape_prior_components (0: no shape prior; default: the '
                              "training config's, 32 for tiny)")
+    parser.add_argument('--shape-prior-kind', choices=SHAPE_PRIOR_KINDS,
+                        help="override shape_prior_kind (default: the training config's)")
     parser.add_argument('--batch', type=int, default=1, help='frames per Detector call')
     parser.add_argument('--preprocessing', default='auto', choices=('auto', 'numpy', 'torch'))
     parser.add_argument('--no-cuda-graphs', action='store_true',
@@ -140,12 +143,14 @@ def main(argv=None) -> int:
           + (f'; num_points {args.num_points}' if args.num_points else '')
           + (f'; shape_prior_components {args.shape_prior}'
              if args.shape_prior is not None else '')
+          + (f'; shape_prior_kind {args.shape_prior_kind}' if args.shape_prior_kind else '')
           + ('; CUDA graphs off' if args.no_cuda_graphs else '')
           + (f'; farthest point sampling: {point_ops.fps_method(args.device)}'
              if args.device.startswith('cuda') else ''))
     overrides = {name: value for name, value in (
         ('score_passes', args.score_passes), ('num_points', args.num_points),
-        ('shape_prior_components', args.shape_prior)) if value is not None}
+        ('shape_prior_components', args.shape_prior),
+        ('shape_prior_kind', args.shape_prior_kind)) if value is not None}
     rows = [bench(p, rgb, xyz, args.frames, args.device, overrides, args.batch,
                   args.preprocessing, not args.no_cuda_graphs)
             for p in args.presets]

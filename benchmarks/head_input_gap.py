@@ -28,10 +28,12 @@ QUANTILES = (0.5, 0.9, 0.99)
 
 
 @torch.inference_mode()
-def split_figures(detector: Detector, rgb: np.ndarray, xyz: np.ndarray,
+def split_figures(detector: Detector, rgb: np.ndarray, xyz: np.ndarray, training: bool,
                   batch_size: int = 8) -> dict:
     """{name: values on the part (1-D)} for the network's and the prior's head inputs, the
-    learned map, and the image scores."""
+    learned map, and the image scores. `training`: the samples are the training parts in
+    order, and the prior's channel is what the head's training reads for them (a coreset
+    leaving each part's own entries out); the learned map stays the Detector's."""
     model, cfg = detector.model, detector.model.cfg
     channels = input_channels(model.shape_prior is not None)
     names = [name for name, _ in channels]
@@ -46,7 +48,9 @@ def split_figures(detector: Detector, rgb: np.ndarray, xyz: np.ndarray,
         groups = group_points(inp, cfg.num_groups, cfg.group_size)
         tokens = model.score_tokens(inp.images, groups)
         stats, shape_map = detector.meta.calibration.stats, shape_prior_map(model, inp)
-        features = head_features(model, inp, groups, tokens, stats, shape_map)
+        head_shape_map = (shape_prior_map(model, inp, torch.arange(start, start + len(rgb_t)))
+                          if training else shape_map)
+        features = head_features(model, inp, groups, tokens, stats, head_shape_map)
         part = inp.valid
         values['map_2d'].append(features.map_2d[part])
         values['map_3d'].append(features.map_3d[part])
@@ -76,7 +80,8 @@ def main(argv=None) -> int:
     for split in ('train', 'validation'):
         rgb, xyz = load_split(args.dataset, args.data_root, args.category, split,
                               detector.meta.preprocess, cache)
-        figures = split_figures(detector, rgb[:args.samples], xyz[:args.samples])
+        figures = split_figures(detector, rgb[:args.samples], xyz[:args.samples],
+                                split == 'train')
         for name, values in figures.items():
             print(f'| {split} | {name} | {values.mean():.3f} | '
                   + ' | '.join(f'{q:.3f}' for q in np.quantile(values, QUANTILES)) + ' |')

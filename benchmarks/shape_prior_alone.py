@@ -2,10 +2,11 @@
 
 Fits the prior as `dbmr-train` does (`training.shape_prior`, all training parts), then scores
 the good validation samples and `--copies` synthetic anomalies on each (the training's
-selection set: seed 1) with the prior's map alone: its standardised NLL per patch, bilinear to
-pixels, smoothed by sigma 4 px, image score its maximum. `--patchcore` adds the same
-descriptors scored as PatchCore does (nearest-neighbour distance to a 10 % greedy coreset of
-the training patches), the memory bank the prior replaces. Per kind of synthetic defect, each
+selection set: seed 1) with the prior's map alone (`--kind`: the mixture's or the coreset's):
+its standardised score per patch, bilinear to pixels, smoothed by sigma 4 px, image score its
+maximum. `--patchcore` adds the same descriptors scored as PatchCore does (nearest-neighbour
+distance to an uncapped 10 % greedy coreset of all training patches). Per kind of synthetic
+defect, each
 against all good samples; first, the prior's patch scores on the training parts it was
 fitted on against the unseen validation parts. Test samples never enter.
 
@@ -15,7 +16,8 @@ component, instead of letting EM spend its passes over the background: the same 
 intent, a fraction of the fitting time, so that `--components` can be raised.
 
     .venv/bin/python benchmarks/shape_prior_alone.py --data-root ../shared/data/mvtec3d \\
-        --category cable_gland [--patchcore] [--components 32] [--fit-on-part]
+        --category cable_gland [--kind mixture|coreset] [--components N] [--patchcore] \\
+        [--fit-on-part]
 """
 import argparse
 import dataclasses
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 from sklearn.mixture import GaussianMixture
 
-from baseline_fpfh_patchcore import greedy_coreset
+from baseline_fpfh_patchcore import coreset
 from dbmr_ros.data.anomalies import AnomalyConfig, anomalous_copies, KIND_NAMES
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess import PreprocessCache, PreprocessConfig
@@ -37,7 +39,7 @@ from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.model import PRESETS
 from dbmr_ros.model.grid import gaussian_blur
 from dbmr_ros.model.local_shape import patch_descriptors
-from dbmr_ros.model.shape_prior import ShapePrior
+from dbmr_ros.model.shape_prior import build_shape_prior, MixturePrior, SHAPE_PRIOR_KINDS
 from dbmr_ros.report import CategoryResults
 from dbmr_ros.training.shape_prior import (fit_shape_prior, load_mixture, REGULARISATION,
                                            training_descriptors)
@@ -45,7 +47,7 @@ from dbmr_ros.training.shape_prior import (fit_shape_prior, load_mixture, REGULA
 METRICS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1')
 
 
-def fit_on_part(prior: ShapePrior, xyz: np.ndarray, seed: int, device) -> dict:
+def fit_on_part(prior: MixturePrior, xyz: np.ndarray, seed: int, device) -> dict:
     """`fit_shape_prior` with all but one component fitted on the part's patches, the last one
     the background's: mean zero, the covariance EM reaches for identical zeros (its
     regularisation alone), weight the background's share of the patches."""
@@ -88,12 +90,19 @@ def main(argv=None) -> int:
     parser.add_argument('--data-root', required=True)
     parser.add_argument('--category', default='cable_gland')
     parser.add_argument('--copies', type=int, default=2)
-    parser.add_argument('--components', type=int, default=32)
+    parser.add_argument('--kind', choices=SHAPE_PRIOR_KINDS, default='mixture')
+    parser.add_argument('--components', type=int, default=None,
+                        help='entries of the prior (default: 32 for a mixture, 2048 for a '
+                             'coreset)')
     parser.add_argument('--patchcore', action='store_true')
     parser.add_argument('--fit-on-part', action='store_true',
                         help="components on the part's patches, the background as one more")
     args = parser.parse_args(argv)
-    cfg = dataclasses.replace(PRESETS['tiny'], shape_prior_components=args.components)
+    if args.fit_on_part and args.kind != 'mixture':
+        parser.error('--fit-on-part fits a mixture')
+    components = args.components or {'mixture': 32, 'coreset': 2048}[args.kind]
+    cfg = dataclasses.replace(PRESETS['tiny'], shape_prior_components=components,
+                              shape_prior_kind=args.kind)
     pcfg = PreprocessConfig(image_size=cfg.image_size)
     cache = PreprocessCache(pcfg)
     started = time.perf_counter()
@@ -101,7 +110,7 @@ def main(argv=None) -> int:
     val = load_split(args.dataset, args.data_root, args.category, 'validation', pcfg, cache)
     _, bad_xyz, masks, kinds = anomalous_copies(*val, AnomalyConfig(), seed=1,
                                                 copies=args.copies)
-    prior = ShapePrior(cfg.shape_prior_components, cfg.shape_patch_size)
+    prior = build_shape_prior(cfg.shape_prior_kind, components, cfg.shape_patch_size)
     summary = (fit_on_part if args.fit_on_part else fit_shape_prior)(prior, train[1], seed=0,
                                                                      device='cpu')
     print(f'prior fitted in {time.perf_counter() - started:.0f} s: {summary}', flush=True)
@@ -115,14 +124,15 @@ def main(argv=None) -> int:
                                        cfg.image_size))
         return np.concatenate(maps)
 
-    # The head trains on the very parts the mixture was fitted on: how much calmer is the
-    # prior there than on unseen good parts?
+    # The head trains on the very parts the prior was fitted on: how much calmer is the
+    # prior there (as the head's training scores them) than on unseen good parts?
     for split, (_, xyz) in (('train', train), ('validation', val)):
         scores, on_part = [], []
         for start in range(0, len(xyz), 16):
             clouds = torch.from_numpy(xyz[start:start + 16]).float()
+            parts = torch.arange(start, start + len(clouds)) if split == 'train' else None
             with torch.no_grad():
-                scores.append(prior.patch_scores(clouds, valid_mask(clouds)))
+                scores.append(prior.patch_scores(clouds, valid_mask(clouds), parts))
                 on_part.append(patch_descriptors(clouds, valid_mask(clouds),
                                                  cfg.shape_patch_size).abs().sum(1) > 0)
         scores, on_part = torch.cat(scores), torch.cat(on_part)
@@ -134,8 +144,8 @@ def main(argv=None) -> int:
     evaluate('shape prior', prior_maps(val[1]), prior_maps(bad_xyz), masks, kinds)
     if args.patchcore:
         grid = cfg.image_size // cfg.shape_patch_size
-        bank = greedy_coreset(torch.from_numpy(training_descriptors(train[1],
-                                                                    cfg.shape_patch_size, 'cpu')))
+        bank = coreset(torch.from_numpy(training_descriptors(train[1], cfg.shape_patch_size,
+                                                             'cpu')))
 
         def patchcore_maps(xyz):
             patches = torch.from_numpy(training_descriptors(xyz, cfg.shape_patch_size, 'cpu'))

@@ -61,7 +61,7 @@ def test_patchcore_scores_the_farthest_patch():
     image_score, patch_scores = baseline.score(patches, bank)
     assert patch_scores.flatten()[7] == pytest.approx(2.0)
     assert 0.0 < image_score < 2.0
-    assert torch.equal(baseline.greedy_coreset(bank, 0.5), bank[[0, 3]])
+    assert torch.equal(baseline.coreset(bank, 0.5), bank[[0, 3]])
 
 
 def test_baseline_localises_synthetic_defects(synthetic_root):

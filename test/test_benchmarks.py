@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from dbmr_ros.resources import share_dir
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
@@ -138,10 +140,11 @@ def test_displacement_signal_prints_the_noise_and_the_tilt(synthetic_root):
     assert all(0 <= float(row.split('|')[3].strip(' %')) <= 100 for row in rows)
 
 
-def test_shape_prior_alone_scores_the_selection_set(synthetic_root):
+@pytest.mark.parametrize('kind,components', [('mixture', '4'), ('coreset', '64')])
+def test_shape_prior_alone_scores_the_selection_set(synthetic_root, kind, components):
     out = _run(str(BENCHMARKS / 'shape_prior_alone.py'), '--dataset', 'synthetic',
-               '--data-root', str(synthetic_root), '--category', 'puck', '--components', '4',
-               '--patchcore')
+               '--data-root', str(synthetic_root), '--category', 'puck', '--components',
+               components, '--kind', kind, '--patchcore')
     rows = {tuple(cell.strip() for cell in line.split('|')[1:3]):
             [float(v) for v in line.split('|')[3:7]]
             for line in out.splitlines() if line.startswith('| shape prior')

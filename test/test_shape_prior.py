@@ -1,5 +1,6 @@
-"""The shape prior: FPFH on the image grid (model.local_shape) and the Gaussian mixture of good
-parts' patch descriptors (model.shape_prior, fitted by training.shape_prior)."""
+"""The shape prior: FPFH on the image grid (model.local_shape) and the models of good parts'
+patch descriptors (model.shape_prior: a Gaussian mixture or a coreset, fitted by
+training.shape_prior)."""
 import numpy as np
 import pytest
 import torch
@@ -13,8 +14,9 @@ from dbmr_ros.model.head import NUM_INPUTS
 from dbmr_ros.model import local_shape
 from dbmr_ros.model.local_shape import fpfh, patch_descriptors, pca_normals
 from dbmr_ros.symmetric3 import smallest_axis
-from dbmr_ros.model.shape_prior import ShapePrior
-from dbmr_ros.training.shape_prior import fit_shape_prior
+from dbmr_ros.calibration import score_definition
+from dbmr_ros.model.shape_prior import build_shape_prior, CoresetPrior, MixturePrior
+from dbmr_ros.training.shape_prior import fit_shape_prior, greedy_coreset
 
 
 def surface(height=None, size=112, spacing=0.0004, distance=0.4, tilt=0.3):
@@ -66,7 +68,7 @@ def test_patch_descriptors_see_a_bump_and_only_there():
 def test_prior_nll_equals_the_mixture_and_scores_a_bump_above_good_parts():
     good = torch.cat([surface(bump(centre=(56, 56), height=h, sigma=20.0))[0]
                       for h in (0.0, 0.001, -0.001, 0.002)]).numpy()
-    prior = ShapePrior(components=2, patch_size=4)
+    prior = MixturePrior(components=2, patch_size=4)
     summary = fit_shape_prior(prior, good, seed=0, device='cpu')
     assert summary['converged'] and summary['patches'] == 4 * 28 * 28   # 4 px patches at 112
     # The same numbers as scikit-learn's own likelihood of the fitted mixture.
@@ -180,7 +182,8 @@ def test_window_pair_bins_compute_half_the_pairs_and_equal_all_of_them():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
-def test_descriptors_and_prior_on_cuda_follow_the_cpu(mvtec_root):
+@pytest.mark.parametrize('kind,components', [('mixture', 4), ('coreset', 64)])
+def test_descriptors_and_prior_on_cuda_follow_the_cpu(mvtec_root, kind, components):
     """The descriptors and the prior's scores on CUDA against the CPU, on real cable_gland parts
     at the tiny preset's size: the same float32 arithmetic in another order, so a pair whose
     angle lies on a bin edge may fall into the neighbouring bin. Stated tolerance: descriptors
@@ -191,7 +194,7 @@ def test_descriptors_and_prior_on_cuda_follow_the_cpu(mvtec_root):
                                         for s in (ref.load() for ref in refs)]))
     valid = valid_mask(clouds)
     patch = DBMRConfig().shape_patch_size
-    prior = ShapePrior(components=4, patch_size=patch)
+    prior = build_shape_prior(kind, components, patch)
     fit_shape_prior(prior, clouds.numpy(), seed=0, device='cpu')
     cpu_descriptors = patch_descriptors(clouds, valid, patch)
     cuda_descriptors = patch_descriptors(clouds.cuda(), valid.cuda(), patch).cpu()
@@ -204,3 +207,63 @@ def test_descriptors_and_prior_on_cuda_follow_the_cpu(mvtec_root):
           f'{score_error.mean():.2e}')
     assert descriptor_error.max() <= 2 and descriptor_error.mean() <= 0.01
     assert score_error.max() <= 0.25 and score_error.mean() <= 0.002
+
+
+def test_greedy_coreset_takes_the_farthest_point_next():
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0], [0.0, 4.0], [9.0, 0.0]])
+    # From the first: the farthest (10, 0), then the one farthest from both, (0, 4), ...
+    assert greedy_coreset(points, 5).tolist() == [0, 2, 3, 1, 4]
+    assert greedy_coreset(points, 3).tolist() == [0, 2, 3]       # a prefix: the smaller set
+    assert greedy_coreset(points, 9).tolist() == [0, 2, 3, 1, 4]  # never more than there are
+    repeated = torch.cat([points, points])
+    assert greedy_coreset(repeated, 9).tolist() == [0, 2, 3, 1, 4]  # nor than are distinct
+
+
+def test_coreset_prior_is_the_nearest_entry_and_leaves_each_part_out():
+    """The coreset's raw score is the distance to the nearest entry (brute force); its first
+    entry is the background's zero descriptor; a training part scored as the head's training
+    scores it (`parts`) finds none of its own entries; a bump scores above good parts."""
+    good = torch.cat([surface(bump(centre=(56, 56), height=h, sigma=20.0))[0]
+                      for h in (0.0, 0.001, -0.001, 0.002)]).numpy()
+    prior = CoresetPrior(components=40, patch_size=4)
+    summary = fit_shape_prior(prior, good, seed=0, device='cpu')
+    assert summary['patches'] == 4 * 28 * 28
+    # These smooth surfaces have fewer distinct patches than 40: the rest repeat the first.
+    distinct = summary['entries']
+    assert 10 < distinct < 40 and not prior.bank[distinct:].any()
+    assert not prior.bank[0].any() and prior.bank_parts[0] == -1
+    assert set(prior.bank_parts[1:distinct].tolist()) <= {0, 1, 2, 3}
+    x = torch.rand(2, 7, 33, generator=torch.Generator().manual_seed(0)) * 60
+    brute = (x[:, :, None] - prior.bank).norm(dim=-1).amin(-1)
+    # (The matrix-product form rounds: bins run to 200, float32 squares to 4e4.)
+    assert torch.allclose(prior.nearest(x), brute, atol=0.1)
+    # Each part without its own entries: exactly the brute force over the others' entries.
+    first = torch.from_numpy(good[:1])
+    descriptors = patch_descriptors(first, valid_mask(first), 4)[0].flatten(1).T[None]
+    others = prior.bank[prior.bank_parts != 0]
+    brute = (descriptors[0][:, None] - others).norm(dim=-1).amin(-1)
+    left_out = prior.nearest(descriptors, torch.tensor([0]))[0]
+    assert torch.allclose(left_out, brute, atol=0.1)
+    own = prior.bank[prior.bank_parts == 0]
+    assert len(own) and prior.nearest(own[None])[0].max() < 0.1 < 1 < left_out.max()
+    xyz, valid = surface(bump(centre=(56, 40), sigma=3.0, height=0.002))
+    scores = prior.patch_scores(xyz, valid)[0]                              # (28, 28)
+    good_scores = prior.patch_scores(*surface())[0]
+    assert good_scores[13:16, 9:12].max() < scores[13:16, 9:12].max() - 1
+
+
+def test_model_with_a_coreset_prior_and_its_score_definition():
+    small = DBMRConfig(image_size=112, patch_size=16, num_points=256, num_groups=16,
+                       group_size=8, embed_dim=32, depth=1, num_heads=2, decoder_dim=32,
+                       decoder_heads=2, shape_prior_components=8, shape_prior_kind='coreset')
+    model = DBMRNet(small)
+    assert isinstance(model.shape_prior, CoresetPrior)
+    assert model.state_dict()['shape_prior.bank'].shape == (8, 33)
+    assert model.scoring_head.input_norm.num_features == NUM_INPUTS + 1
+    # A changed prior is a changed score: an old threshold cannot be reused with it. A mixture's
+    # definition is what it was before there were two kinds.
+    mixture = DBMRConfig.from_dict({**small.to_dict(), 'shape_prior_kind': 'mixture'})
+    assert score_definition(small, 'learned') != score_definition(mixture, 'learned')
+    assert 'shape_prior' not in score_definition(mixture, 'learned')['head']
+    with pytest.raises(ValueError, match='shape_prior_kind'):
+        DBMRConfig(shape_prior_kind='memory')

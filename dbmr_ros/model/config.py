@@ -3,6 +3,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 from dbmr_ros.dataclass_dict import from_dict, to_dict
+from dbmr_ros.model.shape_prior import SHAPE_PRIOR_KINDS
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,11 @@ class DBMRConfig:
     # in the median on cable_gland), so a smooth bump's tilt can hide in the noise. 0 (off):
     # 1.5 px was no better on the selection set (README "Design notes").
     normal_smoothing: float = 0.0
-    # Components of the Gaussian mixture over the good parts' FPFH patch descriptors
-    # (model.shape_prior) whose likelihood the head reads as one more channel; 0: none. 32
-    # raised every selection-set figure and lowered every real cable_gland one (README
-    # "Design notes"), so it is off.
+    # A model of the good parts' FPFH patch descriptors (model.shape_prior) whose score the
+    # head reads as one more channel: its entries (the mixture's components, the coreset's
+    # descriptors); 0: none. config/train_tiny.yaml trains one (README "Design notes").
     shape_prior_components: int = 0
+    shape_prior_kind: str = 'mixture'   # 'mixture' (a density) | 'coreset' (nearest entry)
     # The learned map covers the part grown by this many pixels (at image_size): missing
     # material at the silhouette (a cut, a bent rim) is anomalous, the far background is not.
     map_margin: int = 8
@@ -77,6 +78,9 @@ class DBMRConfig:
         if (self.score_passes == 1 or self.unmasked_share > 0) and self.visible_loss_weight <= 0:
             raise ValueError('an unmasked pass needs visible_loss_weight > 0 (the network must '
                              'learn to reconstruct what it sees)')
+        if self.shape_prior_kind not in SHAPE_PRIOR_KINDS:
+            raise ValueError(f'shape_prior_kind must be one of {SHAPE_PRIOR_KINDS}, got '
+                             f'{self.shape_prior_kind!r}')
         if self.shape_prior_components < 0:
             raise ValueError('shape_prior_components must be >= 0')
         if self.shape_prior_components and self.image_size % self.shape_patch_size:

@@ -27,7 +27,7 @@ from dbmr_ros.model.head import input_channels, ScoringHead
 from dbmr_ros.model.inputs import Groups, Targets
 from dbmr_ros.model.masking import Masking, masking_from_noise, no_masking, random_masking
 from dbmr_ros.model.point_ops import chamfer_l2, gather
-from dbmr_ros.model.shape_prior import ShapePrior
+from dbmr_ros.model.shape_prior import build_shape_prior
 from dbmr_ros.model.transformer import Block, local_alignment_mask
 
 
@@ -93,7 +93,8 @@ class DBMRNet(nn.Module):
         self._init_weights()
         # The learned scoring head (created after the init above: it keeps torch's defaults).
         components = cfg.shape_prior_components
-        self.shape_prior = ShapePrior(components, cfg.shape_patch_size) if components else None
+        self.shape_prior = (build_shape_prior(cfg.shape_prior_kind, components,
+                                              cfg.shape_patch_size) if components else None)
         self.scoring_head = ScoringHead(
             cfg.head_widths, sum(n for _, n in input_channels(self.shape_prior is not None)),
             context_dim=2 * ddim if cfg.head_context else 0)

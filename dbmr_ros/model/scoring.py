@@ -93,10 +93,14 @@ class HeadFeatures(NamedTuple):
 
 
 @torch.no_grad()
-def shape_prior_map(model: DBMRNet, inp: ModelInput) -> Optional[torch.Tensor]:
+def shape_prior_map(model: DBMRNet, inp: ModelInput,
+                    parts: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """The shape prior's (B, S, S) map of the input cloud; None for a model without one. It
-    reads the cloud alone, so it can run beside the network (`cuda_graphs.run_beside`)."""
-    return None if model.shape_prior is None else model.shape_prior(metric_xyz(inp), inp.valid)
+    reads the cloud alone, so it can run beside the network (`cuda_graphs.run_beside`).
+    `parts` (B,): the training part of each sample, while the head trains (`ShapePrior`)."""
+    if model.shape_prior is None:
+        return None
+    return model.shape_prior(metric_xyz(inp), inp.valid, parts)
 
 
 @torch.no_grad()

@@ -1,18 +1,26 @@
-"""A model of the good parts' local geometry: a Gaussian mixture over FPFH patch descriptors.
+"""Models of the good parts' local geometry over FPFH patch descriptors.
 
 The reconstruction branch compares each point group with its own reconstruction, which a
-smoothly displaced surface passes (a bent rim is still a plausible surface). This module asks
-instead how likely a patch's local shape is among good parts: the negative log-likelihood of
-its FPFH descriptor (`local_shape.patch_descriptors`) under a mixture of `components`
-full-covariance Gaussians fitted on the training parts' patches. It is a density with a fixed
-number of parameters (32 components x 33 dimensions: 37 k numbers), not a memory bank: its
-size and cost do not grow with the training set. The scoring head reads it as one more input
-channel and learns, from the synthetic anomalies, how far to trust it.
+smoothly displaced surface passes (a bent rim is still a plausible surface). A shape prior asks
+instead how usual a patch's local shape is among good parts: its FPFH descriptor
+(`local_shape.patch_descriptors`) is scored against a model fitted on the training parts'
+patches. Two models, both of a fixed size (`components` entries of 33 numbers, or 33 x 33 for
+the mixture's covariances), whatever the size of the training set:
 
-The mixture is fitted by the training code (`dbmr_ros.training.shape_prior`) and stored in the
+- 'mixture': the negative log-likelihood under a mixture of full-covariance Gaussians (a
+  density: 32 components, 37 k numbers).
+- 'coreset': the distance to the nearest of a greedy k-centre coreset of the training patches
+  (PatchCore's score on FPFH, as the classic baseline computes it, with a capped bank: 2048
+  entries, 68 k numbers). The nearest entry remembers a shape that is rare but good, which a
+  density of 32 components smooths away (a thread's many flanks).
+
+Either score is standardised on the training parts' patches and asinh-compressed; the scoring
+head reads it as one more input channel and learns, from the synthetic anomalies, how far to
+trust it. The training code fits both (`dbmr_ros.training.shape_prior`); they live in the
 checkpoint as buffers.
 """
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -20,21 +28,56 @@ from torch import nn
 
 from dbmr_ros.model.local_shape import FPFH_DIM, patch_descriptors
 
+SHAPE_PRIOR_KINDS = ('mixture', 'coreset')
+
 
 class ShapePrior(nn.Module):
     """(B, S, S, 3) cloud in metres, (B, S, S) bool -> (B, S, S) anomaly of the local shape:
-    the standardised negative log-likelihood per patch of `patch_size` pixels (DBMRConfig.
+    the standardised raw score (`raw_scores`) per patch of `patch_size` pixels (DBMRConfig.
     shape_patch_size), bilinear to pixels."""
 
-    def __init__(self, components: int, patch_size: int, dim: int = FPFH_DIM):
+    def __init__(self, patch_size: int):
         super().__init__()
         self.patch_size = patch_size
+        # Standardisation of the raw score on good parts' patches (median, spread), fitted with
+        # it (named for the mixture, the first prior: checkpoints keep the names).
+        self.register_buffer('nll_centre', torch.zeros(()))
+        self.register_buffer('nll_spread', torch.ones(()))
+
+    def raw_scores(self, descriptors: torch.Tensor,
+                   parts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, N, D) descriptors -> (B, N) raw anomaly scores (higher: less usual). `parts`:
+        see `forward`."""
+        raise NotImplementedError
+
+    def patch_scores(self, xyz: torch.Tensor, valid: torch.Tensor,
+                     parts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, S, S, 3) metres, (B, S, S) bool -> (B, g, g) standardised score per patch (g =
+        S / patch_size), compressed with asinh (a foreign shape can score far above good ones)."""
+        descriptors = patch_descriptors(xyz, valid, self.patch_size)        # (B, D, g, g)
+        batch, dim, grid, _ = descriptors.shape
+        raw = self.raw_scores(descriptors.permute(0, 2, 3, 1).reshape(batch, -1, dim), parts)
+        return torch.asinh((raw.view(batch, grid, grid) - self.nll_centre) / self.nll_spread)
+
+    def forward(self, xyz: torch.Tensor, valid: torch.Tensor,
+                parts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`parts` (B,) long: which training part each sample is, during the head's training
+        (a coreset then leaves that part's own entries out, so that a training part looks as
+        unfamiliar as an unseen good one); None at inference."""
+        scores = self.patch_scores(xyz, valid, parts)
+        size = valid.shape[1]
+        return F.interpolate(scores[:, None], size=(size, size), mode='bilinear',
+                             align_corners=False)[:, 0]
+
+
+class MixturePrior(ShapePrior):
+    """The negative log-likelihood under a Gaussian mixture of `components` components."""
+
+    def __init__(self, components: int, patch_size: int, dim: int = FPFH_DIM):
+        super().__init__(patch_size)
         self.register_buffer('means', torch.zeros(components, dim))
         self.register_buffer('precision_cholesky', torch.eye(dim).repeat(components, 1, 1))
         self.register_buffer('log_weights', torch.full((components,), -math.log(components)))
-        # Standardisation of the NLL on good parts' patches (median, spread), fitted with it.
-        self.register_buffer('nll_centre', torch.zeros(()))
-        self.register_buffer('nll_spread', torch.ones(()))
 
     def nll(self, descriptors: torch.Tensor) -> torch.Tensor:
         """(N, D) -> (N,) negative log-likelihood under the mixture."""
@@ -47,16 +90,42 @@ class ShapePrior(nn.Module):
         log_prob = -0.5 * (projected ** 2).sum(-1) - 0.5 * dim * math.log(2 * math.pi) + log_det
         return -torch.logsumexp(log_prob + self.log_weights, dim=-1)
 
-    def patch_scores(self, xyz: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """(B, S, S, 3) metres, (B, S, S) bool -> (B, g, g) standardised NLL per patch (g = S /
-        patch_size), compressed with asinh (a foreign shape can score far above good ones)."""
-        descriptors = patch_descriptors(xyz, valid, self.patch_size)        # (B, D, g, g)
-        batch, dim, grid, _ = descriptors.shape
-        nll = self.nll(descriptors.permute(0, 2, 3, 1).reshape(-1, dim)).view(batch, grid, grid)
-        return torch.asinh((nll - self.nll_centre) / self.nll_spread)
+    def raw_scores(self, descriptors, parts=None):
+        """A density has no entry of its own per part: `parts` changes nothing."""
+        return self.nll(descriptors.flatten(0, 1)).view(descriptors.shape[:2])
 
-    def forward(self, xyz: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        scores = self.patch_scores(xyz, valid)
-        size = valid.shape[1]
-        return F.interpolate(scores[:, None], size=(size, size), mode='bilinear',
-                             align_corners=False)[:, 0]
+
+class CoresetPrior(ShapePrior):
+    """The distance to the nearest of `components` training patch descriptors."""
+
+    def __init__(self, components: int, patch_size: int, dim: int = FPFH_DIM):
+        super().__init__(patch_size)
+        self.register_buffer('bank', torch.zeros(components, dim))
+        # The training part each entry came from (-1: the background's zero descriptor).
+        self.register_buffer('bank_parts', torch.full((components,), -1, dtype=torch.long))
+
+    def nearest(self, descriptors: torch.Tensor,
+                parts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, N, D) -> (B, N) distance to the nearest entry, leaving out the entries of each
+        sample's own training part where `parts` (B,) is given."""
+        x = descriptors.to(self.bank.dtype)
+        # |x|^2 + |b|^2 - 2 x.b as one matrix product: the fast form; clamped, since rounding
+        # can take an exact match a little below zero. In float32 even under autocast: the
+        # bins run to 200, and bf16's 8 bits would round the squares by hundreds.
+        with torch.autocast(x.device.type, enabled=False):
+            squared = ((x ** 2).sum(-1, keepdim=True) + (self.bank ** 2).sum(-1)
+                       - 2 * x @ self.bank.T).clamp_min(0)                 # (B, N, M)
+        if parts is not None:
+            own = self.bank_parts == parts.to(self.bank_parts.device)[:, None]  # (B, M)
+            squared = squared.masked_fill(own[:, None], float('inf'))
+        return squared.amin(-1).sqrt()
+
+    def raw_scores(self, descriptors, parts=None):
+        return self.nearest(descriptors, parts)
+
+
+def build_shape_prior(kind: str, components: int, patch_size: int) -> ShapePrior:
+    """The prior of DBMRConfig.shape_prior_kind with `components` entries."""
+    if kind not in SHAPE_PRIOR_KINDS:
+        raise ValueError(f'shape_prior_kind must be one of {SHAPE_PRIOR_KINDS}, got {kind!r}')
+    return (MixturePrior if kind == 'mixture' else CoresetPrior)(components, patch_size)

@@ -21,7 +21,7 @@ from dbmr_ros.model.dbmrnet import DBMRNet
 from dbmr_ros.model.head import focal_loss, input_dropout_keep
 from dbmr_ros.model.inputs import clean_targets, Groups, group_points, ModelInput, prepare, \
     Targets
-from dbmr_ros.model.scoring import head_features
+from dbmr_ros.model.scoring import head_features, shape_prior_map
 
 
 class TrainBatch(NamedTuple):
@@ -153,7 +153,11 @@ def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cf
         with autocast(cfg, device):
             with torch.no_grad():
                 tokens = model.score_tokens(batch.inp.images, batch.groups)
-                features = head_features(model, batch.inp, batch.groups, tokens, stats)
+                # The prior sees each training part as it sees an unseen one (a coreset leaves
+                # the part's own entries out; a mixture has none).
+                shape_map = shape_prior_map(model, batch.inp, parts=index)
+                features = head_features(model, batch.inp, batch.groups, tokens, stats,
+                                         shape_map)
             loss = focal_loss(head_net(features.inputs, features.context, keep), batch.mask,
                               per_defect=cfg.head_loss_per_defect)
         optimizer.zero_grad(set_to_none=True)

@@ -1,11 +1,12 @@
 """Fitting the shape prior (`model.shape_prior`) on the training parts, before either stage.
 
-Every patch of every training sample counts, the background's too: its descriptor is zero and
-one component takes it, so the empty table scores as good. A patch that loses some of its
-points to a hole or a cut averages its histograms with zeros and scores as unusual; one that
-loses all of them looks like background here (the head's validity channel sees it).
-scikit-learn's EM fits the mixture (deterministic for a seed); its parameters are copied into
-the model's buffers, so inference needs torch only.
+Every patch of every training sample counts, the background's too: its descriptor is zero, so
+one mixture component (or one coreset entry) takes it and the empty table scores as good. A
+patch that loses some of its points to a hole or a cut averages its histograms with zeros and
+scores as unusual; one that loses all of them looks like background here (the head's validity
+channel sees it). scikit-learn's EM fits the mixture (deterministic for a seed); the coreset is
+a greedy k-centre subsample (deterministic). Their parameters are copied into the model's
+buffers, so inference needs torch only.
 """
 import numpy as np
 import torch
@@ -13,7 +14,7 @@ from sklearn.mixture import GaussianMixture
 
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.model.local_shape import patch_descriptors
-from dbmr_ros.model.shape_prior import ShapePrior
+from dbmr_ros.model.shape_prior import CoresetPrior, MixturePrior, ShapePrior
 
 REGULARISATION = 1e-2   # added to each covariance's diagonal (descriptor bins run 0 to 200)
 
@@ -32,7 +33,11 @@ def training_descriptors(xyz: np.ndarray, patch_size: int, device,
 
 def fit_shape_prior(prior: ShapePrior, xyz: np.ndarray, seed: int, device) -> dict:
     """Fit `prior` (in place) on training clouds (N, S, S, 3); returns a summary for the log."""
-    descriptors = training_descriptors(xyz, prior.patch_size, device).astype(np.float64)
+    descriptors = training_descriptors(xyz, prior.patch_size, device)
+    if isinstance(prior, CoresetPrior):
+        return fit_coreset(prior, descriptors, len(xyz))
+    assert isinstance(prior, MixturePrior)
+    descriptors = descriptors.astype(np.float64)
     mixture = GaussianMixture(len(prior.log_weights), covariance_type='full',
                               reg_covar=REGULARISATION, max_iter=200, random_state=seed)
     mixture.fit(descriptors)
@@ -44,8 +49,51 @@ def fit_shape_prior(prior: ShapePrior, xyz: np.ndarray, seed: int, device) -> di
             'nll_median': centre, 'nll_iqr': spread}
 
 
+def greedy_coreset(points: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, D) -> (n <= size,) indices of PatchCore's greedy k-centre subsample: each next point
+    the one farthest from those chosen, starting from the first; fewer than `size` where fewer
+    points are distinct. A prefix of the answer is the answer for a smaller size."""
+    chosen = [0]
+    nearest = torch.cdist(points, points[:1])[:, 0]
+    for _ in range(min(size, len(points)) - 1):
+        if not nearest.max() > 0:
+            break
+        chosen.append(int(nearest.argmax()))
+        nearest = torch.minimum(nearest, torch.cdist(points, points[chosen[-1]][None])[:, 0])
+    return torch.tensor(chosen)
+
+
 @torch.no_grad()
-def load_mixture(prior: ShapePrior, means: np.ndarray, precisions_cholesky: np.ndarray,
+def fit_coreset(prior: CoresetPrior, descriptors: np.ndarray, parts: int) -> dict:
+    """The coreset of `descriptors` (parts * g * g, D), sample-major, into `prior`: the
+    background's zero descriptor first, then the greedy k-centre choice among the part's
+    patches; its distances standardised on the training parts' patches, each part's scored
+    without its own entries (as the head's training scores them: `ShapePrior.forward`)."""
+    points = torch.from_numpy(descriptors).float()
+    part_of = torch.arange(parts).repeat_interleave(len(points) // parts)
+    on_part = points.abs().sum(1) > 0
+    candidates = torch.cat([torch.zeros(1, points.shape[1]), points[on_part]])
+    candidate_parts = torch.cat([torch.tensor([-1]), part_of[on_part]])
+    chosen = greedy_coreset(candidates, len(prior.bank))
+    # Fewer distinct patches than entries (a small training set): the rest repeat the
+    # background's entry, which changes no distance.
+    chosen = torch.cat([chosen, chosen.new_zeros(len(prior.bank) - len(chosen))])
+    prior.bank.copy_(candidates[chosen])
+    prior.bank_parts.copy_(candidate_parts[chosen])
+    good, good_parts = points[on_part][:, None], part_of[on_part]       # one patch per row
+    distances = torch.cat([prior.nearest(good[start:start + 4096],
+                                         good_parts[start:start + 4096])[:, 0]
+                           for start in range(0, len(good), 4096)])
+    low, centre, high = np.quantile(distances.numpy(), [0.25, 0.5, 0.75])
+    prior.nll_centre.fill_(float(centre))
+    prior.nll_spread.fill_(float(max(high - low, 1e-3)))
+    return {'patches': len(points), 'on_part': int(on_part.sum()),
+            'entries': int((chosen > 0).sum()) + 1,
+            'distance_median': float(centre), 'distance_iqr': float(high - low)}
+
+
+@torch.no_grad()
+def load_mixture(prior: MixturePrior, means: np.ndarray, precisions_cholesky: np.ndarray,
                  weights: np.ndarray, on_part: np.ndarray):
     """A fitted mixture's (K, D) means, (K, D, D) precision Cholesky factors and (K,) weights
     into `prior`'s buffers, and its NLL standardised on the training parts' patches `on_part`
