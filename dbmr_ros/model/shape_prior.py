@@ -20,6 +20,7 @@ trust it. The training code fits both (`dbmr_ros.training.shape_prior`); they li
 checkpoint as buffers.
 """
 import math
+from abc import ABCMeta, abstractmethod
 from typing import Optional
 
 import torch
@@ -28,10 +29,8 @@ from torch import nn
 
 from dbmr_ros.model.local_shape import FPFH_DIM, patch_descriptors
 
-SHAPE_PRIOR_KINDS = ('mixture', 'coreset')
 
-
-class ShapePrior(nn.Module):
+class ShapePrior(nn.Module, metaclass=ABCMeta):
     """(B, S, S, 3) cloud in metres, (B, S, S) bool -> (B, S, S) anomaly of the local shape:
     the standardised raw score (`raw_scores`) per patch of `patch_size` pixels (DBMRConfig.
     shape_patch_size), bilinear to pixels."""
@@ -44,11 +43,11 @@ class ShapePrior(nn.Module):
         self.register_buffer('nll_centre', torch.zeros(()))
         self.register_buffer('nll_spread', torch.ones(()))
 
+    @abstractmethod
     def raw_scores(self, descriptors: torch.Tensor,
                    parts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, N, D) descriptors -> (B, N) raw anomaly scores (higher: less usual). `parts`:
         see `forward`."""
-        raise NotImplementedError
 
     def patch_scores(self, xyz: torch.Tensor, valid: torch.Tensor,
                      parts: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -117,15 +116,17 @@ class CoresetPrior(ShapePrior):
                        - 2 * x @ self.bank.T).clamp_min(0)                 # (B, N, M)
         if parts is not None:
             own = self.bank_parts == parts.to(self.bank_parts.device)[:, None]  # (B, M)
-            squared = squared.masked_fill(own[:, None], float('inf'))
+            squared.masked_fill_(own[:, None], float('inf'))   # (B, N, M): no copy
         return squared.amin(-1).sqrt()
 
     def raw_scores(self, descriptors, parts=None):
         return self.nearest(descriptors, parts)
 
 
+PRIORS = {'mixture': MixturePrior, 'coreset': CoresetPrior}
+SHAPE_PRIOR_KINDS = tuple(PRIORS)   # DBMRConfig.shape_prior_kind (checked there)
+
+
 def build_shape_prior(kind: str, components: int, patch_size: int) -> ShapePrior:
     """The prior of DBMRConfig.shape_prior_kind with `components` entries."""
-    if kind not in SHAPE_PRIOR_KINDS:
-        raise ValueError(f'shape_prior_kind must be one of {SHAPE_PRIOR_KINDS}, got {kind!r}')
-    return (MixturePrior if kind == 'mixture' else CoresetPrior)(components, patch_size)
+    return PRIORS[kind](components, patch_size)

@@ -84,12 +84,10 @@ def fit_coreset(prior: CoresetPrior, descriptors: np.ndarray, parts: int) -> dic
     distances = torch.cat([prior.nearest(good[start:start + 4096],
                                          good_parts[start:start + 4096])[:, 0]
                            for start in range(0, len(good), 4096)])
-    low, centre, high = np.quantile(distances.numpy(), [0.25, 0.5, 0.75])
-    prior.nll_centre.fill_(float(centre))
-    prior.nll_spread.fill_(float(max(high - low, 1e-3)))
+    centre, spread = standardise(prior, distances.numpy())
     return {'patches': len(points), 'on_part': int(on_part.sum()),
             'entries': int((chosen > 0).sum()) + 1,
-            'distance_median': float(centre), 'distance_iqr': float(high - low)}
+            'distance_median': centre, 'distance_iqr': spread}
 
 
 @torch.no_grad()
@@ -101,8 +99,14 @@ def load_mixture(prior: MixturePrior, means: np.ndarray, precisions_cholesky: np
     prior.means.copy_(torch.from_numpy(means))
     prior.precision_cholesky.copy_(torch.from_numpy(precisions_cholesky))
     prior.log_weights.copy_(torch.from_numpy(np.log(weights)))
-    nll = prior.nll(torch.from_numpy(on_part).to(prior.means)).cpu().numpy()
-    low, centre, high = np.quantile(nll, [0.25, 0.5, 0.75])
+    return standardise(prior, prior.nll(torch.from_numpy(on_part).to(prior.means)).cpu().numpy())
+
+
+@torch.no_grad()
+def standardise(prior: ShapePrior, raw: np.ndarray):
+    """Centre and spread of `prior`'s score from its raw scores (N,) on the training parts'
+    patches: median and interquartile range, set and returned."""
+    low, centre, high = np.quantile(raw, [0.25, 0.5, 0.75])
     prior.nll_centre.fill_(float(centre))
     prior.nll_spread.fill_(float(max(high - low, 1e-3)))
     return float(centre), float(high - low)
