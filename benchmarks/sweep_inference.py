@@ -4,17 +4,21 @@
 Settings that need no retraining are the model config's INFERENCE_FIELDS (the maps' smoothing,
 the learned map's margin around the part, the number of scoring passes); each `--set
 NAME=V1,V2,...` gives one row per value, the other fields at the checkpoint's (or `--fix
-NAME=VALUE`'s), with the selection-set I-AUROC, P-AUROC and AUPRO@0.3 of both scorings. A
-chosen value is applied to a checkpoint with `dbmr-calibrate --set NAME=VALUE`.
+NAME=VALUE`'s), with the selection-set I-AUROC, P-AUROC and AUPRO@0.3 of both scorings;
+`--unseen-copies N` adds both scorings on the second selection set (N of each defect kind that
+training never draws on every validation sample, `data/unseen_defects.py`). A chosen value is
+applied to a checkpoint with `dbmr-calibrate --set NAME=VALUE`.
 
     .venv/bin/python benchmarks/sweep_inference.py CHECKPOINT --data-root ../shared/data/mvtec3d \
-        --category cable_gland --set smoothing_sigma=1,2,4 [--fix map_margin=16] [--copies 6]
+        --category cable_gland --set smoothing_sigma=1,2,4 [--fix map_margin=16] [--copies 6] \
+        [--unseen-copies 3]
 """
 import argparse
 import dataclasses
 import sys
 
 from dbmr_ros.calibrate import one_inference_setting
+from dbmr_ros.calibration import unseen_results
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
@@ -48,6 +52,9 @@ def main(argv=None) -> int:
     parser.add_argument('--copies', type=int, default=None,
                         help='synthetic anomalies per validation sample (default: the '
                              "config's calibration_copies; more copies, steadier figures)")
+    parser.add_argument('--unseen-copies', type=int, default=0,
+                        help='each unseen defect kind per validation sample (default 0: the '
+                             'second selection set left out)')
     args = parser.parse_args(argv)
     detector = Detector.from_checkpoint(args.checkpoint, 'cpu')
     trained = detector.model.cfg
@@ -61,16 +68,26 @@ def main(argv=None) -> int:
     print(f'{args.checkpoint}: selection set = {args.category} validation/good '
           f'({len(val[0])}) + {train_cfg.calibration_copies} synthetic anomalies on each'
           + ''.join(f', {name}={value}' for name, value in args.fixed))
-    print('| setting | learned I-AUROC | P-AUROC | AUPRO@0.3 | paper I-AUROC | P-AUROC | '
-          'AUPRO@0.3 |')
-    print('|---|---|---|---|---|---|---|')
+    columns = ['learned I-AUROC', 'P-AUROC', 'AUPRO@0.3', 'paper I-AUROC', 'P-AUROC',
+               'AUPRO@0.3']
+    if args.unseen_copies:
+        print(f'the unseen-kind set: {args.unseen_copies} of each kind on each sample')
+        columns += [f'unseen {c}' if c.endswith('I-AUROC') else c for c in columns]
+    print('| setting | ' + ' | '.join(columns) + ' |')
+    print('|---' * (len(columns) + 1) + '|')
     for name, values in args.settings:
         for value in values:
             detector.model.cfg = dataclasses.replace(base, **{name: value})
             meta = dataclasses.replace(detector.meta, model=detector.model.cfg)
-            _, metrics = evaluate_and_calibrate(detector.model, meta, detector.device, val,
-                                                train_cfg)
-            cells = [f'{metrics[s][k]:.4f}' for s in ('learned', 'paper')
+            calibrated, metrics = evaluate_and_calibrate(detector.model, meta, detector.device,
+                                                         val, train_cfg)
+            figures = [metrics['learned'], metrics['paper']]
+            if args.unseen_copies:
+                unseen = unseen_results(Detector(detector.model, calibrated, detector.device),
+                                        *val, seed=train_cfg.seed + 2,
+                                        copies=args.unseen_copies).compute()
+                figures += [unseen, unseen['paper']]
+            cells = [f'{values[k]:.4f}' for values in figures
                      for k in ('i_auroc', 'p_auroc', 'aupro@0.3')]
             marker = ' (trained)' if value == getattr(trained, name) else ''
             print(f'| {name}={value}{marker} | ' + ' | '.join(cells) + ' |', flush=True)

@@ -44,6 +44,8 @@ def score_definition(cfg: DBMRConfig, scoring: str) -> dict:
         if cfg.shape_prior_components and cfg.shape_prior_kind != 'mixture':
             # (Only where not the first kind: earlier checkpoints' definitions stay valid.)
             definition['head']['shape_prior'] = cfg.shape_prior_kind
+        if cfg.shape_prior_fusion:
+            definition['shape_prior_fusion'] = cfg.shape_prior_fusion
     return definition
 
 

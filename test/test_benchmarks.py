@@ -23,12 +23,14 @@ def test_sweep_inference_prints_one_row_per_value(synthetic_root):
     out = _run(str(BENCHMARKS / 'sweep_inference.py'),
                str(share_dir() / 'models' / 'dbmr_default.safetensors'),
                '--data-root', str(synthetic_root), '--category', 'puck',
-               '--set', 'smoothing_sigma=4,2', '--fix', 'map_margin=16', '--copies', '1')
+               '--set', 'smoothing_sigma=4,2', '--fix', 'map_margin=16', '--copies', '1',
+               '--unseen-copies', '1')
     assert 'puck validation/good (3) + 1 synthetic anomalies on each, map_margin=16' in out
     rows = [line for line in out.splitlines() if line.startswith('| smoothing_sigma=')]
     assert len(rows) == 2 and '(trained)' in rows[0]
     metrics = [float(cell) for cell in rows[1].strip('|').split('|')[1:]]
-    assert len(metrics) == 6 and all(0.0 <= m <= 1.0 for m in metrics)
+    # Both scorings on both selection sets: the training's kinds, then the unseen kinds.
+    assert len(metrics) == 12 and all(0.0 <= m <= 1.0 for m in metrics)
 
 
 def test_selection_sets_prints_both_sets_and_every_kind(synthetic_root):

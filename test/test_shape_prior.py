@@ -1,6 +1,8 @@
 """The shape prior: FPFH on the image grid (model.local_shape) and the models of good parts'
 patch descriptors (model.shape_prior: a Gaussian mixture or a coreset, fitted by
 training.shape_prior)."""
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,8 @@ from dbmr_ros.data.preprocess import preprocess, PreprocessConfig
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.model import DBMRConfig, DBMRNet
 from dbmr_ros.model.head import NUM_INPUTS
+from dbmr_ros.model.inputs import group_points, prepare
+from dbmr_ros.model.scoring import anomaly_maps, head_features, learned_map
 from dbmr_ros.model import local_shape
 from dbmr_ros.model.local_shape import fpfh, patch_descriptors, pca_normals
 from dbmr_ros.symmetric3 import smallest_axis
@@ -267,3 +271,39 @@ def test_model_with_a_coreset_prior_and_its_score_definition():
     assert 'shape_prior' not in score_definition(mixture, 'learned')['head']
     with pytest.raises(ValueError, match='shape_prior_kind'):
         DBMRConfig(shape_prior_kind='memory')
+
+
+def test_late_fusion_adds_the_prior_to_the_head_logits_and_changes_the_definition():
+    """`shape_prior_fusion` w: the learned map is the head's map of logits + w * the prior's
+    map, the paper's map unchanged; 0 is the head alone; a changed weight is a changed score."""
+    small = DBMRConfig(image_size=112, patch_size=16, num_points=256, num_groups=16,
+                       group_size=8, embed_dim=32, depth=1, num_heads=2, decoder_dim=32,
+                       decoder_heads=2, shape_prior_components=8, shape_prior_kind='coreset')
+    torch.manual_seed(0)
+    model = DBMRNet(small).eval()
+    good = torch.cat([surface(bump(centre=(56, 56), height=h, sigma=20.0))[0]
+                      for h in (0.0, 0.001)]).numpy()
+    fit_shape_prior(model.shape_prior, good, seed=0, device='cpu')
+    xyz, valid = surface(bump(centre=(56, 40), sigma=3.0, height=0.002))
+    rgb = torch.full((1, 112, 112, 3), 128, dtype=torch.uint8)
+    inp = prepare(rgb, xyz, small.num_points, small.group_size)
+    groups = group_points(inp, small.num_groups, small.group_size)
+    tokens = model.score_tokens(inp.images, groups)
+    head_alone = anomaly_maps(model, inp, groups, tokens, None)
+    features = head_features(model, inp, groups, tokens, None)
+    logits = model.scoring_head(features.inputs, features.context)
+    assert torch.equal(head_alone.anomaly, learned_map(logits, inp.valid, small.smoothing_sigma,
+                                                       small.map_margin))
+    model.cfg = dataclasses.replace(small, shape_prior_fusion=2.0)
+    fused = anomaly_maps(model, inp, groups, tokens, None)
+    expected = learned_map(logits + 2.0 * features.shape_map, inp.valid, small.smoothing_sigma,
+                           small.map_margin)
+    assert torch.allclose(fused.anomaly, expected) and torch.equal(fused.paper, head_alone.paper)
+    # The bump is where the prior raises the map most.
+    raised = (fused.anomaly - head_alone.anomaly)[0]
+    row, col = divmod(int(raised.argmax()), 112)
+    assert abs(row - 56) <= 6 and abs(col - 40) <= 6
+    assert score_definition(model.cfg, 'learned') != score_definition(small, 'learned')
+    assert score_definition(model.cfg, 'paper') == score_definition(small, 'paper')
+    with pytest.raises(ValueError, match='shape_prior_fusion'):
+        DBMRConfig(shape_prior_fusion=1.0)

@@ -54,6 +54,11 @@ class DBMRConfig:
     # descriptors); 0: none. config/train_tiny.yaml trains one (README "Design notes").
     shape_prior_components: int = 0
     shape_prior_kind: str = 'mixture'   # 'mixture' (a density) | 'coreset' (nearest entry)
+    # Late fusion: this times the prior's standardised map is added to the head's logits at
+    # inference (the head's training never sees it). The head learns how far to trust the
+    # prior from synthetic anomalies alone; a fixed share on top is the ensemble of the head
+    # and a PatchCore on FPFH. 0: the head's map alone.
+    shape_prior_fusion: float = 0.0
     # The learned map covers the part grown by this many pixels (at image_size): missing
     # material at the silhouette (a cut, a bent rim) is anomalous, the far background is not.
     map_margin: int = 8
@@ -83,6 +88,9 @@ class DBMRConfig:
                              f'{self.shape_prior_kind!r}')
         if self.shape_prior_components < 0:
             raise ValueError('shape_prior_components must be >= 0')
+        if self.shape_prior_fusion < 0 or (self.shape_prior_fusion
+                                           and not self.shape_prior_components):
+            raise ValueError('shape_prior_fusion must be >= 0, and 0 without a shape prior')
         if self.shape_prior_components and self.image_size % self.shape_patch_size:
             raise ValueError(f'the shape prior needs image_size to be a multiple of its patch '
                              f'size ({self.shape_patch_size} px)')
@@ -115,7 +123,8 @@ class DBMRConfig:
 # Fields that only change how maps and image scores are computed from the trained weights: a
 # trained checkpoint can take other values (`dbmr-calibrate --set`, which refits the thresholds
 # for them), and benchmarks/sweep_inference.py compares values without retraining.
-INFERENCE_FIELDS = ('smoothing_sigma', 'map_margin', 'score_passes')
+INFERENCE_FIELDS = ('smoothing_sigma', 'map_margin', 'score_passes',
+                    'shape_prior_fusion')
 
 
 def parse_inference_setting(text: str) -> Tuple[str, list]:

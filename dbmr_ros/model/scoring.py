@@ -6,7 +6,8 @@ Two scorings, both returned so that every user sees what each part contributes:
   group splatted onto the pixels of the group's points; each normalised by its mean on good
   foreground, fused by product, smoothed; background pixels zero.
 - 'learned': the scoring head's per-pixel anomaly probability, smoothed, on the part and a
-  margin around it (`map_margin`).
+  margin around it (`map_margin`); with `shape_prior_fusion`, the shape prior's map is added
+  to the head's logits first.
 
 Either way the image score is the maximum of the (smoothed) map: the map averaged over a
 Gaussian window of `smoothing_sigma` pixels at the model's resolution, then its peak.
@@ -90,6 +91,7 @@ class HeadFeatures(NamedTuple):
     context: torch.Tensor  # (B, 2 * Dd, g, g) and per patch (the network's features)
     map_2d: torch.Tensor   # (B, S, S) the paper's normalised raw 2D map
     map_3d: torch.Tensor   # (B, S, S) the paper's normalised raw 3D map
+    shape_map: Optional[torch.Tensor]  # (B, S, S) the shape prior's map; None without one
 
 
 @torch.no_grad()
@@ -117,7 +119,7 @@ def head_features(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: Token
                          shape_map)
     context = token_context(tokens.features_2d, tokens.features_3d, groups,
                             model.cfg.image_size)
-    return HeadFeatures(inputs, context, map_2d, map_3d)
+    return HeadFeatures(inputs, context, map_2d, map_3d, shape_map)
 
 
 @torch.no_grad()
@@ -137,7 +139,9 @@ def anomaly_maps(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: TokenS
     paper, paper_2d, paper_3d = paper_maps(map_2d, map_3d, inp.valid, sigma)
     anomaly = paper
     if scoring == 'learned':
-        anomaly = learned_map(model.scoring_head(features.inputs, features.context), inp.valid,
-                              sigma, model.cfg.map_margin)
+        logits = model.scoring_head(features.inputs, features.context)
+        if model.cfg.shape_prior_fusion:
+            logits = logits + model.cfg.shape_prior_fusion * features.shape_map
+        anomaly = learned_map(logits, inp.valid, sigma, model.cfg.map_margin)
     return AnomalyMaps(anomaly, image_scores(anomaly), paper, image_scores(paper), paper_2d,
                        paper_3d)
