@@ -6,7 +6,9 @@ same initial weights every time) is trained for `--head-epochs` on the training 
 dbmr-train's stage 2 does, and scored on the validation samples with `--copies` synthetic
 anomalies on each (more copies than training's 2: the differences looked for are a few points;
 the selection set's synthetic defects are the training config's, whatever a variant trains on).
-Besides the pooled figures, AUPRO@0.3 per kind of synthetic defect (against all good samples).
+Besides the pooled figures, AUPRO@0.3 per kind of synthetic defect (against all good samples),
+and the learned map on the second selection set (one of each defect kind that training never
+draws on every validation sample, `data/unseen_defects.py`).
 
     .venv/bin/python benchmarks/ablate_head.py CHECKPOINT --data-root ../shared/data/mvtec3d \
         --category cable_gland [--head-epochs 50 --copies 6] [--variants default more-3d]
@@ -23,13 +25,16 @@ from dbmr_ros.data.anomalies import KIND_NAMES
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
+from dbmr_ros.model.shape_prior import build_shape_prior
 from dbmr_ros.resources import share_dir
 from dbmr_ros.train import build_optimizers, evaluate_and_calibrate, stage_network
 from dbmr_ros.training import engine
 from dbmr_ros.training.config import TrainConfig
+from dbmr_ros.training.shape_prior import fit_shape_prior
 
 # Per variant: its row label and its training config overrides ('model': of the frozen
-# network's DBMRConfig, for settings that change what the head reads).
+# network's DBMRConfig, for settings that change what the head reads; 'shape_prior': entries
+# of a coreset prior fitted afresh on the training parts, as dbmr-train fits it).
 VARIANTS = {
     'default': ('focal loss, each anomalous pixel alike (default)', {}),
     'per-defect': ('focal loss, each defect alike', {'head_loss_per_defect': True}),
@@ -37,6 +42,7 @@ VARIANTS = {
                 {'anomalies': {'modality_weights': (1.0, 2.0, 1.0)}}),
     'smooth-normals': ('normals of the cloud smoothed by 1.5 px',
                        {'model': {'normal_smoothing': 1.5}}),
+    'coreset-4096': ('the coreset shape prior with 4096 entries', {'shape_prior': 4096}),
 }
 KINDS = KIND_NAMES[1:]
 
@@ -84,28 +90,40 @@ def main(argv=None) -> int:
                      meta.preprocess, cache)
     data = (torch.from_numpy(train[0]), torch.from_numpy(train[1]))
     rows = []
-    network_cfg = model.cfg
+    network_cfg, trained_prior = model.cfg, model.shape_prior
     for variant in args.variants:
         name, overrides = VARIANTS[variant]
         overrides = dict(overrides)
         model.cfg = dataclasses.replace(network_cfg, **overrides.pop('model', {}))
+        model.shape_prior = trained_prior
+        if 'shape_prior' in overrides:
+            model.cfg = dataclasses.replace(model.cfg, shape_prior_kind='coreset',
+                                            shape_prior_components=overrides.pop('shape_prior'))
+            model.shape_prior = build_shape_prior('coreset', model.cfg.shape_prior_components,
+                                                  model.cfg.shape_patch_size)
+            fit_shape_prior(model.shape_prior, train[1], cfg.seed, 'cpu')
         variant_meta = dataclasses.replace(meta, model=model.cfg)
         minutes = train_head(model, variant_meta, data, dataclasses.replace(cfg, **overrides),
                              args.seed)
-        _, selection = evaluate_and_calibrate(model, variant_meta, 'cpu', val, cfg)
+        _, selection = evaluate_and_calibrate(model, variant_meta, 'cpu', val, cfg,
+                                              unseen=True)
         rows.append((name, selection, minutes))
         print(f'{name}: {selection}', file=sys.stderr, flush=True)
     print(f'\nselection set ({len(val[0])} validation samples, {args.copies} synthetic '
           f'anomalies on each), {args.head_epochs} head epochs, network frozen\n')
     print('| head training | learned I-AUROC | P-AUROC | AUPRO@0.3 | '
-          + ' | '.join(f'AUPRO@0.3 {kind}' for kind in KINDS) + ' | head training min |')
-    print('|---|---|---|---|' + '---|' * len(KINDS) + '---|')
+          + ' | '.join(f'AUPRO@0.3 {kind}' for kind in KINDS)
+          + ' | unseen kinds I-AUROC | P-AUROC | AUPRO@0.3 | head training min |')
+    print('|---|---|---|---|' + '---|' * (len(KINDS) + 3) + '---|')
     for name, selection, minutes in rows:
         pooled = selection['learned']
         per_kind = [selection.get(f'learned_{kind}', {}).get('aupro@0.3') for kind in KINDS]
+        unseen = selection.get('unseen_learned', {})
         print(f'| {name} | {pooled["i_auroc"]:.3f} | {pooled["p_auroc"]:.3f} | '
               f'{pooled["aupro@0.3"]:.3f} | '
-              + ' | '.join('-' if v is None else f'{v:.3f}' for v in per_kind)
+              + ' | '.join('-' if v is None else f'{v:.3f}' for v in per_kind) + ' | '
+              + ' | '.join(f'{unseen[k]:.3f}' if k in unseen else '-' for k in
+                           ('i_auroc', 'p_auroc', 'aupro@0.3'))
               + f' | {minutes:.1f} |')
     return 0
 

@@ -95,14 +95,17 @@ def test_ablate_head_trains_each_variant_and_prints_its_row(synthetic_root):
     out = _run(str(BENCHMARKS / 'ablate_head.py'),
                str(share_dir() / 'models' / 'dbmr_default.safetensors'),
                '--data-root', str(synthetic_root), '--category', 'puck', '--head-epochs', '1',
-               '--copies', '1', '--variants', 'default', 'more-3d')
+               '--copies', '1', '--variants', 'default', 'more-3d', 'coreset-4096')
     header = next(line for line in out.splitlines() if line.startswith('| head training'))
     assert 'AUPRO@0.3 displaced' in header and 'AUPRO@0.3 rgb+removed' in header
-    rows = [line for line in out.splitlines() if line.startswith(('| focal loss', '| twice'))]
-    assert len(rows) == 2 and '(default)' in rows[0] and '3D-only' in rows[1]
+    assert 'unseen kinds I-AUROC' in header
+    rows = [line for line in out.splitlines()
+            if line.startswith(('| focal loss', '| twice', '| the coreset'))]
+    assert len(rows) == 3 and '(default)' in rows[0] and '3D-only' in rows[1]
+    assert '4096' in rows[2]
     for row in rows:
         cells = row.strip('|').split('|')[1:-1]
-        assert len(cells) == 3 + 5
+        assert len(cells) == 3 + 5 + 3
         metrics = [float(cell) for cell in cells if cell.strip() != '-']
         assert len(metrics) >= 4 and all(0.0 <= m <= 1.0 for m in metrics)
 
