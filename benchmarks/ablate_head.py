@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         minutes = train_head(model, variant_meta, data, dataclasses.replace(cfg, **overrides),
                              args.seed)
         _, selection = evaluate_and_calibrate(model, variant_meta, 'cpu', val, cfg,
-                                              unseen=True)
+                                              unseen_copies=1)
         rows.append((name, selection, minutes))
         print(f'{name}: {selection}', file=sys.stderr, flush=True)
     print(f'\nselection set ({len(val[0])} validation samples, {args.copies} synthetic '

@@ -18,7 +18,6 @@ import dataclasses
 import sys
 
 from dbmr_ros.calibrate import one_inference_setting
-from dbmr_ros.calibration import unseen_results
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
@@ -79,15 +78,12 @@ def main(argv=None) -> int:
         for value in values:
             detector.model.cfg = dataclasses.replace(base, **{name: value})
             meta = dataclasses.replace(detector.meta, model=detector.model.cfg)
-            calibrated, metrics = evaluate_and_calibrate(detector.model, meta, detector.device,
-                                                         val, train_cfg)
-            figures = [metrics['learned'], metrics['paper']]
-            if args.unseen_copies:
-                unseen = unseen_results(Detector(detector.model, calibrated, detector.device),
-                                        *val, seed=train_cfg.seed + 2,
-                                        copies=args.unseen_copies).compute()
-                figures += [unseen, unseen['paper']]
-            cells = [f'{values[k]:.4f}' for values in figures
+            _, metrics = evaluate_and_calibrate(detector.model, meta, detector.device, val,
+                                                train_cfg, args.unseen_copies)
+            sets = ['learned', 'paper'] + (['unseen_learned', 'unseen_paper']
+                                           if args.unseen_copies else [])
+            # (A scoring none of whose unseen figures is defined is left out: '-'.)
+            cells = [f'{metrics[s][k]:.4f}' if k in metrics.get(s, {}) else '-' for s in sets
                      for k in ('i_auroc', 'p_auroc', 'aupro@0.3')]
             marker = ' (trained)' if value == getattr(trained, name) else ''
             print(f'| {name}={value}{marker} | ' + ' | '.join(cells) + ' |', flush=True)

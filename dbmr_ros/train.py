@@ -47,10 +47,11 @@ SELECTION_METRICS = ('i_auroc', 'p_auroc', 'aupro@0.3')
 
 
 def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainConfig,
-                           unseen: bool = False):
+                           unseen_copies: int = 0):
     """Calibration on validation/good + synthetic anomalies on it, and that selection set's
-    metrics per scoring and, for the learned one, per kind of synthetic defect; with `unseen`,
-    also both scorings on the defect kinds that training never draws:
+    metrics per scoring and, for the learned one, per kind of synthetic defect; with
+    `unseen_copies`, also both scorings on that many of each defect kind that training never
+    draws on every validation sample:
     (calibrated meta, {'learned' | 'paper' | 'learned_<kind>' | 'unseen_<scoring>': metrics})."""
     detector = Detector(model, dataclasses.replace(meta, calibration=calibration.Calibration()),
                         device)
@@ -66,11 +67,12 @@ def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainC
     # figures hide a kind that it misses. Its map alone: each other one costs seconds.
     for kind, values in results.compute_by_kind(variants=('fused',)).items():
         selection[f'learned_{kind}'] = {k: values[k] for k in ('i_auroc', 'aupro@0.3')}
-    if unseen:
+    if unseen_copies:
         scorer = Detector(model, dataclasses.replace(meta, calibration=fitted), device)
         # A scoring is left out where the validation parts were too small for every kind.
         selection.update(_both_scorings('unseen', calibration.unseen_results(
-            scorer, *val, seed=cfg.seed + 2).compute(variants=('fused', 'paper'))))
+            scorer, *val, seed=cfg.seed + 2, copies=unseen_copies).compute(
+                variants=('fused', 'paper'))))
     return dataclasses.replace(meta, calibration=fitted), selection
 
 
@@ -221,7 +223,7 @@ def train(args) -> Path:
                 # The unseen kinds at the end only: the head is trained by then (they add
                 # about 20 s to the final evaluation on two CPU cores).
                 meta, selection = evaluate_and_calibrate(model, meta, device, val, cfg,
-                                                         unseen=epoch + 1 == total)
+                                                         int(epoch + 1 == total))
                 if real_defects:
                     selection.update(real_selection(model, meta, device, args.dataset,
                                                     args.data_root, args.category, cache))
