@@ -8,7 +8,7 @@ anomalies on each (more copies than training's 2: the differences looked for are
 the selection set's synthetic defects are the training config's, whatever a variant trains on).
 Besides the pooled figures, AUPRO@0.3 per kind of synthetic defect (against all good samples),
 and the learned map on the second selection set (one of each defect kind that training never
-draws on every validation sample, `data/unseen_defects.py`).
+draws on every validation sample, `data/unseen_defects.py`), pooled and per kind.
 
     .venv/bin/python benchmarks/ablate_head.py CHECKPOINT --data-root ../shared/data/mvtec3d \
         --category cable_gland [--head-epochs 50 --copies 6] [--variants default more-3d]
@@ -23,6 +23,7 @@ import torch
 
 from dbmr_ros.data.anomalies import KIND_NAMES
 from dbmr_ros.data.prepared import load_split
+from dbmr_ros.data.unseen_defects import KINDS as UNSEEN_KINDS
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
 from dbmr_ros.model.shape_prior import build_shape_prior
@@ -43,6 +44,8 @@ VARIANTS = {
     'smooth-normals': ('normals of the cloud smoothed by 1.5 px',
                        {'model': {'normal_smoothing': 1.5}}),
     'coreset-4096': ('the coreset shape prior with 4096 entries', {'shape_prior': 4096}),
+    'strokes': ('a third of the synthetic defects thin strokes instead of blobs',
+                {'anomalies': {'stroke_share': 0.33}}),
 }
 KINDS = KIND_NAMES[1:]
 
@@ -113,17 +116,21 @@ def main(argv=None) -> int:
           f'anomalies on each), {args.head_epochs} head epochs, network frozen\n')
     print('| head training | learned I-AUROC | P-AUROC | AUPRO@0.3 | '
           + ' | '.join(f'AUPRO@0.3 {kind}' for kind in KINDS)
-          + ' | unseen kinds I-AUROC | P-AUROC | AUPRO@0.3 | head training min |')
-    print('|---|---|---|---|' + '---|' * (len(KINDS) + 3) + '---|')
+          + ' | unseen kinds I-AUROC | P-AUROC | AUPRO@0.3 | '
+          + ' | '.join(f'AUPRO@0.3 {kind}' for kind in UNSEEN_KINDS) + ' | head training min |')
+    print('|---|---|---|---|' + '---|' * (len(KINDS) + 3 + len(UNSEEN_KINDS)) + '---|')
     for name, selection, minutes in rows:
         pooled = selection['learned']
         per_kind = [selection.get(f'learned_{kind}', {}).get('aupro@0.3') for kind in KINDS]
         unseen = selection.get('unseen_learned', {})
+        per_unseen = [selection.get(f'unseen_learned_{kind}', {}).get('aupro@0.3')
+                      for kind in UNSEEN_KINDS]
         print(f'| {name} | {pooled["i_auroc"]:.3f} | {pooled["p_auroc"]:.3f} | '
               f'{pooled["aupro@0.3"]:.3f} | '
               + ' | '.join('-' if v is None else f'{v:.3f}' for v in per_kind) + ' | '
               + ' | '.join(f'{unseen[k]:.3f}' if k in unseen else '-' for k in
-                           ('i_auroc', 'p_auroc', 'aupro@0.3'))
+                           ('i_auroc', 'p_auroc', 'aupro@0.3')) + ' | '
+              + ' | '.join('-' if v is None else f'{v:.3f}' for v in per_unseen)
               + f' | {minutes:.1f} |')
     return 0
 

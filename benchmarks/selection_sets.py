@@ -9,7 +9,8 @@ One block per checkpoint: pooled I-AUROC / P-AUROC / AUPRO@0.3 / AUPRO@0.1 of th
 paper's scoring on each set, then the learned map per kind.
 
     .venv/bin/python benchmarks/selection_sets.py CHECKPOINT [CHECKPOINT ...] \
-        --data-root ../shared/data/mvtec3d --category cable_gland [--copies 6]
+        --data-root ../shared/data/mvtec3d --category cable_gland [--copies 6] \
+        [--training-kinds first]
 """
 import argparse
 import sys
@@ -25,10 +26,12 @@ from dbmr_ros.evaluate import evaluate_category
 METRICS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1')
 
 
-def judge(detector: Detector, rgb, xyz, copies: int, unseen: int, seed: int) -> dict:
-    """{set name: CategoryResults} for a calibrated detector and good model-size samples."""
-    return {'training kinds': synthetic_results(
-                detector, rgb, xyz, detector.meta.anomalies or AnomalyConfig(), seed, copies),
+def judge(detector: Detector, rgb, xyz, copies: int, unseen: int, seed: int,
+          kinds: AnomalyConfig = None) -> dict:
+    """{set name: CategoryResults} for a calibrated detector and good model-size samples; the
+    first set draws `kinds` of synthetic anomaly (default: those the checkpoint trained on)."""
+    kinds = kinds or detector.meta.anomalies or AnomalyConfig()
+    return {'training kinds': synthetic_results(detector, rgb, xyz, kinds, seed, copies),
             'unseen kinds': unseen_results(detector, rgb, xyz, seed, unseen)}
 
 
@@ -48,15 +51,22 @@ def main(argv=None) -> int:
     parser.add_argument('--unseen-copies', type=int, default=1,
                         help='each unseen kind per validation sample')
     parser.add_argument('--seed', type=int, default=1)
+    parser.add_argument('--training-kinds', choices=('own', 'first'), default='own',
+                        help="the first set's synthetic anomalies: each checkpoint's own training "
+                             "kinds, or the first checkpoint's for all (one set for checkpoints "
+                             'trained on different kinds)')
     args = parser.parse_args(argv)
+    kinds = None
     for checkpoint in args.checkpoints:
         started = time.perf_counter()
         detector = Detector.from_checkpoint(checkpoint, 'cpu')
+        if args.training_kinds == 'first' and kinds is None:
+            kinds = detector.meta.anomalies or AnomalyConfig()
         pcfg = detector.meta.preprocess
         cache = PreprocessCache(pcfg)
         rgb, xyz = load_split(args.dataset, args.data_root, args.category, 'validation', pcfg,
                               cache)
-        sets = judge(detector, rgb, xyz, args.copies, args.unseen_copies, args.seed)
+        sets = judge(detector, rgb, xyz, args.copies, args.unseen_copies, args.seed, kinds)
         if labelled_defects(args.dataset, args.data_root, args.category):
             sets['real defects'] = evaluate_category(
                 detector, args.dataset, args.data_root, args.category, cache,

@@ -51,8 +51,9 @@ def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainC
     """Calibration on validation/good + synthetic anomalies on it, and that selection set's
     metrics per scoring and, for the learned one, per kind of synthetic defect; with
     `unseen_copies`, also both scorings on that many of each defect kind that training never
-    draws on every validation sample:
-    (calibrated meta, {'learned' | 'paper' | 'learned_<kind>' | 'unseen_<scoring>': metrics})."""
+    draws on every validation sample, the learned map also per such kind:
+    (calibrated meta, {'learned' | 'paper' | 'learned_<kind>' | 'unseen_<scoring>' |
+    'unseen_learned_<kind>': metrics})."""
     detector = Detector(model, dataclasses.replace(meta, calibration=calibration.Calibration()),
                         device)
     fitted, results = calibration.fit(
@@ -69,10 +70,12 @@ def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainC
         selection[f'learned_{kind}'] = {k: values[k] for k in ('i_auroc', 'aupro@0.3')}
     if unseen_copies:
         scorer = Detector(model, dataclasses.replace(meta, calibration=fitted), device)
+        unseen = calibration.unseen_results(scorer, *val, seed=cfg.seed + 2,
+                                            copies=unseen_copies)
         # A scoring is left out where the validation parts were too small for every kind.
-        selection.update(_both_scorings('unseen', calibration.unseen_results(
-            scorer, *val, seed=cfg.seed + 2, copies=unseen_copies).compute(
-                variants=('fused', 'paper'))))
+        selection.update(_both_scorings('unseen', unseen.compute(variants=('fused', 'paper'))))
+        for kind, values in unseen.compute_by_kind(variants=('fused',)).items():
+            selection[f'unseen_learned_{kind}'] = {k: values[k] for k in ('i_auroc', 'aupro@0.3')}
     return dataclasses.replace(meta, calibration=fitted), selection
 
 

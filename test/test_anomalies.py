@@ -4,6 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from scipy.ndimage import distance_transform_edt
 
 from dbmr_ros.data.anomalies import (AnomalyConfig, anomalous_copies, DISPLACED, KIND_NAMES,
                                      NONE, perlin, REMOVED, RGB, RGB_DISPLACED, RGB_REMOVED,
@@ -190,3 +191,34 @@ def test_smoothed_cloud_keeps_a_plane_and_ignores_the_background():
     after = (surface_normals(smoothed_cloud(noisy, valid, 1.5), valid)[..., 2]
              - surface_normals(xyz, valid)[..., 2])
     assert after[valid].abs().mean() < 0.5 * before[valid].abs().mean()
+
+
+def test_strokes_are_thin_long_regions_on_the_object(parts):
+    cfg = AnomalyConfig(stroke_share=1.0, stroke_length=(0.3, 0.4))
+    valid = (parts[1] != 0).any(-1)
+    for seed in range(4):
+        out = corrupt(parts, cfg, seed=seed)
+        assert not (out.mask & ~valid).any(), 'strokes lie on the object'
+        for mask in out.mask.numpy():
+            rows, cols = np.nonzero(mask)
+            extent = np.hypot(np.ptp(rows), np.ptp(cols))
+            # At 96 px the stroke is 1 to 1.7 px wide: no pixel lies 2 px inside it, and it
+            # is far longer than wide (a part's rim can cut it short, never to a blob).
+            assert distance_transform_edt(mask).max() < 2.0
+            assert extent > 8 and len(rows) < 3 * extent, (extent, len(rows))
+    # Strokes draw a fixed number of random numbers per batch too.
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    synthesize(*parts, cfg, g1)
+    synthesize(parts[0].flip(1), parts[1] * 0, cfg, g2)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+
+
+def test_no_strokes_keep_the_random_stream_of_a_config_without_them(parts):
+    with_fields = AnomalyConfig(stroke_share=0.0, stroke_width=(2.0, 3.0))
+    for x, y in zip(corrupt(parts, seed=3), corrupt(parts, with_fields, seed=3)):
+        assert torch.equal(x, y)
+    mixed = [corrupt(parts, AnomalyConfig(stroke_share=0.5), seed=s).mask for s in range(6)]
+    thin = [distance_transform_edt(m).max() < 2.0 for batch in mixed for m in batch.numpy()]
+    assert 0 < sum(thin) < len(thin), 'a share of strokes, the rest blobs'
+    with pytest.raises(ValueError, match='stroke_share'):
+        AnomalyConfig(stroke_share=1.5)

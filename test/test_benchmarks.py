@@ -1,5 +1,6 @@
 """The benchmark scripts that are cheap enough to run here, end to end (their figures are
 printed, not asserted: speed is measured by them, not by tests)."""
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from dbmr_ros.checkpoint import load_checkpoint, save_checkpoint
+from dbmr_ros.data.anomalies import AnomalyConfig
 from dbmr_ros.resources import share_dir
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / 'benchmarks'
@@ -46,6 +49,25 @@ def test_selection_sets_prints_both_sets_and_every_kind(synthetic_root):
             assert all(0.0 <= float(v) <= 1.0 for v in rows[f'{name}, {scoring}']), rows
     for kind in ('bend', 'cut', 'scratch', 'crater', 'shaved', 'stain'):
         assert f'unseen kinds: {kind}, learned' in rows
+
+
+def test_selection_sets_judge_every_checkpoint_on_the_first_ones_kinds(synthetic_root, tmp_path):
+    # The shipped weights again, as if trained on thin strokes only: on their own kinds the
+    # first set differs; on the first checkpoint's kinds it is the same set, so the same rows.
+    shipped = share_dir() / 'models' / 'dbmr_default.safetensors'
+    state, meta = load_checkpoint(shipped)
+    strokes = save_checkpoint(tmp_path / 'strokes.safetensors', state, dataclasses.replace(
+        meta, anomalies=AnomalyConfig(stroke_share=1.0)))
+
+    def training_rows(*flags):
+        out = _run(str(BENCHMARKS / 'selection_sets.py'), str(shipped), str(strokes),
+                   '--data-root', str(synthetic_root), '--dataset', 'synthetic', '--category',
+                   'puck', '--copies', '1', *flags)
+        return [line for line in out.splitlines() if line.startswith('| training kinds, ')]
+
+    own, first = training_rows(), training_rows('--training-kinds', 'first')
+    assert len(own) == len(first) == 4 and own[:2] == first[:2]
+    assert first[2:] == first[:2] and own[2:] != own[:2]
 
 
 def test_selection_sets_add_the_real_defects_kept_in_validation(synthetic_root, tmp_path):
@@ -95,17 +117,17 @@ def test_ablate_head_trains_each_variant_and_prints_its_row(synthetic_root):
     out = _run(str(BENCHMARKS / 'ablate_head.py'),
                str(share_dir() / 'models' / 'dbmr_default.safetensors'),
                '--data-root', str(synthetic_root), '--category', 'puck', '--head-epochs', '1',
-               '--copies', '1', '--variants', 'default', 'more-3d', 'coreset-4096')
+               '--copies', '1', '--variants', 'default', 'strokes', 'coreset-4096')
     header = next(line for line in out.splitlines() if line.startswith('| head training'))
     assert 'AUPRO@0.3 displaced' in header and 'AUPRO@0.3 rgb+removed' in header
-    assert 'unseen kinds I-AUROC' in header
+    assert 'unseen kinds I-AUROC' in header and 'AUPRO@0.3 scratch' in header
     rows = [line for line in out.splitlines()
-            if line.startswith(('| focal loss', '| twice', '| the coreset'))]
-    assert len(rows) == 3 and '(default)' in rows[0] and '3D-only' in rows[1]
+            if line.startswith(('| focal loss', '| a third', '| the coreset'))]
+    assert len(rows) == 3 and '(default)' in rows[0] and 'strokes' in rows[1]
     assert '4096' in rows[2]
     for row in rows:
         cells = row.strip('|').split('|')[1:-1]
-        assert len(cells) == 3 + 5 + 3
+        assert len(cells) == 3 + 5 + 3 + 6
         metrics = [float(cell) for cell in cells if cell.strip() != '-']
         assert len(metrics) >= 4 and all(0.0 <= m <= 1.0 for m in metrics)
 

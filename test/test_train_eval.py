@@ -71,6 +71,7 @@ def test_train_eval_infer_end_to_end(synthetic_root, config, tmp_path):
     selections = [line for line in log.splitlines() if 'selection set' in line]
     assert [('unseen_learned i_auroc' in line) for line in selections] == [False, True]
     assert 'unseen_paper i_auroc' in selections[-1]
+    assert 'unseen_learned_crater i_auroc' in selections[-1], 'and per unseen kind'
     detector = Detector.from_checkpoint(run / 'model.safetensors', 'cpu')
     meta = detector.meta
     # The optional shape prior (on in SMALL_MODEL) is fitted before stage 1 and saved.

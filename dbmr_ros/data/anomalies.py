@@ -3,7 +3,10 @@ operating point without real defects (after DRAEM, extended to organized point c
 
 Each anomalous sample gets one region on the object: a Perlin-noise shape inside a random
 ellipse around a random object pixel, so sizes range from a few pixels to a large part of
-the object. In that region the sample gets, by chance:
+the object; or, with `stroke_share`, a thin stroke (a narrow, gently curved band a few
+pixels wide and tens long: the shape of scratches, cracks and cuts, which a blob of the same
+area does not teach, since a map averaged over a window dilutes a line more than a blob).
+In that region the sample gets, by chance:
 
 - an RGB anomaly: foreign texture blended in with a random opacity, taken from another image
   of the batch (shifted), from shuffled 8 px patches of the same image, or procedural (two
@@ -48,15 +51,20 @@ class AnomalyConfig:
     texture_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)  # other image, patches, noise
     displacement: Tuple[float, float] = (0.03, 0.2)  # of the object's RMS radius
     smoothing: float = 2.0              # px, Gaussian edge of a bump or dent
+    stroke_share: float = 0.0           # regions that are thin strokes instead of blobs
+    stroke_width: Tuple[float, float] = (1.0, 4.0)    # px at 224 px, the stroke's full width
+    stroke_length: Tuple[float, float] = (0.08, 0.4)  # fraction of the image side
 
     def __post_init__(self):
-        if not 0.0 <= self.probability <= 1.0:
-            raise ValueError('anomaly probability must be in [0, 1]')
+        for name in ('probability', 'stroke_share'):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f'anomaly {name} must be in [0, 1]')
         for name in ('modality_weights', 'texture_weights'):
             weights = getattr(self, name)
             if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
                 raise ValueError(f'{name} must be three non-negative weights, not all zero')
-        for name in ('radius', 'perlin_cells', 'perlin_threshold', 'opacity', 'displacement'):
+        for name in ('radius', 'perlin_cells', 'perlin_threshold', 'opacity', 'displacement',
+                     'stroke_width', 'stroke_length'):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f'{name}: lower bound {low} above upper bound {high}')
@@ -189,9 +197,10 @@ def _perlin_draws(size: int, cells: Tuple[int, int], draw: _Draws) -> torch.Tens
 
 def random_region(valid: torch.Tensor, cfg: AnomalyConfig, draw: _Draws) -> torch.Tensor:
     """(B, S, S) bool region on the object: Perlin shape inside an ellipse centred on a random
-    valid pixel; the whole ellipse (on the object) where the Perlin shape leaves too little."""
+    valid pixel; the whole ellipse (on the object) where the Perlin shape leaves too little.
+    With cfg.stroke_share, that share of samples gets a thin stroke through the same centre
+    instead (the blob where the stroke covers too little of the object)."""
     batch, size = valid.shape[:2]
-    device = valid.device
     # A random valid pixel by inverse CDF over the valid pixels in raster order.
     counts = valid.flatten(1).sum(1)
     rank = (draw.uniform() * counts).floor().long().clamp_min(0)
@@ -201,20 +210,46 @@ def random_region(valid: torch.Tensor, cfg: AnomalyConfig, draw: _Draws) -> torc
 
     semi_major = draw.log_uniform(*cfg.radius) * size
     semi_minor = semi_major * draw.uniform(0.3, 1.0)
-    angle = draw.uniform(0, math.pi)
-    axis = torch.arange(size, device=device, dtype=torch.float32)
-    d_row = axis[None, :, None] - centre_row[:, None, None]
-    d_col = axis[None, None, :] - centre_col[:, None, None]
-    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
-    along = (cos * d_col + sin * d_row) / semi_major[:, None, None]
-    across = (-sin * d_col + cos * d_row) / semi_minor[:, None, None]
-    ellipse = (along ** 2 + across ** 2 <= 1) & valid
+    along, across = _rotated_offsets(size, centre_row, centre_col, draw.uniform(0, math.pi))
+    ellipse = ((along / semi_major[:, None, None]) ** 2
+               + (across / semi_minor[:, None, None]) ** 2 <= 1) & valid
 
     noise = _perlin_draws(size, cfg.perlin_cells, draw)
     threshold = draw.uniform(*cfg.perlin_threshold)[:, None, None]
     shaped = ellipse & (noise > threshold)
     enough = shaped.flatten(1).sum(1) >= cfg.min_pixels
-    return torch.where(enough[:, None, None], shaped, ellipse)
+    region = torch.where(enough[:, None, None], shaped, ellipse)
+    if cfg.stroke_share == 0:
+        return region  # no draws for strokes: a config without them keeps its random stream
+    stroke = thin_stroke(size, centre_row, centre_col, cfg, draw) & valid
+    use = (draw.uniform() < cfg.stroke_share) & (stroke.flatten(1).sum(1) >= cfg.min_pixels)
+    return torch.where(use[:, None, None], stroke, region)
+
+
+def _rotated_offsets(size: int, centre_row: torch.Tensor, centre_col: torch.Tensor,
+                     angle: torch.Tensor):
+    """(B, S, S) pixel offsets from each sample's centre along and across a direction at
+    `angle` (B,) radians from the image's columns."""
+    axis = torch.arange(size, device=angle.device, dtype=torch.float32)
+    d_row = axis[None, :, None] - centre_row[:, None, None]
+    d_col = axis[None, None, :] - centre_col[:, None, None]
+    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
+    return cos * d_col + sin * d_row, -sin * d_col + cos * d_row
+
+
+def thin_stroke(size: int, centre_row: torch.Tensor, centre_col: torch.Tensor,
+                cfg: AnomalyConfig, draw: _Draws) -> torch.Tensor:
+    """(B, S, S) bool: a band of cfg.stroke_width px (at 224 px; at least 1) along a parabolic
+    arc through each centre, cfg.stroke_length of the image side long, bowed by up to a
+    quarter of its half-length."""
+    half_length = draw.uniform(*cfg.stroke_length) * size / 2
+    # At least a pixel wide: a thinner band would leave a dotted line on a small image.
+    half_width = (draw.uniform(*cfg.stroke_width) * size / 224).clamp_min(1.0) / 2
+    bow = draw.uniform(-0.25, 0.25) * half_length
+    along, across = _rotated_offsets(size, centre_row, centre_col, draw.uniform(0, math.pi))
+    position = along / half_length[:, None, None]                       # -1 ... 1 on the arc
+    arc = bow[:, None, None] * position ** 2
+    return (position.abs() <= 1) & ((across - arc).abs() <= half_width[:, None, None])
 
 
 def foreign_texture(rgb: torch.Tensor, cfg: AnomalyConfig, draw: _Draws) -> torch.Tensor:
