@@ -46,6 +46,8 @@ VARIANTS = {
     'coreset-4096': ('the coreset shape prior with 4096 entries', {'shape_prior': 4096}),
     'strokes': ('a third of the synthetic defects thin strokes instead of blobs',
                 {'anomalies': {'stroke_share': 0.33}}),
+    'strokes-10': ('a tenth of the synthetic defects thin strokes instead of blobs',
+                   {'anomalies': {'stroke_share': 0.1}}),
 }
 KINDS = KIND_NAMES[1:]
 
