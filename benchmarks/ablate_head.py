@@ -122,17 +122,13 @@ def main(argv=None) -> int:
           + ' | '.join(f'AUPRO@0.3 {kind}' for kind in UNSEEN_KINDS) + ' | head training min |')
     print('|---|---|---|---|' + '---|' * (len(KINDS) + 3 + len(UNSEEN_KINDS)) + '---|')
     for name, selection, minutes in rows:
-        pooled = selection['learned']
-        per_kind = [selection.get(f'learned_{kind}', {}).get('aupro@0.3') for kind in KINDS]
         unseen = selection.get('unseen_learned', {})
-        per_unseen = [selection.get(f'unseen_learned_{kind}', {}).get('aupro@0.3')
-                      for kind in UNSEEN_KINDS]
-        print(f'| {name} | {pooled["i_auroc"]:.3f} | {pooled["p_auroc"]:.3f} | '
-              f'{pooled["aupro@0.3"]:.3f} | '
-              + ' | '.join('-' if v is None else f'{v:.3f}' for v in per_kind) + ' | '
-              + ' | '.join(f'{unseen[k]:.3f}' if k in unseen else '-' for k in
-                           ('i_auroc', 'p_auroc', 'aupro@0.3')) + ' | '
-              + ' | '.join('-' if v is None else f'{v:.3f}' for v in per_unseen)
+        figures = ([selection['learned'][k] for k in ('i_auroc', 'p_auroc', 'aupro@0.3')]
+                   + [selection.get(f'learned_{kind}', {}).get('aupro@0.3') for kind in KINDS]
+                   + [unseen.get(k) for k in ('i_auroc', 'p_auroc', 'aupro@0.3')]
+                   + [selection.get(f'unseen_learned_{kind}', {}).get('aupro@0.3')
+                      for kind in UNSEEN_KINDS])
+        print(f'| {name} | ' + ' | '.join('-' if v is None else f'{v:.3f}' for v in figures)
               + f' | {minutes:.1f} |')
     return 0
 

@@ -26,11 +26,10 @@ from dbmr_ros.evaluate import evaluate_category
 METRICS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1')
 
 
-def judge(detector: Detector, rgb, xyz, copies: int, unseen: int, seed: int,
-          kinds: AnomalyConfig = None) -> dict:
+def judge(detector: Detector, rgb, xyz, kinds: AnomalyConfig, copies: int, unseen: int,
+          seed: int) -> dict:
     """{set name: CategoryResults} for a calibrated detector and good model-size samples; the
-    first set draws `kinds` of synthetic anomaly (default: those the checkpoint trained on)."""
-    kinds = kinds or detector.meta.anomalies or AnomalyConfig()
+    first set draws `kinds` of synthetic anomaly."""
     return {'training kinds': synthetic_results(detector, rgb, xyz, kinds, seed, copies),
             'unseen kinds': unseen_results(detector, rgb, xyz, seed, unseen)}
 
@@ -56,17 +55,18 @@ def main(argv=None) -> int:
                              "kinds, or the first checkpoint's for all (one set for checkpoints "
                              'trained on different kinds)')
     args = parser.parse_args(argv)
-    kinds = None
+    first_kinds = None
     for checkpoint in args.checkpoints:
         started = time.perf_counter()
         detector = Detector.from_checkpoint(checkpoint, 'cpu')
-        if args.training_kinds == 'first' and kinds is None:
-            kinds = detector.meta.anomalies or AnomalyConfig()
+        own_kinds = detector.meta.anomalies or AnomalyConfig()
+        first_kinds = first_kinds or own_kinds
         pcfg = detector.meta.preprocess
         cache = PreprocessCache(pcfg)
         rgb, xyz = load_split(args.dataset, args.data_root, args.category, 'validation', pcfg,
                               cache)
-        sets = judge(detector, rgb, xyz, args.copies, args.unseen_copies, args.seed, kinds)
+        kinds = first_kinds if args.training_kinds == 'first' else own_kinds
+        sets = judge(detector, rgb, xyz, kinds, args.copies, args.unseen_copies, args.seed)
         if labelled_defects(args.dataset, args.data_root, args.category):
             sets['real defects'] = evaluate_category(
                 detector, args.dataset, args.data_root, args.category, cache,

@@ -66,17 +66,22 @@ def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainC
                  'paper': {k: computed['paper'][k] for k in SELECTION_METRICS}}
     # The learned map per kind of synthetic defect (against all good samples): the pooled
     # figures hide a kind that it misses. Its map alone: each other one costs seconds.
-    for kind, values in results.compute_by_kind(variants=('fused',)).items():
-        selection[f'learned_{kind}'] = {k: values[k] for k in ('i_auroc', 'aupro@0.3')}
+    selection.update(_per_kind('learned', results))
     if unseen_copies:
         scorer = Detector(model, dataclasses.replace(meta, calibration=fitted), device)
         unseen = calibration.unseen_results(scorer, *val, seed=cfg.seed + 2,
                                             copies=unseen_copies)
         # A scoring is left out where the validation parts were too small for every kind.
         selection.update(_both_scorings('unseen', unseen.compute(variants=('fused', 'paper'))))
-        for kind, values in unseen.compute_by_kind(variants=('fused',)).items():
-            selection[f'unseen_learned_{kind}'] = {k: values[k] for k in ('i_auroc', 'aupro@0.3')}
+        selection.update(_per_kind('unseen_learned', unseen))
     return dataclasses.replace(meta, calibration=fitted), selection
+
+
+def _per_kind(prefix: str, results) -> dict:
+    """CategoryResults -> {'<prefix>_<kind>': the learned map's I-AUROC and AUPRO@0.3 on that
+    kind of defect against all good samples}."""
+    return {f'{prefix}_{kind}': {k: values[k] for k in ('i_auroc', 'aupro@0.3')}
+            for kind, values in results.compute_by_kind(variants=('fused',)).items()}
 
 
 def _both_scorings(prefix: str, figures: dict) -> dict:
