@@ -1,5 +1,5 @@
 """Scoring-head training choices, judged on the selection set only (validation/good plus
-synthetic anomalies on it; never test samples): the figures behind the README's design notes.
+synthetic anomalies on it; never test samples): the figures behind docs/design_notes.md.
 
 The network of a trained checkpoint stays frozen; for each variant a fresh scoring head (the
 same initial weights every time) is trained for `--head-epochs` on the training split as

@@ -1,5 +1,5 @@
 """Ablations of the learned scoring, judged on the selection set only (validation/good plus
-synthetic anomalies on it; never test samples): the figures behind the README's design notes.
+synthetic anomalies on it; never test samples): the figures behind docs/design_notes.md.
 
 Each variant is a short dbmr-train run (stage 1 and head) with its own model overrides; the
 table gives the selection-set metrics of both scorings at the end of the run, and the network

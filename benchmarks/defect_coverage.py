@@ -3,7 +3,8 @@
 A defect pixel without a point (missing material, or the sensor saw nothing there) cannot be
 scored from geometry, and background removal may drop more. Prints, over the test samples with
 a defect: the share of ground-truth pixels without a point in the raw clouds and after
-`clean_point_cloud` with the given preprocessing config (the README's cable_gland figure).
+`clean_point_cloud` with the given preprocessing config (the cable_gland figure in
+docs/results.md).
 
     .venv/bin/python benchmarks/defect_coverage.py --dataset mvtec3d \
         --data-root ../shared/data/mvtec3d --category cable_gland [--config config/train_tiny.yaml]

@@ -89,7 +89,7 @@ class Detector:
             raise ValueError(f'scoring must be one of {SCORINGS}, got {self.scoring!r}')
         self.calibrated_threshold = meta.calibration.threshold_for(meta.model, self.scoring)
         self.threshold = self.calibrated_threshold  # the node may set its own at run time
-        # bf16 autocast on CUDA only; CPU stays float32 (see README for the tolerance).
+        # bf16 autocast on CUDA only; CPU stays float32 (the tolerance: docs/design_notes.md).
         self.mixed_precision = mixed_precision and self.device.type == 'cuda'
         if preprocessing not in ('auto', 'numpy', 'torch'):
             raise ValueError(f"preprocessing must be 'auto', 'numpy' or 'torch', got "

@@ -24,8 +24,9 @@ def smallest_axis(cov: torch.Tensor, start: torch.Tensor, squarings: int = 8) ->
             scale = matrix.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-300)
             matrix = matrix / scale[..., None, None]
             # A broadcast product summed over k, not `matrix @ matrix`: batched float64 3 x 3
-            # matmuls run as padded GEMM tiles, most of the shape prior's GPU time (README,
-            # "On a GPU": tiny's model graph at batch 32 took 47.4 ms that way, 30.2 this way).
+            # matmuls run as padded GEMM tiles, most of the shape prior's GPU time
+            # (docs/benchmarks.md, "On a GPU": tiny's model graph at batch 32 took 47.4 ms
+            # that way, 30.2 this way).
             matrix = (matrix[..., :, :, None] * matrix[..., None, :, :]).sum(-2)
         axis = (matrix * start[..., None, :]).sum(-1)
         return _unit(axis, start)

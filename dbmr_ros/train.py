@@ -99,7 +99,7 @@ def real_selection(model, meta: CheckpointMeta, device, dataset, root, category,
                    cache: PreprocessCache) -> dict:
     """Both scorings on the validation split's labelled defects and its good samples, each at
     its own resolution, as dbmr-eval scores the test split: {'real_learned' | 'real_paper':
-    metrics}. Real defects judge a recipe better than synthetic ones can (README, Results)."""
+    metrics}. Real defects judge a recipe better than synthetic ones can (docs/results.md)."""
     return _both_scorings('real', evaluate_category(
         Detector(model, meta, device), dataset, root, category, cache, log=lambda *_: None,
         split='validation').compute(variants=('fused', 'paper')))

@@ -306,7 +306,8 @@ def test_cuda_mixed_precision_within_tolerance(tmp_path):
     s = render_sample(np.random.default_rng(0), 'puck', 96, 'bump')
     cpu = Detector.from_checkpoint(path, 'cpu')(s.rgb, s.xyz)
     amp = Detector.from_checkpoint(path, 'cuda', mixed_precision=True)(s.rgb, s.xyz)
-    # The stated tolerance (README): image scores within 5 % relative of float32 on the CPU.
+    # The stated tolerance (docs/design_notes.md): image scores within 5 % relative of
+    # float32 on the CPU.
     assert amp.score == pytest.approx(cpu.score, rel=0.05)
 
 

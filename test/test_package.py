@@ -168,7 +168,7 @@ def test_rviz_config_displays():
 
 def test_fastdds_profile_is_a_default_writer_profile():
     """Fast DDS applies the profile to every writer of a process that loads it: the default
-    data_writer profile, with the 100 ms heartbeat the README measures."""
+    data_writer profile, with the 100 ms heartbeat docs/benchmarks.md measures."""
     from dbmr_ros.resources import dds_profile_path
     ns = {'f': 'http://www.eprosima.com'}
     root = ElementTree.parse(dds_profile_path()).getroot()

@@ -4,10 +4,10 @@ a second selection set that asks whether a map generalises beyond the kinds it w
 The training's anomalies (`anomalies.py`) are Perlin blobs with foreign texture, smooth plateau
 bumps and dents, and removed points. A head can learn those kinds and still miss real defects;
 three times a change that raised the training kinds' selection figures lowered every figure on
-real cable_gland (README "Design notes"). These kinds differ from the training's in shape and in
+real cable_gland (docs/design_notes.md). These kinds differ from the training's in shape and in
 physics: a change that only fits the training kinds should not raise them. (Measured: the
 changes that real defects ranked below the default rank above it here too, so the cause lies
-elsewhere: README "Design notes". The set still shows how a map does on defects it was not
+elsewhere: docs/design_notes.md. The set still shows how a map does on defects it was not
 taught, kind by kind.)
 
 - `bend`: a flap of the part beyond a hinge line rotated rigidly by a few degrees (no texture

@@ -26,12 +26,13 @@ class DBMRConfig:
     # Inference reconstruction: 1 = one unmasked pass of a network trained to repair what it
     # sees (synthetic defects in, the clean part out: visible_loss_weight > 0); n >= 2 = n fixed
     # maskings, each keeping 1 / n of the tokens visible, every token predicted while hidden
-    # (the paper's way, n times the cost; on the selection set no better, see README).
+    # (the paper's way, n times the cost; no better on the selection set: docs/design_notes.md).
     score_passes: int = 1
     visible_loss_weight: float = 1.0  # loss weight of visible tokens (0: the paper, hidden only)
     unmasked_share: float = 0.5       # training steps that see every token (repair training)
     # 2D map: 'pixel' = per-pixel reconstruction error; 'feature' = the paper's distance of the
-    # frozen 2D decoder's features per patch (see README: it did not localise at our budget).
+    # frozen 2D decoder's features per patch (it did not localise at our budget:
+    # docs/design_notes.md).
     score_2d: str = 'pixel'
     alignment_radius: int = 1     # local alignment window, in patches (1: the 3x3 around a centre)
     loss_weight_2d: float = 1.0
@@ -47,11 +48,11 @@ class DBMRConfig:
     # Gaussian sigma (pixels at image_size) of the cloud the head's normals are computed from:
     # per-pixel differences of raw points are noisy (neighbouring normals differ by 5 degrees
     # in the median on cable_gland), so a smooth bump's tilt can hide in the noise. 0 (off):
-    # 1.5 px was no better on the selection set (README "Design notes").
+    # 1.5 px was no better on the selection set (docs/design_notes.md).
     normal_smoothing: float = 0.0
     # A model of the good parts' FPFH patch descriptors (model.shape_prior) whose score the
     # head reads as one more channel: its entries (the mixture's components, the coreset's
-    # descriptors); 0: none. config/train_tiny.yaml trains one (README "Design notes").
+    # descriptors); 0: none. config/train_tiny.yaml trains one (docs/design_notes.md).
     shape_prior_components: int = 0
     shape_prior_kind: str = 'mixture'   # 'mixture' (a density) | 'coreset' (nearest entry)
     # Late fusion: this times the prior's standardised map is added to the head's logits at

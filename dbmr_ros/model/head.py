@@ -153,7 +153,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
     `per_defect`: the anomalous pixels' terms are instead averaged over each sample's own
     defect, then over the samples that have one, so a 20-pixel defect counts as much as a
     2000-pixel one (as AUPRO counts regions). No worse on the synthetic selection set, worse on
-    real cable_gland: README "Design notes".
+    real cable_gland: docs/design_notes.md.
     """
     target = target.to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction='none')
