@@ -48,6 +48,8 @@ VARIANTS = {
                 {'anomalies': {'stroke_share': 0.33}}),
     'strokes-10': ('a tenth of the synthetic defects thin strokes instead of blobs',
                    {'anomalies': {'stroke_share': 0.1}}),
+    'rough': ('half of the displaced regions rough (height varying across them) instead of '
+              'uniform', {'anomalies': {'rough_share': 0.5}}),
 }
 KINDS = KIND_NAMES[1:]
 

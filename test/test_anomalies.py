@@ -222,3 +222,33 @@ def test_no_strokes_keep_the_random_stream_of_a_config_without_them(parts):
     assert 0 < sum(thin) < len(thin), 'a share of strokes, the rest blobs'
     with pytest.raises(ValueError, match='stroke_share'):
         AnomalyConfig(stroke_share=1.5)
+
+
+def test_rough_patches_go_up_and_down_where_plateaus_move_one_way(parts):
+    moved_only = dict(modality_weights=(0.0, 1.0, 0.0), removal_share=0.0)
+    rough = corrupt(parts, AnomalyConfig(rough_share=1.0, **moved_only), seed=1)
+    plateau = corrupt(parts, AnomalyConfig(**moved_only), seed=1)
+    xyz = parts[1]
+    for out, both_ways in ((rough, True), (plateau, False)):
+        assert (out.kind == 2).all(), 'every sample displaced'   # DISPLACED
+        for sample in range(len(xyz)):
+            region = out.mask[sample]
+            if region.sum() < 12:
+                continue    # a patch of a few pixels can lie on one slope of the noise
+            depth_change = (out.xyz[sample, ..., 2] - xyz[sample, ..., 2])[region]
+            scale = depth_change.abs().max()
+            assert scale > 0
+            up, down = (depth_change > 0.2 * scale).any(), (depth_change < -0.2 * scale).any()
+            assert bool(up and down) == both_ways, (sample, float(scale))
+    # The same batch shape draws the same number of randoms whatever the content.
+    cfg = AnomalyConfig(rough_share=0.5)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    synthesize(*parts, cfg, g1)
+    synthesize(parts[0].flip(1), parts[1] * 0, cfg, g2)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+    # Off, the stream is that of a config without the field.
+    same_stream = corrupt(parts, AnomalyConfig(rough_cells=(3.0, 4.0)), seed=3)
+    for x, y in zip(corrupt(parts, seed=3), same_stream):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match='rough_share'):
+        AnomalyConfig(rough_share=-0.1)

@@ -12,7 +12,9 @@ In that region the sample gets, by chance:
   of the batch (shifted), from shuffled 8 px patches of the same image, or procedural (two
   random colours mixed by Perlin noise);
 - a 3D anomaly: the points pushed along their surface normal or along the viewing ray as a
-  smooth bump or dent (a fraction of the object's RMS radius), or removed (a hole or a cut);
+  smooth bump or dent (a fraction of the object's RMS radius), or, with `rough_share`, as a
+  rough patch whose height varies across the region (Perlin noise: a crumpled or battered
+  surface, whose bends a uniform plateau lacks); or removed (a hole or a cut);
 - or both at once, on the same region.
 
 Batched and device-agnostic. Every random number is drawn on the (CPU) generator and then moved
@@ -54,9 +56,11 @@ class AnomalyConfig:
     stroke_share: float = 0.0           # regions that are thin strokes instead of blobs
     stroke_width: Tuple[float, float] = (1.0, 4.0)    # px at 224 px, the stroke's full width
     stroke_length: Tuple[float, float] = (0.08, 0.4)  # fraction of the image side
+    rough_share: float = 0.0            # displaced regions whose height varies across them
+    rough_cells: Tuple[float, float] = (2.0, 6.0)  # a rough patch's Perlin cells across it
 
     def __post_init__(self):
-        for name in ('probability', 'stroke_share'):
+        for name in ('probability', 'stroke_share', 'rough_share'):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f'anomaly {name} must be in [0, 1]')
         for name in ('modality_weights', 'texture_weights'):
@@ -64,7 +68,7 @@ class AnomalyConfig:
             if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
                 raise ValueError(f'{name} must be three non-negative weights, not all zero')
         for name in ('radius', 'perlin_cells', 'perlin_threshold', 'opacity', 'displacement',
-                     'stroke_width', 'stroke_length'):
+                     'stroke_width', 'stroke_length', 'rough_cells'):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f'{name}: lower bound {low} above upper bound {high}')
@@ -293,12 +297,26 @@ def foreign_texture(rgb: torch.Tensor, cfg: AnomalyConfig, draw: _Draws) -> torc
 def displaced(xyz: torch.Tensor, valid: torch.Tensor, region: torch.Tensor, cfg: AnomalyConfig,
               draw: _Draws) -> torch.Tensor:
     """xyz with a smooth bump or dent over `region`: along the normal or the viewing ray, its
-    height a random fraction of the object's RMS radius, its edge Gaussian (cfg.smoothing)."""
+    height a random fraction of the object's RMS radius, its edge Gaussian (cfg.smoothing);
+    for a share cfg.rough_share of samples the height varies across the region as Perlin
+    noise, up and down, peaking at that fraction (a rough patch)."""
     along_normal = draw.uniform() < 0.5
     sign = torch.where(draw.uniform() < 0.5, -1.0, 1.0)
     height = draw.uniform(*cfg.displacement) * sign * _rms_radius(xyz, valid)
     profile = gaussian_blur(region.float(), cfg.smoothing)
     profile = profile / profile.flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
+    if cfg.rough_share > 0:  # no draws otherwise: a config without them keeps its stream
+        # Noise cells scaled to the region (its width: the root of its area), so that a
+        # small patch is as rough as a large one instead of one cell's slope.
+        size = region.shape[1]
+        width = region.flatten(1).sum(1).float().sqrt().clamp_min(1.0)
+        cells = (draw.uniform(*cfg.rough_cells) * size / width).clamp(1, size // 2).round()
+        lattice = size // 2 + 2
+        noise = perlin(size, cells, draw.uniform(0, math.pi), draw.uniform(0, lattice, (2,)),
+                       draw.uniform(0, 2 * math.pi, (lattice, lattice))) * profile
+        noise = noise / noise.abs().flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
+        rough = draw.uniform() < cfg.rough_share
+        profile = torch.where(rough[:, None, None], noise, profile)
     normals = surface_normals(xyz, valid)
     rays = xyz / xyz.norm(dim=-1, keepdim=True).clamp_min(1e-9)
     # Positive height moves towards the camera: against the ray, along the (facing) normal.
