@@ -50,6 +50,8 @@ VARIANTS = {
                    {'anomalies': {'stroke_share': 0.1}}),
     'rough': ('half of the displaced regions rough (height varying across them) instead of '
               'uniform', {'anomalies': {'rough_share': 0.5}}),
+    'rough-20': ('a fifth of the displaced regions rough instead of uniform',
+                 {'anomalies': {'rough_share': 0.2}}),
 }
 KINDS = KIND_NAMES[1:]
 

@@ -56,7 +56,8 @@ class AnomalyConfig:
     stroke_share: float = 0.0           # regions that are thin strokes instead of blobs
     stroke_width: Tuple[float, float] = (1.0, 4.0)    # px at 224 px, the stroke's full width
     stroke_length: Tuple[float, float] = (0.08, 0.4)  # fraction of the image side
-    rough_share: float = 0.0            # displaced regions whose height varies across them
+    # Displaced regions whose height varies across them (off: docs/design_notes.md).
+    rough_share: float = 0.0
     rough_cells: Tuple[float, float] = (2.0, 6.0)  # a rough patch's Perlin cells across it
 
     def __post_init__(self):
