@@ -230,7 +230,7 @@ def test_rough_patches_go_up_and_down_where_plateaus_move_one_way(parts):
     plateau = corrupt(parts, AnomalyConfig(**moved_only), seed=1)
     xyz = parts[1]
     for out, both_ways in ((rough, True), (plateau, False)):
-        assert (out.kind == 2).all(), 'every sample displaced'   # DISPLACED
+        assert (out.kind == DISPLACED).all(), 'every sample displaced'
         for sample in range(len(xyz)):
             region = out.mask[sample]
             if region.sum() < 12:

@@ -194,8 +194,14 @@ def perlin(size: int, cells: torch.Tensor, angle: torch.Tensor, shift: torch.Ten
 
 def _perlin_draws(size: int, cells: Tuple[int, int], draw: _Draws) -> torch.Tensor:
     """Perlin noise with a random (log-uniform) cell count, rotation and offset per sample."""
-    lattice = cells[1] + 2
     count = draw.log_uniform(cells[0], cells[1]).round()
+    return _perlin_with_cells(size, count, cells[1] + 2, draw)
+
+
+def _perlin_with_cells(size: int, count: torch.Tensor, lattice: int,
+                       draw: _Draws) -> torch.Tensor:
+    """Perlin noise with `count` (B,) cells across the image (at most lattice - 2) and a
+    random rotation and offset per sample."""
     return perlin(size, count, draw.uniform(0, math.pi), draw.uniform(0, lattice, (2,)),
                   draw.uniform(0, 2 * math.pi, (lattice, lattice)))
 
@@ -312,9 +318,7 @@ def displaced(xyz: torch.Tensor, valid: torch.Tensor, region: torch.Tensor, cfg:
         size = region.shape[1]
         width = region.flatten(1).sum(1).float().sqrt().clamp_min(1.0)
         cells = (draw.uniform(*cfg.rough_cells) * size / width).clamp(1, size // 2).round()
-        lattice = size // 2 + 2
-        noise = perlin(size, cells, draw.uniform(0, math.pi), draw.uniform(0, lattice, (2,)),
-                       draw.uniform(0, 2 * math.pi, (lattice, lattice))) * profile
+        noise = _perlin_with_cells(size, cells, size // 2 + 2, draw) * profile
         noise = noise / noise.abs().flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
         rough = draw.uniform() < cfg.rough_share
         profile = torch.where(rough[:, None, None], noise, profile)
