@@ -35,7 +35,8 @@ from dbmr_ros.training.shape_prior import fit_shape_prior
 
 # Per variant: its row label and its training config overrides ('model': of the frozen
 # network's DBMRConfig, for settings that change what the head reads; 'shape_prior': entries
-# of a coreset prior fitted afresh on the training parts, as dbmr-train fits it).
+# of a coreset prior fitted afresh on the training parts, as dbmr-train fits it, over patches
+# of 'shape_prior_patch' pixels where given).
 VARIANTS = {
     'default': ('focal loss, each anomalous pixel alike (default)', {}),
     'per-defect': ('focal loss, each defect alike', {'head_loss_per_defect': True}),
@@ -44,6 +45,8 @@ VARIANTS = {
     'smooth-normals': ('normals of the cloud smoothed by 1.5 px',
                        {'model': {'normal_smoothing': 1.5}}),
     'coreset-4096': ('the coreset shape prior with 4096 entries', {'shape_prior': 4096}),
+    'coreset-fine': ('the coreset shape prior over 4 px patches instead of 8',
+                     {'shape_prior': 2048, 'shape_prior_patch': 4}),
     'strokes': ('a third of the synthetic defects thin strokes instead of blobs',
                 {'anomalies': {'stroke_share': 0.33}}),
     'strokes-10': ('a tenth of the synthetic defects thin strokes instead of blobs',
@@ -108,8 +111,9 @@ def main(argv=None) -> int:
         if 'shape_prior' in overrides:
             model.cfg = dataclasses.replace(model.cfg, shape_prior_kind='coreset',
                                             shape_prior_components=overrides.pop('shape_prior'))
-            model.shape_prior = build_shape_prior('coreset', model.cfg.shape_prior_components,
-                                                  model.cfg.shape_patch_size)
+            model.shape_prior = build_shape_prior(
+                'coreset', model.cfg.shape_prior_components,
+                overrides.pop('shape_prior_patch', model.cfg.shape_patch_size))
             fit_shape_prior(model.shape_prior, train[1], cfg.seed, 'cpu')
         variant_meta = dataclasses.replace(meta, model=model.cfg)
         minutes = train_head(model, variant_meta, data, dataclasses.replace(cfg, **overrides),

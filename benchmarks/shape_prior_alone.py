@@ -17,7 +17,7 @@ intent, a fraction of the fitting time, so that `--components` can be raised.
 
     .venv/bin/python benchmarks/shape_prior_alone.py --data-root ../shared/data/mvtec3d \\
         --category cable_gland [--kind mixture|coreset] [--components N] [--patchcore] \\
-        [--fit-on-part]
+        [--fit-on-part] [--patch-size 4]
 """
 import argparse
 import dataclasses
@@ -95,6 +95,8 @@ def main(argv=None) -> int:
                         help='entries of the prior (default: 32 for a mixture, 2048 for a '
                              'coreset)')
     parser.add_argument('--patchcore', action='store_true')
+    parser.add_argument('--patch-size', type=int, default=None,
+                        help='pixels per descriptor patch (default: the preset\'s, 8 at 224)')
     parser.add_argument('--fit-on-part', action='store_true',
                         help="components on the part's patches, the background as one more")
     args = parser.parse_args(argv)
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
     val = load_split(args.dataset, args.data_root, args.category, 'validation', pcfg, cache)
     _, bad_xyz, masks, kinds = anomalous_copies(*val, AnomalyConfig(), seed=1,
                                                 copies=args.copies)
-    prior = build_shape_prior(cfg.shape_prior_kind, components, cfg.shape_patch_size)
+    patch = args.patch_size or cfg.shape_patch_size
+    prior = build_shape_prior(cfg.shape_prior_kind, components, patch)
     summary = (fit_on_part if args.fit_on_part else fit_shape_prior)(prior, train[1], seed=0,
                                                                      device='cpu')
     print(f'prior fitted in {time.perf_counter() - started:.0f} s: {summary}', flush=True)
@@ -134,7 +137,7 @@ def main(argv=None) -> int:
             with torch.no_grad():
                 scores.append(prior.patch_scores(clouds, valid_mask(clouds), parts))
                 on_part.append(patch_descriptors(clouds, valid_mask(clouds),
-                                                 cfg.shape_patch_size).abs().sum(1) > 0)
+                                                 patch).abs().sum(1) > 0)
         scores, on_part = torch.cat(scores), torch.cat(on_part)
         values = scores[on_part].numpy()
         print(f'{split} good parts, patch scores on the part: quantiles 50/90/99/99.9 % '
@@ -143,12 +146,11 @@ def main(argv=None) -> int:
     print('| map | synthetic kind | ' + ' | '.join(METRICS) + ' |\n|---|---|---|---|---|---|')
     evaluate('shape prior', prior_maps(val[1]), prior_maps(bad_xyz), masks, kinds)
     if args.patchcore:
-        grid = cfg.image_size // cfg.shape_patch_size
-        bank = coreset(torch.from_numpy(training_descriptors(train[1], cfg.shape_patch_size,
-                                                             'cpu')))
+        grid = cfg.image_size // patch
+        bank = coreset(torch.from_numpy(training_descriptors(train[1], patch, 'cpu')))
 
         def patchcore_maps(xyz):
-            patches = torch.from_numpy(training_descriptors(xyz, cfg.shape_patch_size, 'cpu'))
+            patches = torch.from_numpy(training_descriptors(xyz, patch, 'cpu'))
             distances = torch.cdist(patches, bank).min(1).values
             return pixel_maps(distances.view(-1, grid, grid).numpy(), cfg.image_size)
 

@@ -117,14 +117,15 @@ def test_ablate_head_trains_each_variant_and_prints_its_row(synthetic_root):
     out = _run(str(BENCHMARKS / 'ablate_head.py'),
                str(share_dir() / 'models' / 'dbmr_default.safetensors'),
                '--data-root', str(synthetic_root), '--category', 'puck', '--head-epochs', '1',
-               '--copies', '1', '--variants', 'default', 'strokes', 'coreset-4096')
+               '--copies', '1', '--variants', 'default', 'strokes', 'coreset-4096',
+               'coreset-fine')
     header = next(line for line in out.splitlines() if line.startswith('| head training'))
     assert 'AUPRO@0.3 displaced' in header and 'AUPRO@0.3 rgb+removed' in header
     assert 'unseen kinds I-AUROC' in header and 'AUPRO@0.3 scratch' in header
     rows = [line for line in out.splitlines()
             if line.startswith(('| focal loss', '| a third', '| the coreset'))]
-    assert len(rows) == 3 and '(default)' in rows[0] and 'strokes' in rows[1]
-    assert '4096' in rows[2]
+    assert len(rows) == 4 and '(default)' in rows[0] and 'strokes' in rows[1]
+    assert '4096' in rows[2] and '4 px patches' in rows[3]
     for row in rows:
         cells = row.strip('|').split('|')[1:-1]
         assert len(cells) == 3 + 5 + 3 + 6
@@ -167,11 +168,12 @@ def test_displacement_signal_prints_the_noise_and_the_tilt(synthetic_root):
     assert all(0 <= float(row.split('|')[3].strip(' %')) <= 100 for row in rows)
 
 
-@pytest.mark.parametrize('kind,components', [('mixture', '4'), ('coreset', '64')])
-def test_shape_prior_alone_scores_the_selection_set(synthetic_root, kind, components):
+@pytest.mark.parametrize('kind,components,patch', [('mixture', '4', []), ('coreset', '64', []),
+                                                   ('coreset', '64', ['--patch-size', '4'])])
+def test_shape_prior_alone_scores_the_selection_set(synthetic_root, kind, components, patch):
     out = _run(str(BENCHMARKS / 'shape_prior_alone.py'), '--dataset', 'synthetic',
                '--data-root', str(synthetic_root), '--category', 'puck', '--components',
-               components, '--kind', kind, '--patchcore')
+               components, '--kind', kind, '--patchcore', *patch)
     rows = {tuple(cell.strip() for cell in line.split('|')[1:3]):
             [float(v) for v in line.split('|')[3:7]]
             for line in out.splitlines() if line.startswith('| shape prior')
