@@ -105,6 +105,9 @@ def main(argv=None) -> int:
     components = args.components or {'mixture': 32, 'coreset': 2048}[args.kind]
     cfg = dataclasses.replace(PRESETS['tiny'], shape_prior_components=components,
                               shape_prior_kind=args.kind)
+    patch = args.patch_size or cfg.shape_patch_size
+    if patch % 2 or cfg.image_size % patch:   # descriptors on every second pixel, whole patches
+        parser.error(f'--patch-size must be even and divide {cfg.image_size}')
     pcfg = PreprocessConfig(image_size=cfg.image_size)
     cache = PreprocessCache(pcfg)
     started = time.perf_counter()
@@ -112,7 +115,6 @@ def main(argv=None) -> int:
     val = load_split(args.dataset, args.data_root, args.category, 'validation', pcfg, cache)
     _, bad_xyz, masks, kinds = anomalous_copies(*val, AnomalyConfig(), seed=1,
                                                 copies=args.copies)
-    patch = args.patch_size or cfg.shape_patch_size
     prior = build_shape_prior(cfg.shape_prior_kind, components, patch)
     summary = (fit_on_part if args.fit_on_part else fit_shape_prior)(prior, train[1], seed=0,
                                                                      device='cpu')

@@ -187,6 +187,14 @@ def test_shape_prior_alone_scores_the_selection_set(synthetic_root, kind, compon
     assert displaced and all(values[1] > 0.6 for values in displaced), out
 
 
+def test_shape_prior_alone_refuses_a_patch_size_the_grid_cannot_pool():
+    for size in ('5', '6'):   # odd; even but not a divisor of 224
+        result = subprocess.run([sys.executable, str(BENCHMARKS / 'shape_prior_alone.py'),
+                                 '--data-root', '.', '--kind', 'coreset', '--patch-size', size],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2 and 'must be even and divide 224' in result.stderr
+
+
 def test_shape_prior_alone_fitted_on_the_part_with_a_background_component(synthetic_root):
     out = _run(str(BENCHMARKS / 'shape_prior_alone.py'), '--dataset', 'synthetic',
                '--data-root', str(synthetic_root), '--category', 'puck', '--components', '5',
