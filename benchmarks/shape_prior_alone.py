@@ -5,10 +5,14 @@ the good validation samples and `--copies` synthetic anomalies on each (the trai
 selection set: seed 1) with the prior's map alone (`--kind`: the mixture's or the coreset's):
 its standardised score per patch, bilinear to pixels, smoothed by sigma 4 px, image score its
 maximum. `--patchcore` adds the same descriptors scored as PatchCore does (nearest-neighbour
-distance to an uncapped 10 % greedy coreset of all training patches). Per kind of synthetic
-defect, each
-against all good samples; first, the prior's patch scores on the training parts it was
-fitted on against the unseen validation parts. Test samples never enter.
+distance to an uncapped 10 % greedy coreset of all training patches); `--btf` adds the classic
+baseline's own map (`baseline_fpfh_patchcore.py`: per-point FPFH over the 100 nearest points,
+its pooling and its 10 % coreset), so that the selection set can say whether our grid
+descriptors or the baseline's see synthetic defects better. `--unseen-copies N` scores every
+map on the second selection set too (N of each defect kind that training never draws on every
+validation sample: seed 2, as dbmr-train). Per kind of synthetic defect, each against all good
+samples; first, the prior's patch scores on the training parts it was fitted on against the
+unseen validation parts. Test samples never enter.
 
 `--fit-on-part` fits the mixture's components on the part's patches only and adds the
 background (the empty table's zero descriptor, about 80 % of the patches) as one fixed
@@ -17,7 +21,7 @@ intent, a fraction of the fitting time, so that `--components` can be raised.
 
     .venv/bin/python benchmarks/shape_prior_alone.py --data-root ../shared/data/mvtec3d \\
         --category cable_gland [--kind mixture|coreset] [--components N] [--patchcore] \\
-        [--fit-on-part] [--patch-size 4]
+        [--btf] [--unseen-copies 1] [--fit-on-part] [--patch-size 4]
 """
 import argparse
 import dataclasses
@@ -31,18 +35,19 @@ import torch.nn.functional as F
 
 from sklearn.mixture import GaussianMixture
 
-from baseline_fpfh_patchcore import coreset
+from baseline_fpfh_patchcore import coreset, patch_features, PATCH_GRID
 from dbmr_ros.data.anomalies import AnomalyConfig, anomalous_copies, KIND_NAMES
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess import PreprocessCache, PreprocessConfig
 from dbmr_ros.data.sample import valid_mask
+from dbmr_ros.data.unseen_defects import unseen_copies
 from dbmr_ros.model import PRESETS
 from dbmr_ros.model.grid import gaussian_blur
 from dbmr_ros.model.local_shape import patch_descriptors
 from dbmr_ros.model.shape_prior import build_shape_prior, MixturePrior, SHAPE_PRIOR_KINDS
 from dbmr_ros.report import CategoryResults
-from dbmr_ros.training.shape_prior import (fit_shape_prior, load_mixture, REGULARISATION,
-                                           training_descriptors)
+from dbmr_ros.training.shape_prior import (descriptor_settings, fit_shape_prior, load_mixture,
+                                           REGULARISATION, training_descriptors)
 
 METRICS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1')
 
@@ -51,7 +56,8 @@ def fit_on_part(prior: MixturePrior, xyz: np.ndarray, seed: int, device) -> dict
     """`fit_shape_prior` with all but one component fitted on the part's patches, the last one
     the background's: mean zero, the covariance EM reaches for identical zeros (its
     regularisation alone), weight the background's share of the patches."""
-    descriptors = training_descriptors(xyz, prior.patch_size, device).astype(np.float64)
+    descriptors = training_descriptors(xyz, prior.patch_size, device,
+                                       **descriptor_settings(prior)).astype(np.float64)
     part = np.abs(descriptors).sum(1) > 0
     mixture = GaussianMixture(len(prior.log_weights) - 1, covariance_type='full',
                               reg_covar=REGULARISATION, max_iter=200,
@@ -73,10 +79,12 @@ def pixel_maps(patch_scores: np.ndarray, size: int, sigma: float = 4.0) -> np.nd
 
 
 def evaluate(name, good_maps, bad_maps, masks, kinds, log=print):
+    """One row per kind of defect (names, or the synthesizer's kind numbers) and one of all."""
     results = CategoryResults()
+    names = [kind if isinstance(kind, str) else KIND_NAMES[kind] for kind in kinds]
     for label, maps, gts, names in ((0, good_maps, np.zeros(good_maps.shape, bool),
                                      [''] * len(good_maps)),
-                                    (1, bad_maps, masks, [KIND_NAMES[k] for k in kinds])):
+                                    (1, bad_maps, masks, names)):
         for anomaly_map, gt, kind in zip(maps, gts, names):
             results.add(label, gt, anomaly_map, None, None, float(anomaly_map.max()), kind=kind)
     rows = [('all', results.compute())] + list(results.compute_by_kind().items())
@@ -95,8 +103,18 @@ def main(argv=None) -> int:
                         help='entries of the prior (default: 32 for a mixture, 2048 for a '
                              'coreset)')
     parser.add_argument('--patchcore', action='store_true')
+    parser.add_argument('--btf', action='store_true',
+                        help="the classic baseline's map (its FPFH, pooling and coreset)")
+    parser.add_argument('--unseen-copies', type=int, default=0,
+                        help='of each defect kind training never draws, on every sample')
     parser.add_argument('--patch-size', type=int, default=None,
                         help='pixels per descriptor patch (default: the preset\'s, 8 at 224)')
+    parser.add_argument('--stride', type=int, default=2,
+                        help='descriptors on every STRIDE-th pixel (local_shape)')
+    parser.add_argument('--radius', type=int, default=2,
+                        help='FPFH over the (2 RADIUS + 1)^2 window of those pixels')
+    parser.add_argument('--neighbours', type=int, default=0,
+                        help="only the window's nearest N points in space (0: all)")
     parser.add_argument('--fit-on-part', action='store_true',
                         help="components on the part's patches, the background as one more")
     args = parser.parse_args(argv)
@@ -106,8 +124,9 @@ def main(argv=None) -> int:
     cfg = dataclasses.replace(PRESETS['tiny'], shape_prior_components=components,
                               shape_prior_kind=args.kind)
     patch = args.patch_size or cfg.shape_patch_size
-    if patch % 2 or cfg.image_size % patch:   # descriptors on every second pixel, whole patches
-        parser.error(f'--patch-size must be even and divide {cfg.image_size}')
+    if patch % args.stride or cfg.image_size % patch:   # whole patches of descriptors
+        parser.error(f'--patch-size must be a multiple of --stride and divide {cfg.image_size}')
+    descriptor = {'stride': args.stride, 'radius': args.radius, 'neighbours': args.neighbours}
     pcfg = PreprocessConfig(image_size=cfg.image_size)
     cache = PreprocessCache(pcfg)
     started = time.perf_counter()
@@ -115,7 +134,7 @@ def main(argv=None) -> int:
     val = load_split(args.dataset, args.data_root, args.category, 'validation', pcfg, cache)
     _, bad_xyz, masks, kinds = anomalous_copies(*val, AnomalyConfig(), seed=1,
                                                 copies=args.copies)
-    prior = build_shape_prior(cfg.shape_prior_kind, components, patch)
+    prior = build_shape_prior(cfg.shape_prior_kind, components, patch, **descriptor)
     summary = (fit_on_part if args.fit_on_part else fit_shape_prior)(prior, train[1], seed=0,
                                                                      device='cpu')
     print(f'prior fitted in {time.perf_counter() - started:.0f} s: {summary}', flush=True)
@@ -138,26 +157,48 @@ def main(argv=None) -> int:
             parts = torch.arange(start, start + len(clouds)) if split == 'train' else None
             with torch.no_grad():
                 scores.append(prior.patch_scores(clouds, valid_mask(clouds), parts))
-                on_part.append(patch_descriptors(clouds, valid_mask(clouds),
-                                                 patch).abs().sum(1) > 0)
+                on_part.append(patch_descriptors(clouds, valid_mask(clouds), patch,
+                                                 **descriptor).abs().sum(1) > 0)
         scores, on_part = torch.cat(scores), torch.cat(on_part)
         values = scores[on_part].numpy()
         print(f'{split} good parts, patch scores on the part: quantiles 50/90/99/99.9 % '
               + ' / '.join(f'{v:.2f}' for v in np.quantile(values, [0.5, 0.9, 0.99, 0.999]))
               + f'; median per-image maximum {np.median(scores.flatten(1).amax(1).numpy()):.2f}')
-    print('| map | synthetic kind | ' + ' | '.join(METRICS) + ' |\n|---|---|---|---|---|---|')
-    evaluate('shape prior', prior_maps(val[1]), prior_maps(bad_xyz), masks, kinds)
+    maps = {'shape prior': prior_maps}
     if args.patchcore:
         grid = cfg.image_size // patch
-        bank = coreset(torch.from_numpy(training_descriptors(train[1], patch, 'cpu')))
+        bank = coreset(torch.from_numpy(training_descriptors(train[1], patch, 'cpu',
+                                                             **descriptor)))
 
         def patchcore_maps(xyz):
-            patches = torch.from_numpy(training_descriptors(xyz, patch, 'cpu'))
+            patches = torch.from_numpy(training_descriptors(xyz, patch, 'cpu', **descriptor))
             distances = torch.cdist(patches, bank).min(1).values
             return pixel_maps(distances.view(-1, grid, grid).numpy(), cfg.image_size)
 
-        evaluate('PatchCore, same descriptors', patchcore_maps(val[1]), patchcore_maps(bad_xyz),
-                 masks, kinds)
+        maps['PatchCore, same descriptors'] = patchcore_maps
+    if args.btf:
+        btf_bank = coreset(torch.cat([patch_features(xyz) for xyz in train[1]]))
+        print(f'baseline bank: {len(btf_bank)} patches '
+              f'({time.perf_counter() - started:.0f} s)', flush=True)
+
+        def btf_maps(xyz):
+            distances = torch.stack([torch.cdist(patch_features(cloud), btf_bank).amin(1)
+                                     for cloud in xyz])
+            return pixel_maps(distances.view(-1, PATCH_GRID, PATCH_GRID).numpy(),
+                              cfg.image_size)
+
+        maps['classic baseline (FPFH + PatchCore)'] = btf_maps
+    sets = [('training kinds', bad_xyz, masks, kinds)]
+    if args.unseen_copies:
+        _, unseen_xyz, unseen_masks, unseen_kinds = unseen_copies(*val, seed=2,
+                                                                  copies=args.unseen_copies)
+        sets.append(('unseen kinds', unseen_xyz, unseen_masks, unseen_kinds))
+    print('| map | synthetic kind | ' + ' | '.join(METRICS) + ' |\n|---|---|---|---|---|---|')
+    for name, score_maps in maps.items():
+        good = score_maps(val[1])
+        for label, xyz, set_masks, set_kinds in sets:
+            evaluate(name if label == 'training kinds' else f'{name}, {label}', good,
+                     score_maps(xyz), set_masks, set_kinds)
     print(f'{time.perf_counter() - started:.0f} s in all')
     return 0
 

@@ -2,7 +2,8 @@
 (validation/good plus synthetic anomalies on it, as dbmr-train selects; never test samples).
 
 Settings that need no retraining are the model config's INFERENCE_FIELDS (the maps' smoothing,
-the learned map's margin around the part, the number of scoring passes); each `--set
+the learned map's margin around the part, the number of scoring passes, the shape prior's late
+fusion, the head's views); each `--set
 NAME=V1,V2,...` gives one row per value, the other fields at the checkpoint's (or `--fix
 NAME=VALUE`'s), with the selection-set I-AUROC, P-AUROC and AUPRO@0.3 of both scorings;
 `--unseen-copies N` adds both scorings on the second selection set (N of each defect kind that

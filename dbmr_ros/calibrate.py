@@ -4,7 +4,8 @@ For a new lighting, camera or line: fits the normalisation statistics and every 
 threshold on the given good samples plus synthetic anomalies on them (`dbmr_ros.calibration`),
 and writes a new checkpoint with the same weights. `--set NAME=VALUE` changes an inference
 setting (the model config's INFERENCE_FIELDS: map smoothing, the learned map's margin, scoring
-passes, the shape prior's late fusion) in the copy, whose thresholds are then fitted for it.
+passes, the shape prior's late fusion, the head's views) in the copy, whose thresholds are then
+fitted for it.
 The input checkpoint is never modified.
 """
 import argparse

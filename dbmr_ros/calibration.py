@@ -46,6 +46,8 @@ def score_definition(cfg: DBMRConfig, scoring: str) -> dict:
             definition['head']['shape_prior'] = cfg.shape_prior_kind
         if cfg.shape_prior_fusion:
             definition['shape_prior_fusion'] = cfg.shape_prior_fusion
+        if cfg.head_views != 1:
+            definition['head_views'] = cfg.head_views
     return definition
 
 

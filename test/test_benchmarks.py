@@ -118,14 +118,15 @@ def test_ablate_head_trains_each_variant_and_prints_its_row(synthetic_root):
                str(share_dir() / 'models' / 'dbmr_default.safetensors'),
                '--data-root', str(synthetic_root), '--category', 'puck', '--head-epochs', '1',
                '--copies', '1', '--variants', 'default', 'strokes', 'coreset-4096',
-               'coreset-fine')
+               'coreset-fine', 'coreset-r3', 'image-loss')
     header = next(line for line in out.splitlines() if line.startswith('| head training'))
     assert 'AUPRO@0.3 displaced' in header and 'AUPRO@0.3 rgb+removed' in header
     assert 'unseen kinds I-AUROC' in header and 'AUPRO@0.3 scratch' in header
     rows = [line for line in out.splitlines()
-            if line.startswith(('| focal loss', '| a third', '| the coreset'))]
-    assert len(rows) == 4 and '(default)' in rows[0] and 'strokes' in rows[1]
-    assert '4096' in rows[2] and '4 px patches' in rows[3]
+            if line.startswith(('| focal loss', '| a third', '| the coreset', '| the focal'))]
+    assert len(rows) == 6 and '(default)' in rows[0] and 'strokes' in rows[1]
+    assert '4096' in rows[2] and '4 px patches' in rows[3] and '7 x 7' in rows[4]
+    assert 'image score' in rows[5]
     for row in rows:
         cells = row.strip('|').split('|')[1:-1]
         assert len(cells) == 3 + 5 + 3 + 6
@@ -168,17 +169,24 @@ def test_displacement_signal_prints_the_noise_and_the_tilt(synthetic_root):
     assert all(0 <= float(row.split('|')[3].strip(' %')) <= 100 for row in rows)
 
 
-@pytest.mark.parametrize('kind,components,patch', [('mixture', '4', []), ('coreset', '64', []),
-                                                   ('coreset', '64', ['--patch-size', '4'])])
-def test_shape_prior_alone_scores_the_selection_set(synthetic_root, kind, components, patch):
+@pytest.mark.parametrize('kind,components,options', [
+    ('mixture', '4', []), ('coreset', '64', []), ('coreset', '64', ['--patch-size', '4']),
+    ('coreset', '64', ['--btf', '--unseen-copies', '1'])])
+def test_shape_prior_alone_scores_the_selection_set(synthetic_root, kind, components, options):
     out = _run(str(BENCHMARKS / 'shape_prior_alone.py'), '--dataset', 'synthetic',
                '--data-root', str(synthetic_root), '--category', 'puck', '--components',
-               components, '--kind', kind, '--patchcore', *patch)
+               components, '--kind', kind, '--patchcore', *options)
+    maps = ('| shape prior', '| PatchCore', '| classic baseline')
     rows = {tuple(cell.strip() for cell in line.split('|')[1:3]):
             [float(v) for v in line.split('|')[3:7]]
-            for line in out.splitlines() if line.startswith('| shape prior')
-            or line.startswith('| PatchCore')}
-    for name in ('shape prior', 'PatchCore, same descriptors'):
+            for line in out.splitlines() if line.startswith(maps)}
+    names = ['shape prior', 'PatchCore, same descriptors']
+    if '--btf' in options:   # the baseline's own map, and every map on the unseen kinds too
+        names += ['classic baseline (FPFH + PatchCore)']
+        names += [f'{name}, unseen kinds' for name in names]
+        assert ('shape prior, unseen kinds', 'bend') in rows, out
+    assert {name for name, _ in rows} == set(names), out
+    for name in names:
         assert (name, 'all') in rows, out
         assert all(0 <= v <= 1 for v in rows[(name, 'all')])
     # The prior localises synthetic bumps and dents (pure geometry) better than chance.
@@ -188,11 +196,12 @@ def test_shape_prior_alone_scores_the_selection_set(synthetic_root, kind, compon
 
 
 def test_shape_prior_alone_refuses_a_patch_size_the_grid_cannot_pool():
-    for size in ('5', '6'):   # odd; even but not a divisor of 224
+    for size in ('5', '6'):   # not a multiple of the stride, 2; not a divisor of 224
         result = subprocess.run([sys.executable, str(BENCHMARKS / 'shape_prior_alone.py'),
                                  '--data-root', '.', '--kind', 'coreset', '--patch-size', size],
                                 capture_output=True, text=True, timeout=120)
-        assert result.returncode == 2 and 'must be even and divide 224' in result.stderr
+        assert result.returncode == 2 and 'must be a multiple of --stride and divide 224' \
+            in result.stderr
 
 
 def test_shape_prior_alone_fitted_on_the_part_with_a_background_component(synthetic_root):

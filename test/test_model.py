@@ -1,23 +1,25 @@
 """DBMRNet: shapes, masking, local alignment, losses, point ops, checkpoints, Detector."""
 import dataclasses
+import json
 
 import numpy as np
 import pytest
 import torch
 from scipy.ndimage import binary_dilation
 
-from dbmr_ros.calibration import Calibration
+from dbmr_ros.calibration import Calibration, score_definition
 from dbmr_ros.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
 from dbmr_ros.data.preprocess import PreprocessConfig, preprocess, square_padding
 from dbmr_ros.data.synthetic import render_sample
 from dbmr_ros.detector import Detector
 from dbmr_ros.model import DBMRConfig, DBMRNet, PRESETS
 from dbmr_ros.model.head import focal_loss, head_inputs, INPUT_CHANNELS, NUM_INPUTS, ScoringHead
-from dbmr_ros.model.grid import smoothed_cloud, surface_normals
+from dbmr_ros.model.grid import from_view, HEAD_VIEWS, smoothed_cloud, surface_normals, to_view
 from dbmr_ros.model.inputs import even_ranks, group_points, metric_xyz, prepare
 from dbmr_ros.model.masking import no_masking, random_masking
 from dbmr_ros.model.point_ops import chamfer_l2, fps, fps_torch, knn, knn_torch
-from dbmr_ros.model.scoring import group_map
+from dbmr_ros.model.scoring import group_map, head_logits, HeadFeatures, image_score_loss, \
+    image_scores, learned_map
 from dbmr_ros.model.transformer import local_alignment_mask
 
 SMALL = DBMRConfig(image_size=64, patch_size=8, num_points=400, num_groups=24, group_size=12,
@@ -340,6 +342,42 @@ def test_scoring_head_inference_layout_gives_the_training_layouts_logits():
     assert torch.allclose(inferred, trained_layout, atol=1e-5)
 
 
+def test_head_views_average_the_turned_and_mirrored_views_turned_back():
+    """`head_views` V: the head's logits are the mean over V views of its inputs (and token
+    context), each turned back first; 1 is the head as it is; every view count is a
+    different score definition."""
+    head = ScoringHead((8, 16), context_dim=6).eval()
+    torch.manual_seed(0)
+    features = HeadFeatures(torch.randn(2, NUM_INPUTS, 40, 40), torch.randn(2, 6, 5, 5),
+                            None, None, None)
+    assert torch.equal(head_logits(head, features, 1), head(*features[:2]))
+    for count, views in HEAD_VIEWS.items():
+        assert len(set(views)) == count
+        for view in views:   # from_view undoes to_view, on pixels and on the patch grid
+            for x in features[:2]:
+                assert torch.equal(from_view(to_view(x, *view), *view), x)
+        expected = torch.stack([from_view(head(to_view(features.inputs, *view),
+                                               to_view(features.context, *view)), *view)
+                                for view in views]).mean(0)
+        assert torch.allclose(head_logits(head, features, count), expected, atol=1e-6)
+    # A head that is not symmetric gives each view another guess: the mean differs.
+    assert not torch.allclose(head_logits(head, features, 8), head_logits(head, features, 1))
+    # A per-pixel head (1x1 convolutions only) is symmetric: every view agrees with the first.
+    pointwise = torch.nn.Conv2d(NUM_INPUTS, 1, 1)
+
+    def per_pixel_head(inputs, context):
+        return pointwise(inputs)[:, 0]
+
+    assert torch.allclose(head_logits(per_pixel_head, features, 8),
+                          per_pixel_head(*features[:2]), atol=1e-6)
+    definitions = {json.dumps(score_definition(dataclasses.replace(SMALL, head_views=v),
+                                               'learned'), sort_keys=True) for v in HEAD_VIEWS}
+    assert len(definitions) == len(HEAD_VIEWS)
+    assert 'head_views' not in score_definition(SMALL, 'learned')
+    with pytest.raises(ValueError, match='head_views'):
+        DBMRConfig(head_views=3)
+
+
 def test_point_pooling_without_autograd_equals_the_training_pooling():
     """The embedding pools each group's points by amax without autograd (no indices: faster)
     and by max with it (its backward is what the reproducible runs were trained with); the
@@ -410,6 +448,29 @@ def test_focal_loss_per_defect_weighs_a_small_defect_like_a_large_one():
                                                    [:, None, None], 0.0), target)
                     for i in (0, 1))
     assert float(large) == pytest.approx(100 * float(small), rel=1e-4)
+
+
+def test_image_score_loss_is_the_cross_entropy_of_the_inference_score():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 48, 48, requires_grad=True)
+    valid = torch.zeros(3, 48, 48, dtype=torch.bool)
+    valid[:, 8:40, 8:40] = True
+    mask = torch.zeros_like(valid)
+    mask[1, 12:16, 12:16] = True          # sample 1 holds a defect, samples 0 and 2 are good
+    loss = image_score_loss(logits, valid, mask, sigma=2.0, margin=4)
+    # The score is the one inference reports (the peak of the smoothed map), not a proxy.
+    score = image_scores(learned_map(logits.detach(), valid, 2.0, 4))
+    expected = -(torch.log(1 - score[0]) + torch.log(score[1]) + torch.log(1 - score[2])) / 3
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    loss.backward()
+    # A step against the gradient lowers a good sample's peak and raises a defective one's.
+    stepped = image_scores(learned_map(logits.detach() - 50 * logits.grad, valid, 2.0, 4))
+    assert stepped[0] < score[0] and stepped[2] < score[2] and stepped[1] > score[1]
+    # Only the window around each peak is taught: pixels far from it get no gradient.
+    assert int((logits.grad[0].abs() > 0).sum()) < 0.5 * valid[0].sum()
+    # Certain scores stay finite (clamped off 0 and 1).
+    assert torch.isfinite(image_score_loss(torch.full((1, 48, 48), -80.0), valid[:1], mask[1:2],
+                                           2.0, 4))
 
 
 def test_head_inputs_channels_and_background():

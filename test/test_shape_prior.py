@@ -69,6 +69,26 @@ def test_patch_descriptors_see_a_bump_and_only_there():
     assert torch.allclose(torch.roll(flat, (1, -1), dims=(2, 3)), shifted, atol=1e-3, rtol=1e-4)
 
 
+def test_fpfh_over_the_nearest_points_ignores_a_depth_step_in_the_window():
+    """With `neighbours`, a pixel's FPFH reads only the window's nearest points in space (a
+    k-d tree's k nearest): beside a step of 2 cm, inside a window, it equals the FPFH of the
+    plane far from the step; over the whole window the step's far side changes it."""
+    xyz, valid = surface(tilt=0.0)
+    xyz = xyz.clone()
+    xyz[0, :, 60:, 2] += 0.02 * valid[0, :, 60:]          # the right part 2 cm farther away
+    # The planes' own normals (a normal estimated across the step would differ there anyway).
+    normals = torch.tensor([0.0, 0.0, -1.0]).expand_as(xyz) * valid[..., None]
+    whole, nearest = (fpfh(xyz, normals, valid, radius=3, neighbours=k) for k in (0, 12))
+    beside, far = (56, 58), (56, 40)    # two pixels left of the step; eighteen
+    assert torch.allclose(nearest[0, :, beside[0], beside[1]], nearest[0, :, far[0], far[1]],
+                          atol=1e-4)
+    assert not torch.allclose(whole[0, :, beside[0], beside[1]], whole[0, :, far[0], far[1]],
+                              atol=1.0)
+    # Far from the step, all 48 window points lie on the plane: the two agree.
+    assert torch.allclose(whole[0, :, far[0], far[1]], fpfh(xyz, normals, valid, radius=3,
+                                                           neighbours=48)[0, :, 56, 40])
+
+
 def test_prior_nll_equals_the_mixture_and_scores_a_bump_above_good_parts():
     good = torch.cat([surface(bump(centre=(56, 56), height=h, sigma=20.0))[0]
                       for h in (0.0, 0.001, -0.001, 0.002)]).numpy()

@@ -3,6 +3,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 from dbmr_ros.dataclass_dict import from_dict, to_dict
+from dbmr_ros.model.grid import HEAD_VIEWS
 from dbmr_ros.model.shape_prior import SHAPE_PRIOR_KINDS
 
 
@@ -63,6 +64,10 @@ class DBMRConfig:
     # The learned map covers the part grown by this many pixels (at image_size): missing
     # material at the silhouette (a cut, a bent rim) is anomalous, the far background is not.
     map_margin: int = 8
+    # The head's logits averaged over this many views of its inputs (1: as given; 2: and
+    # mirrored; 4: the four quarter turns; 8: turned and mirrored), the views training's flips
+    # and turns taught it. The network runs once; each view costs one more head pass.
+    head_views: int = 1
 
     def __post_init__(self):
         if self.image_size % self.patch_size:
@@ -79,6 +84,9 @@ class DBMRConfig:
             raise ValueError(f"scoring must be 'learned' or 'paper', got {self.scoring!r}")
         if not self.head_widths:
             raise ValueError('head_widths needs at least one width')
+        if self.head_views not in HEAD_VIEWS:
+            raise ValueError(f'head_views must be one of {tuple(HEAD_VIEWS)}, got '
+                             f'{self.head_views!r}')
         if self.score_passes < 1:
             raise ValueError('score_passes must be at least 1')
         if (self.score_passes == 1 or self.unmasked_share > 0) and self.visible_loss_weight <= 0:
@@ -125,7 +133,7 @@ class DBMRConfig:
 # trained checkpoint can take other values (`dbmr-calibrate --set`, which refits the thresholds
 # for them), and benchmarks/sweep_inference.py compares values without retraining.
 INFERENCE_FIELDS = ('smoothing_sigma', 'map_margin', 'score_passes',
-                    'shape_prior_fusion')
+                    'shape_prior_fusion', 'head_views')
 
 
 def parse_inference_setting(text: str) -> Tuple[str, list]:

@@ -22,6 +22,25 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(y, kernel.view(1, 1, -1, 1))[:, 0]
 
 
+# Views of a square grid as (quarter turns, mirrored), by how many are used: the dihedral
+# group's elements, those of the smaller counts first.
+HEAD_VIEWS = {1: ((0, False),), 2: ((0, False), (0, True)),
+              4: tuple((k, False) for k in range(4)),
+              8: tuple((k, m) for m in (False, True) for k in range(4))}
+
+
+def to_view(maps: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """(..., H, W) -> the same grid turned by `turns` quarter turns, then mirrored left to
+    right."""
+    maps = torch.rot90(maps, turns, (-2, -1))
+    return maps.flip(-1) if mirrored else maps
+
+
+def from_view(maps: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
+    """The inverse of `to_view`."""
+    return torch.rot90(maps.flip(-1) if mirrored else maps, -turns, (-2, -1))
+
+
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """(B, H, W) bool -> bool, grown by `radius` pixels (square structuring element)."""
     if radius <= 0:

@@ -163,15 +163,22 @@ def window_pair_bins(points: torch.Tensor, normals: torch.Tensor, near_points: t
 
 
 def fpfh(xyz: torch.Tensor, normals: torch.Tensor, valid: torch.Tensor,
-         radius: int = 2) -> torch.Tensor:
+         radius: int = 2, neighbours: int = 0) -> torch.Tensor:
     """(B, H, W, 3) cloud (metres) and unit normals, (B, H, W) bool -> (B, 33, H, W) FPFH over
-    each pixel's (2 radius + 1)^2 window, zero where invalid."""
+    each pixel's (2 radius + 1)^2 window, zero where invalid; with `neighbours` > 0, over the
+    that many nearest points (in space) of the window only, as a k-d tree's k nearest: a
+    ball, whatever the surface's tilt or a depth step inside the window."""
     mask = valid.to(xyz.dtype)[:, None]                                      # (B, 1, H, W)
     points, normals = xyz.permute(0, 3, 1, 2), normals.permute(0, 3, 1, 2)
     near = _windows(torch.cat([points, normals, mask], 1), radius)           # (B, 7, K, H, W)
     near_points, near_normals = near[:, :3], near[:, 3:6]
     near_valid = near[:, 6] * mask                                           # (B, K, H, W)
     near_valid[:, near_valid.shape[1] // 2] = 0                              # not itself
+    if 0 < neighbours < near_valid.shape[1] - 1:
+        distance = ((near_points - points[:, :, None]) ** 2).sum(1)
+        distance = distance.masked_fill(near_valid == 0, float('inf'))
+        bound = distance.kthvalue(neighbours, dim=1, keepdim=True).values
+        near_valid = near_valid * (distance <= bound)
     bins = window_pair_bins(points, normals, near_points, near_normals, radius)
     batch, _, _, height, width = bins.shape
     spfh = torch.zeros(batch, FPFH_DIM, height, width, dtype=xyz.dtype, device=xyz.device)
@@ -187,7 +194,7 @@ def fpfh(xyz: torch.Tensor, normals: torch.Tensor, valid: torch.Tensor,
 
 
 def patch_descriptors(xyz: torch.Tensor, valid: torch.Tensor, patch: int, stride: int = 2,
-                      radius: int = 2) -> torch.Tensor:
+                      radius: int = 2, neighbours: int = 0) -> torch.Tensor:
     """(B, S, S, 3) cloud (metres) -> (B, 33, S / patch, S / patch): PCA normals and FPFH of
     every `stride`-th pixel (windows as above), 3 x 3 averaged, then averaged per patch of
     `patch` pixels (BTF's pooling: 3 x 3, then 28 x 28 patches at 224 px), background zero."""
@@ -209,7 +216,7 @@ def patch_descriptors(xyz: torch.Tensor, valid: torch.Tensor, patch: int, stride
     xyz, valid = xyz[box], valid[box]
     normals = pca_normals(xyz, valid, stride=stride, centroid=centroid)
     every = (slice(None), slice(None, None, stride), slice(None, None, stride))
-    features = fpfh(xyz[every], normals, valid[every], radius)
+    features = fpfh(xyz[every], normals, valid[every], radius, neighbours)
     features = F.avg_pool2d(features, 3, stride=1, padding=1)   # zero padding = background
     out[:, :, rows[0]:rows[1], cols[0]:cols[1]] = F.avg_pool2d(features, patch // stride)
     return out

@@ -6,8 +6,9 @@ Two scorings, both returned so that every user sees what each part contributes:
   group splatted onto the pixels of the group's points; each normalised by its mean on good
   foreground, fused by product, smoothed; background pixels zero.
 - 'learned': the scoring head's per-pixel anomaly probability, smoothed, on the part and a
-  margin around it (`map_margin`); with `shape_prior_fusion`, the shape prior's map is added
-  to the head's logits first.
+  margin around it (`map_margin`); with `head_views`, the head's logits averaged over turned
+  and mirrored views; with `shape_prior_fusion`, the shape prior's map is added to the head's
+  logits first.
 
 Either way the image score is the maximum of the (smoothed) map: the map averaged over a
 Gaussian window of `smoothing_sigma` pixels at the model's resolution, then its peak.
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from dbmr_ros.model.dbmrnet import DBMRNet, TokenScores
-from dbmr_ros.model.grid import dilate, gaussian_blur
+from dbmr_ros.model.grid import dilate, from_view, gaussian_blur, HEAD_VIEWS, to_view
 from dbmr_ros.model.head import head_inputs, token_context
 from dbmr_ros.model.inputs import Groups, metric_xyz, ModelInput
 from dbmr_ros.model.pixels import group_map
@@ -86,6 +87,34 @@ def image_scores(maps: torch.Tensor) -> torch.Tensor:
     return maps.flatten(1).amax(1)
 
 
+def image_score_loss(logits: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor,
+                     sigma: float, margin: int) -> torch.Tensor:
+    """Binary cross-entropy of the image score, computed from the head's logits (B, S, S)
+    exactly as inference computes it (`learned_map`, then its peak), against whether the
+    sample holds an anomaly (`mask` (B, S, S) bool). The per-pixel focal loss weighs every
+    pixel; this term weighs the one pixel that decides the image, so a good part's single
+    brightest window is pushed down even when its pixels cost the focal loss almost nothing."""
+    score = image_scores(learned_map(logits, valid, sigma, margin))
+    target = mask.flatten(1).any(1).to(score.dtype)
+    # The score is a probability already (an average of sigmoids); clamped off 0 and 1,
+    # where the cross-entropy's gradient is infinite.
+    return F.binary_cross_entropy(score.clamp(1e-6, 1 - 1e-6), target)
+
+
+def head_logits(head, features: 'HeadFeatures', views: int = 1) -> torch.Tensor:
+    """The scoring head's logits (B, S, S), averaged over `views` turned and mirrored views of
+    its inputs (`grid.HEAD_VIEWS`), all views in one batch, each turned back before the mean.
+    The views are those training's augmentation shows the head, so each is a fair guess and
+    their mean has less of any one guess's noise."""
+    chosen = HEAD_VIEWS[views]
+    if len(chosen) == 1:
+        return head(features.inputs, features.context)
+    inputs = torch.cat([to_view(features.inputs, *view) for view in chosen])
+    context = torch.cat([to_view(features.context, *view) for view in chosen])
+    logits = head(inputs, context).chunk(len(chosen))
+    return torch.stack([from_view(x, *view) for x, view in zip(logits, chosen)]).mean(0)
+
+
 class HeadFeatures(NamedTuple):
     inputs: torch.Tensor   # (B, C, S, S) what the scoring head reads per pixel
     context: torch.Tensor  # (B, 2 * Dd, g, g) and per patch (the network's features)
@@ -139,7 +168,7 @@ def anomaly_maps(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: TokenS
     paper, paper_2d, paper_3d = paper_maps(map_2d, map_3d, inp.valid, sigma)
     anomaly = paper
     if scoring == 'learned':
-        logits = model.scoring_head(features.inputs, features.context)
+        logits = head_logits(model.scoring_head, features, model.cfg.head_views)
         if model.cfg.shape_prior_fusion:
             logits = logits + model.cfg.shape_prior_fusion * features.shape_map
         anomaly = learned_map(logits, inp.valid, sigma, model.cfg.map_margin)

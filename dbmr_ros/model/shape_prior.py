@@ -35,9 +35,11 @@ class ShapePrior(nn.Module, metaclass=ABCMeta):
     the standardised raw score (`raw_scores`) per patch of `patch_size` pixels (DBMRConfig.
     shape_patch_size), bilinear to pixels."""
 
-    def __init__(self, patch_size: int):
+    def __init__(self, patch_size: int, stride: int = 2, radius: int = 2, neighbours: int = 0):
         super().__init__()
-        self.patch_size = patch_size
+        # The descriptors' pooling and sampling (`local_shape.patch_descriptors`).
+        self.patch_size, self.stride, self.radius = patch_size, stride, radius
+        self.neighbours = neighbours
         # Standardisation of the raw score on good parts' patches (median, spread), fitted with
         # it (named for the mixture, the first prior: checkpoints keep the names).
         self.register_buffer('nll_centre', torch.zeros(()))
@@ -53,7 +55,8 @@ class ShapePrior(nn.Module, metaclass=ABCMeta):
                      parts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, S, S, 3) metres, (B, S, S) bool -> (B, g, g) standardised score per patch (g =
         S / patch_size), compressed with asinh (a foreign shape can score far above good ones)."""
-        descriptors = patch_descriptors(xyz, valid, self.patch_size)        # (B, D, g, g)
+        descriptors = patch_descriptors(xyz, valid, self.patch_size, self.stride, self.radius,
+                                        self.neighbours)                   # (B, D, g, g)
         batch, dim, grid, _ = descriptors.shape
         raw = self.raw_scores(descriptors.permute(0, 2, 3, 1).reshape(batch, -1, dim), parts)
         return torch.asinh((raw.view(batch, grid, grid) - self.nll_centre) / self.nll_spread)
@@ -72,8 +75,8 @@ class ShapePrior(nn.Module, metaclass=ABCMeta):
 class MixturePrior(ShapePrior):
     """The negative log-likelihood under a Gaussian mixture of `components` components."""
 
-    def __init__(self, components: int, patch_size: int, dim: int = FPFH_DIM):
-        super().__init__(patch_size)
+    def __init__(self, components: int, patch_size: int, dim: int = FPFH_DIM, **descriptor):
+        super().__init__(patch_size, **descriptor)
         self.register_buffer('means', torch.zeros(components, dim))
         self.register_buffer('precision_cholesky', torch.eye(dim).repeat(components, 1, 1))
         self.register_buffer('log_weights', torch.full((components,), -math.log(components)))
@@ -97,8 +100,8 @@ class MixturePrior(ShapePrior):
 class CoresetPrior(ShapePrior):
     """The distance to the nearest of `components` training patch descriptors."""
 
-    def __init__(self, components: int, patch_size: int, dim: int = FPFH_DIM):
-        super().__init__(patch_size)
+    def __init__(self, components: int, patch_size: int, dim: int = FPFH_DIM, **descriptor):
+        super().__init__(patch_size, **descriptor)
         self.register_buffer('bank', torch.zeros(components, dim))
         # The training part each entry came from (-1: the background's zero descriptor).
         self.register_buffer('bank_parts', torch.full((components,), -1, dtype=torch.long))
@@ -127,6 +130,8 @@ PRIORS = {'mixture': MixturePrior, 'coreset': CoresetPrior}
 SHAPE_PRIOR_KINDS = tuple(PRIORS)   # DBMRConfig.shape_prior_kind (checked there)
 
 
-def build_shape_prior(kind: str, components: int, patch_size: int) -> ShapePrior:
-    """The prior of DBMRConfig.shape_prior_kind with `components` entries."""
-    return PRIORS[kind](components, patch_size)
+def build_shape_prior(kind: str, components: int, patch_size: int, **descriptor) -> ShapePrior:
+    """The prior of DBMRConfig.shape_prior_kind with `components` entries (`descriptor`:
+    `stride`, `radius`, `neighbours` of `local_shape.patch_descriptors`, its defaults
+    otherwise)."""
+    return PRIORS[kind](components, patch_size, **descriptor)

@@ -4,7 +4,8 @@ Stage 1, reconstruction: DBMRNet learns masked reconstruction of good samples, s
 corrupted by synthetic anomalies; the targets are always the clean sample, so the network
 learns what a good part has where a defect is (the paper's 2D, 3D and cross-modal losses).
 Stage 2, scoring head: the network is frozen; on freshly corrupted samples the head reads the
-input, its reconstruction and the paper's maps, and learns the anomaly masks (focal loss).
+input, its reconstruction and the paper's maps, and learns the anomaly masks (focal loss;
+with `head_image_loss`, also the image score's cross-entropy).
 
 Every step runs on the model's device; random numbers come from the CPU generator (see
 `dbmr_ros.data.anomalies`), so a seed gives the same run on any device.
@@ -21,7 +22,7 @@ from dbmr_ros.model.dbmrnet import DBMRNet
 from dbmr_ros.model.head import focal_loss, input_dropout_keep
 from dbmr_ros.model.inputs import clean_targets, Groups, group_points, ModelInput, prepare, \
     Targets
-from dbmr_ros.model.scoring import head_features, shape_prior_map
+from dbmr_ros.model.scoring import head_features, image_score_loss, shape_prior_map
 
 
 class TrainBatch(NamedTuple):
@@ -158,13 +159,19 @@ def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cf
                 shape_map = shape_prior_map(model, batch.inp, parts=index)
                 features = head_features(model, batch.inp, batch.groups, tokens, stats,
                                          shape_map)
-            loss = focal_loss(head_net(features.inputs, features.context, keep), batch.mask,
-                              per_defect=cfg.head_loss_per_defect)
+            logits = head_net(features.inputs, features.context, keep)
+            losses = {'focal': focal_loss(logits, batch.mask,
+                                          per_defect=cfg.head_loss_per_defect)}
+            if cfg.head_image_loss > 0:
+                losses['image'] = image_score_loss(logits, batch.inp.valid, batch.mask,
+                                                   model.cfg.smoothing_sigma,
+                                                   model.cfg.map_margin)
+            loss = losses['focal'] + cfg.head_image_loss * losses.get('image', 0.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.scoring_head.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        runner.record({'loss': loss}, len(index))
+        runner.record({'loss': loss, **losses}, len(index))
     return runner.means()

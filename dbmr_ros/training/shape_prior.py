@@ -20,20 +20,27 @@ REGULARISATION = 1e-2   # added to each covariance's diagonal (descriptor bins r
 
 
 @torch.no_grad()
-def training_descriptors(xyz: np.ndarray, patch_size: int, device,
-                         batch_size: int = 16) -> np.ndarray:
-    """(N, S, S, 3) model-size clouds (metres) -> (N * g * g, 33) patch descriptors."""
+def training_descriptors(xyz: np.ndarray, patch_size: int, device, batch_size: int = 16,
+                         **descriptor) -> np.ndarray:
+    """(N, S, S, 3) model-size clouds (metres) -> (N * g * g, 33) patch descriptors
+    (`descriptor`: `stride`, `radius`, `neighbours` of `local_shape.patch_descriptors`)."""
     out = []
     for start in range(0, len(xyz), batch_size):
         clouds = torch.from_numpy(xyz[start:start + batch_size]).to(device).float()
-        descriptors = patch_descriptors(clouds, valid_mask(clouds), patch_size)
+        descriptors = patch_descriptors(clouds, valid_mask(clouds), patch_size, **descriptor)
         out.append(descriptors.permute(0, 2, 3, 1).flatten(0, 2).cpu().numpy())
     return np.concatenate(out)
 
 
+def descriptor_settings(prior: ShapePrior) -> dict:
+    """The prior's keyword arguments of `local_shape.patch_descriptors` beyond the patch."""
+    return {'stride': prior.stride, 'radius': prior.radius, 'neighbours': prior.neighbours}
+
+
 def fit_shape_prior(prior: ShapePrior, xyz: np.ndarray, seed: int, device) -> dict:
     """Fit `prior` (in place) on training clouds (N, S, S, 3); returns a summary for the log."""
-    descriptors = training_descriptors(xyz, prior.patch_size, device)
+    descriptors = training_descriptors(xyz, prior.patch_size, device,
+                                       **descriptor_settings(prior))
     if isinstance(prior, CoresetPrior):
         return fit_coreset(prior, descriptors, len(xyz))
     assert isinstance(prior, MixturePrior)
