@@ -36,8 +36,7 @@ from dbmr_ros.training.shape_prior import fit_shape_prior
 # Per variant: its row label and its training config overrides ('model': of the frozen
 # network's DBMRConfig, for settings that change what the head reads; 'shape_prior': entries
 # of a coreset prior fitted afresh on the training parts, as dbmr-train fits it, over patches
-# of 'shape_prior_patch' pixels and with the descriptor settings 'shape_prior_descriptor'
-# (`local_shape.patch_descriptors`' stride, radius, neighbours) where given).
+# of 'shape_prior_patch' pixels where given, over the window of the variant's DBMRConfig).
 VARIANTS = {
     'default': ('focal loss, each anomalous pixel alike (default)', {}),
     'per-defect': ('focal loss, each defect alike', {'head_loss_per_defect': True}),
@@ -49,7 +48,7 @@ VARIANTS = {
     'coreset-fine': ('the coreset shape prior over 4 px patches instead of 8',
                      {'shape_prior': 2048, 'shape_prior_patch': 4}),
     'coreset-r3': ('the coreset shape prior, FPFH over 7 x 7 windows instead of 5 x 5',
-                   {'shape_prior': 2048, 'shape_prior_descriptor': {'radius': 3}}),
+                   {'shape_prior': 2048, 'model': {'shape_prior_radius': 3}}),
     'strokes': ('a third of the synthetic defects thin strokes instead of blobs',
                 {'anomalies': {'stroke_share': 0.33}}),
     'strokes-10': ('a tenth of the synthetic defects thin strokes instead of blobs',
@@ -121,7 +120,7 @@ def main(argv=None) -> int:
             model.shape_prior = build_shape_prior(
                 'coreset', model.cfg.shape_prior_components,
                 overrides.pop('shape_prior_patch', model.cfg.shape_patch_size),
-                **overrides.pop('shape_prior_descriptor', {}))
+                radius=model.cfg.shape_prior_radius)
             fit_shape_prior(model.shape_prior, train[1], cfg.seed, 'cpu')
         variant_meta = dataclasses.replace(meta, model=model.cfg)
         minutes = train_head(model, variant_meta, data, dataclasses.replace(cfg, **overrides),

@@ -12,7 +12,7 @@ descriptors or the baseline's see synthetic defects better. `--unseen-copies N` 
 map on the second selection set too (N of each defect kind that training never draws on every
 validation sample: seed 2, as dbmr-train). Per kind of synthetic defect, each against all good
 samples; first, the prior's patch scores on the training parts it was fitted on against the
-unseen validation parts. Test samples never enter.
+unseen validation parts; last, what the descriptors cost per frame. Test samples never enter.
 
 `--fit-on-part` fits the mixture's components on the part's patches only and adds the
 background (the empty table's zero descriptor, about 80 % of the patches) as one fixed
@@ -90,6 +90,19 @@ def evaluate(name, good_maps, bad_maps, masks, kinds, log=print):
     rows = [('all', results.compute())] + list(results.compute_by_kind().items())
     for kind, values in rows:
         log(f'| {name} | {kind} | ' + ' | '.join(f'{values[k]:.3f}' for k in METRICS) + ' |')
+
+
+def descriptor_milliseconds(xyz: np.ndarray, patch: int, descriptor: dict) -> float:
+    """Median wall time of `patch_descriptors` for one model-size cloud at a time, as the
+    Detector computes them per frame (the first call, which warms up, not counted)."""
+    times = []
+    for cloud in np.concatenate([xyz[:1], xyz]):
+        cloud = torch.from_numpy(cloud[None]).float()
+        start = time.perf_counter()
+        with torch.no_grad():
+            patch_descriptors(cloud, valid_mask(cloud), patch, **descriptor)
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times[1:]))
 
 
 def main(argv=None) -> int:
@@ -199,6 +212,9 @@ def main(argv=None) -> int:
         for label, xyz, set_masks, set_kinds in sets:
             evaluate(name if label == 'training kinds' else f'{name}, {label}', good,
                      score_maps(xyz), set_masks, set_kinds)
+    print(f'descriptors of one frame (batch 1, the {len(val[1])} validation clouds): median '
+          f'{descriptor_milliseconds(val[1], patch, descriptor):.1f} ms on '
+          f'{torch.get_num_threads()} threads')
     print(f'{time.perf_counter() - started:.0f} s in all')
     return 0
 

@@ -44,6 +44,9 @@ def score_definition(cfg: DBMRConfig, scoring: str) -> dict:
         if cfg.shape_prior_components and cfg.shape_prior_kind != 'mixture':
             # (Only where not the first kind: earlier checkpoints' definitions stay valid.)
             definition['head']['shape_prior'] = cfg.shape_prior_kind
+        if cfg.shape_prior_components and cfg.shape_prior_radius != 2:
+            # (Likewise only where not the first window.)
+            definition['head']['shape_prior_radius'] = cfg.shape_prior_radius
         if cfg.shape_prior_fusion:
             definition['shape_prior_fusion'] = cfg.shape_prior_fusion
         if cfg.head_views != 1:

@@ -1,6 +1,7 @@
 """The benchmark scripts that are cheap enough to run here, end to end (their figures are
 printed, not asserted: speed is measured by them, not by tests)."""
 import dataclasses
+import re
 import shutil
 import subprocess
 import sys
@@ -186,6 +187,7 @@ def test_shape_prior_alone_scores_the_selection_set(synthetic_root, kind, compon
         names += [f'{name}, unseen kinds' for name in names]
         assert ('shape prior, unseen kinds', 'bend') in rows, out
     assert {name for name, _ in rows} == set(names), out
+    assert re.search(r'descriptors of one frame .*: median [0-9.]+ ms', out), out
     for name in names:
         assert (name, 'all') in rows, out
         assert all(0 <= v <= 1 for v in rows[(name, 'all')])

@@ -84,9 +84,10 @@ def test_fpfh_over_the_nearest_points_ignores_a_depth_step_in_the_window():
                           atol=1e-4)
     assert not torch.allclose(whole[0, :, beside[0], beside[1]], whole[0, :, far[0], far[1]],
                               atol=1.0)
-    # Far from the step, all 48 window points lie on the plane: the two agree.
-    assert torch.allclose(whole[0, :, far[0], far[1]], fpfh(xyz, normals, valid, radius=3,
-                                                           neighbours=48)[0, :, 56, 40])
+    # Far from the step, the 47 nearest of the 48 window points are all 48 (the four corners
+    # tie for the farthest, and a tie is kept): the two agree there.
+    every = fpfh(xyz, normals, valid, radius=3, neighbours=47)
+    assert torch.allclose(whole[0, :, far[0], far[1]], every[0, :, far[0], far[1]])
 
 
 def test_prior_nll_equals_the_mixture_and_scores_a_bump_above_good_parts():
@@ -291,6 +292,16 @@ def test_model_with_a_coreset_prior_and_its_score_definition():
     assert 'shape_prior' not in score_definition(mixture, 'learned')['head']
     with pytest.raises(ValueError, match='shape_prior_kind'):
         DBMRConfig(shape_prior_kind='memory')
+    # The prior's window is the model's too: its descriptors, and so its score, change with it.
+    wider = dataclasses.replace(small, shape_prior_radius=3)
+    assert (model.shape_prior.radius, DBMRNet(wider).shape_prior.radius) == (2, 3)
+    assert score_definition(wider, 'learned') != score_definition(small, 'learned')
+    assert 'shape_prior_radius' not in score_definition(small, 'learned')['head']
+    xyz, valid = surface(bump(centre=(56, 40), sigma=3.0, height=0.002))
+    assert not torch.allclose(patch_descriptors(xyz, valid, 8),
+                              patch_descriptors(xyz, valid, 8, radius=3))
+    with pytest.raises(ValueError, match='shape_prior_radius'):
+        DBMRConfig(shape_prior_radius=0)
 
 
 def test_late_fusion_adds_the_prior_to_the_head_logits_and_changes_the_definition():

@@ -56,6 +56,10 @@ class DBMRConfig:
     # descriptors); 0: none. config/train_tiny.yaml trains one (docs/design_notes.md).
     shape_prior_components: int = 0
     shape_prior_kind: str = 'mixture'   # 'mixture' (a density) | 'coreset' (nearest entry)
+    # The prior's FPFH histograms the (2 r + 1)^2 window of every second pixel: 2 (24 points)
+    # or 3 (48 points, closer to the classic baseline's 99: better on both selection sets,
+    # 5 ms more a frame; docs/design_notes.md).
+    shape_prior_radius: int = 2
     # Late fusion: this times the prior's standardised map is added to the head's logits at
     # inference (the head's training never sees it). The head learns how far to trust the
     # prior from synthetic anomalies alone; a fixed share on top is the ensemble of the head
@@ -66,7 +70,8 @@ class DBMRConfig:
     map_margin: int = 8
     # The head's logits averaged over this many views of its inputs (1: as given; 2: and
     # mirrored; 4: the four quarter turns; 8: turned and mirrored), the views training's flips
-    # and turns taught it. The network runs once; each view costs one more head pass.
+    # and turns taught it. The network runs once; each view costs one more head pass. On
+    # cable_gland's selection sets no view count moved a figure by a point (design notes).
     head_views: int = 1
 
     def __post_init__(self):
@@ -97,6 +102,8 @@ class DBMRConfig:
                              f'{self.shape_prior_kind!r}')
         if self.shape_prior_components < 0:
             raise ValueError('shape_prior_components must be >= 0')
+        if self.shape_prior_radius < 1:
+            raise ValueError('shape_prior_radius must be >= 1')
         if self.shape_prior_fusion < 0 or (self.shape_prior_fusion
                                            and not self.shape_prior_components):
             raise ValueError('shape_prior_fusion must be >= 0, and 0 without a shape prior')

@@ -94,7 +94,8 @@ class DBMRNet(nn.Module):
         # The learned scoring head (created after the init above: it keeps torch's defaults).
         components = cfg.shape_prior_components
         self.shape_prior = (build_shape_prior(cfg.shape_prior_kind, components,
-                                              cfg.shape_patch_size) if components else None)
+                                              cfg.shape_patch_size, radius=cfg.shape_prior_radius)
+                            if components else None)
         self.scoring_head = ScoringHead(
             cfg.head_widths, sum(n for _, n in input_channels(self.shape_prior is not None)),
             context_dim=2 * ddim if cfg.head_context else 0)
