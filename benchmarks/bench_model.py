@@ -8,10 +8,12 @@ the whole call's median (total, frames/s), and peak resident memory. Input: a re
 cable_gland test frame (400x400 organized cloud with all its points; background removal at that
 resolution is part of preprocessing) from ../shared, or a synthetic 400x400 frame where
 ../shared is absent. Each preset's model is the one its default training config trains
-(`tiny`: with the 32-component shape prior; `--shape-prior 0` measures it without).
+(`tiny`: with the 2048-entry coreset shape prior; `--shape-prior 0` measures it without,
+`--shape-prior-radius 3` with its FPFH over 7 x 7 windows).
 
     .venv/bin/python benchmarks/bench_model.py [--presets tiny base] [--frames 30]
-        [--score-passes N] [--num-points N] [--shape-prior N] [--device cuda] [--batch N]
+        [--score-passes N] [--num-points N] [--shape-prior N] [--shape-prior-radius R]
+        [--device cuda] [--batch N]
         [--preprocessing auto|numpy|torch] [--no-cuda-graphs] [--no-triton-fps]
 
 --batch N scores N copies of the frame per call (offline evaluation); the times are per call,
@@ -124,9 +126,11 @@ def main(argv=None) -> int:
                              'every valid point is grouped)')
     parser.add_argument('--shape-prior', type=int,
                         help='override shape_prior_components (0: no shape prior; default: the '
-                             "training config's, 32 for tiny)")
+                             "training config's, 2048 for tiny)")
     parser.add_argument('--shape-prior-kind', choices=SHAPE_PRIOR_KINDS,
                         help="override shape_prior_kind (default: the training config's)")
+    parser.add_argument('--shape-prior-radius', type=int,
+                        help="override shape_prior_radius (default: the training config's)")
     parser.add_argument('--batch', type=int, default=1, help='frames per Detector call')
     parser.add_argument('--preprocessing', default='auto', choices=('auto', 'numpy', 'torch'))
     parser.add_argument('--no-cuda-graphs', action='store_true',
@@ -144,13 +148,16 @@ def main(argv=None) -> int:
           + (f'; shape_prior_components {args.shape_prior}'
              if args.shape_prior is not None else '')
           + (f'; shape_prior_kind {args.shape_prior_kind}' if args.shape_prior_kind else '')
+          + (f'; shape_prior_radius {args.shape_prior_radius}'
+             if args.shape_prior_radius else '')
           + ('; CUDA graphs off' if args.no_cuda_graphs else '')
           + (f'; farthest point sampling: {point_ops.fps_method(args.device)}'
              if args.device.startswith('cuda') else ''))
     overrides = {name: value for name, value in (
         ('score_passes', args.score_passes), ('num_points', args.num_points),
         ('shape_prior_components', args.shape_prior),
-        ('shape_prior_kind', args.shape_prior_kind)) if value is not None}
+        ('shape_prior_kind', args.shape_prior_kind),
+        ('shape_prior_radius', args.shape_prior_radius)) if value is not None}
     rows = [bench(p, rgb, xyz, args.frames, args.device, overrides, args.batch,
                   args.preprocessing, not args.no_cuda_graphs)
             for p in args.presets]
