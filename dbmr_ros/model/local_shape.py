@@ -165,7 +165,7 @@ def window_pair_bins(points: torch.Tensor, normals: torch.Tensor, near_points: t
 def fpfh(xyz: torch.Tensor, normals: torch.Tensor, valid: torch.Tensor,
          radius: int = 2, neighbours: int = 0) -> torch.Tensor:
     """(B, H, W, 3) cloud (metres) and unit normals, (B, H, W) bool -> (B, 33, H, W) FPFH over
-    each pixel's (2 radius + 1)^2 window, zero where invalid; with `neighbours` > 0, over the
+    each pixel's (2 radius + 1)^2 window, zero where invalid; with `neighbours` > 0, over
     that many nearest points (in space) of the window only, as a k-d tree's k nearest: a
     ball, whatever the surface's tilt or a depth step inside the window."""
     mask = valid.to(xyz.dtype)[:, None]                                      # (B, 1, H, W)
@@ -174,9 +174,9 @@ def fpfh(xyz: torch.Tensor, normals: torch.Tensor, valid: torch.Tensor,
     near_points, near_normals = near[:, :3], near[:, 3:6]
     near_valid = near[:, 6] * mask                                           # (B, K, H, W)
     near_valid[:, near_valid.shape[1] // 2] = 0                              # not itself
+    squared = ((near_points - points[:, :, None]) ** 2).sum(1)              # (B, K, H, W)
     if 0 < neighbours < near_valid.shape[1] - 1:
-        distance = ((near_points - points[:, :, None]) ** 2).sum(1)
-        distance = distance.masked_fill(near_valid == 0, float('inf'))
+        distance = squared.masked_fill(near_valid == 0, float('inf'))
         bound = distance.kthvalue(neighbours, dim=1, keepdim=True).values
         near_valid = near_valid * (distance <= bound)
     bins = window_pair_bins(points, normals, near_points, near_normals, radius)
@@ -184,7 +184,6 @@ def fpfh(xyz: torch.Tensor, normals: torch.Tensor, valid: torch.Tensor,
     spfh = torch.zeros(batch, FPFH_DIM, height, width, dtype=xyz.dtype, device=xyz.device)
     spfh.scatter_add_(1, bins.flatten(1, 2), near_valid.repeat(1, 3, 1, 1))
     spfh = spfh * (100.0 / near_valid.sum(1, keepdim=True).clamp_min(1))
-    squared = ((near_points - points[:, :, None]) ** 2).sum(1)
     weights = near_valid / torch.where(squared > 0, squared, torch.ones_like(squared))
     weighted = _window_sum(spfh, weights, radius).view(batch, 3, BINS, height, width)
     sums = weighted.sum(2, keepdim=True)
