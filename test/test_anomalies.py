@@ -4,7 +4,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import distance_transform_edt
+from scipy.ndimage import distance_transform_edt, gaussian_filter1d
 
 from dbmr_ros.data.anomalies import (AnomalyConfig, anomalous_copies, DISPLACED, KIND_NAMES,
                                      NONE, perlin, REMOVED, RGB, RGB_DISPLACED, RGB_REMOVED,
@@ -167,6 +167,20 @@ def test_gaussian_blur_keeps_mass_and_dilate_grows():
     assert torch.equal(dilate(masks, 8), square[:, 0] > 0)  # the square pool, exactly
     wide = torch.nn.functional.max_pool2d(masks[:, None].float(), 81, stride=1, padding=40)
     assert torch.equal(dilate(masks, 40), wide[:, 0] > 0)  # a window wider than the image
+
+
+@pytest.mark.parametrize('shape, sigma', [((3, 224, 224), 4.0), ((2, 30, 50), 2.0),
+                                          ((1, 7, 9), 1.5), ((2, 56, 56), 0.7)])
+def test_gaussian_blur_is_scipys_mirrored_gaussian(shape, sigma):
+    """The banded-matrix blur against an independent definition: SciPy's separable Gaussian
+    truncated at 4 sigma, mirrored at the borders (torch's 'reflect'), including windows that
+    reach past half the image (two reflections into one entry)."""
+    maps = torch.rand(*shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    expected = gaussian_filter1d(gaussian_filter1d(maps.numpy(), sigma, axis=1, mode='mirror'),
+                                 sigma, axis=2, mode='mirror')
+    assert np.allclose(gaussian_blur(maps, sigma).numpy(), expected, rtol=0, atol=1e-12)
+    single = gaussian_blur(maps.float(), sigma)
+    assert single.dtype == torch.float32 and np.allclose(single.numpy(), expected, atol=1e-6)
 
 
 def test_smoothed_cloud_keeps_a_plane_and_ignores_the_background():
