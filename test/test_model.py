@@ -17,10 +17,11 @@ from dbmr_ros.model.head import focal_loss, head_inputs, INPUT_CHANNELS, NUM_INP
 from dbmr_ros.model.grid import from_view, HEAD_VIEWS, smoothed_cloud, surface_normals, to_view
 from dbmr_ros.model.inputs import even_ranks, group_points, metric_xyz, prepare
 from dbmr_ros.model.masking import no_masking, random_masking
-from dbmr_ros.model.point_ops import chamfer_l2, fps, fps_torch, knn, knn_torch
+from dbmr_ros.model.point_ops import chamfer_l2, fps, fps_numpy, fps_torch, knn, knn_torch
 from dbmr_ros.model.scoring import group_map, head_logits, HeadFeatures, image_score_loss, \
     image_scores, learned_map
 from dbmr_ros.model.transformer import local_alignment_mask
+from parts import model_size_parts
 
 SMALL = DBMRConfig(image_size=64, patch_size=8, num_points=400, num_groups=24, group_size=12,
                    embed_dim=32, depth=2, num_heads=2, decoder_dim=32, decoder_heads=2)
@@ -135,6 +136,23 @@ def test_losses_finite_and_decrease_when_overfitting():
     last = {k: float(v.detach()) for k, v in out.losses.items()}
     for key in first:
         assert last[key] < 0.7 * first[key], (key, first[key], last[key])
+
+
+def test_fps_numpy_gives_the_torch_loops_indices():
+    """The CPU's numpy loop against the torch loop, bit for bit: clouds of preprocessed parts
+    at both presets' sizes (a batch of two), exact ties on an integer grid (the lowest index,
+    as torch's argmax), float64; `fps` takes it for CPU tensors."""
+    _, xyz = model_size_parts(2, 224, 400, seed=3)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(10.0)] * 3, indexing='ij'), -1)
+    ties = grid.reshape(1, 1000, 3)[:, torch.randperm(1000, generator=torch.Generator()
+                                                      .manual_seed(0)) % 500]
+    cases = [(prepare(torch.zeros_like(xyz, dtype=torch.uint8), xyz, cfg.num_points,
+                      16).points, cfg.num_groups) for cfg in PRESETS.values()]
+    for points, samples in cases + [(ties, 200), (ties.double(), 200)]:
+        expected = fps_torch(points, samples)
+        assert torch.equal(fps_numpy(points, samples), expected)
+        assert torch.equal(fps(points, samples), expected)
+    assert len(set(fps_numpy(ties, 200)[0].tolist())) == 200   # no point picked twice
 
 
 def test_fps_and_knn_against_brute_force():
