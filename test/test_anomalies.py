@@ -183,6 +183,18 @@ def test_gaussian_blur_is_scipys_mirrored_gaussian(shape, sigma):
     assert single.dtype == torch.float32 and np.allclose(single.numpy(), expected, atol=1e-6)
 
 
+def test_gaussian_blur_first_used_in_inference_mode_still_trains():
+    """The blur's matrix is built once per size and kept: built first under inference_mode
+    (the Detector), it must still serve a blur that gradients flow through (the head's
+    training)."""
+    with torch.inference_mode():
+        gaussian_blur(torch.rand(1, 37, 37), 2.5)
+    maps = torch.rand(1, 37, 37, requires_grad=True)
+    gaussian_blur(maps, 2.5).sum().backward()
+    # Each output's weights sum to 1, so each input's gradient sums to the pixel count.
+    assert abs(float(maps.grad.sum()) - 37 * 37) < 1e-3
+
+
 def test_smoothed_cloud_keeps_a_plane_and_ignores_the_background():
     """A tilted plane with a hole and a border of invalid pixels: smoothing (a normalised
     convolution over valid points) keeps every point on the plane, the background never pulls
