@@ -57,8 +57,9 @@ class DBMRConfig:
     shape_prior_components: int = 0
     shape_prior_kind: str = 'mixture'   # 'mixture' (a density) | 'coreset' (nearest entry)
     # The prior's FPFH histograms the (2 r + 1)^2 window of every second pixel: 2 (24 points)
-    # or 3 (48 points, closer to the classic baseline's 99: better on both selection sets,
-    # about 11 ms more a frame on 2 CPU cores; docs/design_notes.md).
+    # or 3 (48 points, closer to the classic baseline's 99: the map alone better on both
+    # selection sets, the whole default training worse; about 11 ms more a frame on 2 CPU
+    # cores; docs/design_notes.md).
     shape_prior_radius: int = 2
     # Late fusion: this times the prior's standardised map is added to the head's logits at
     # inference (the head's training never sees it). The head learns how far to trust the

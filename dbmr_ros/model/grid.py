@@ -30,7 +30,8 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
 def _blur_matrix(size: int, radius: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
     """`_banded`'s matrix in `like`'s dtype and device, built once per kind (its small kernels
     cost about as much as the blur itself, 0.1 ms on the CPU); built afresh while a CUDA graph
-    records, whose replays must not depend on a buffer allocated outside them."""
+    records, since a matrix first allocated there would live in the graph's private memory
+    pool, not in a buffer the cache may keep."""
     if capturing():
         return _banded(size, radius, sigma, like.dtype, like.device)
     return _cached_banded(size, radius, sigma, like.dtype, like.device)
