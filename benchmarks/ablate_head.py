@@ -12,14 +12,20 @@ draws on every validation sample, `data/unseen_defects.py`), pooled and per kind
 
     .venv/bin/python benchmarks/ablate_head.py CHECKPOINT --data-root ../shared/data/mvtec3d \
         --category cable_gland [--head-epochs 50 --copies 6] [--variants default more-3d]
+
+With several `--seeds`, each variant trains one head per seed (a row each), and with
+`--ensemble` one more row scores the mean of those heads' logits: whether heads that differ
+only by their seed make errors that averaging removes.
 """
 import argparse
 import dataclasses
 import math
 import sys
+import copy
 import time
 
 import torch
+from torch import nn
 
 from dbmr_ros.data.anomalies import KIND_NAMES
 from dbmr_ros.data.prepared import load_split
@@ -65,6 +71,17 @@ VARIANTS = {
 KINDS = KIND_NAMES[1:]
 
 
+class MeanOfHeads(nn.Module):
+    """Scoring heads -> the mean of their logits (B, S, S), called as one head is."""
+
+    def __init__(self, heads):
+        super().__init__()
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor = None) -> torch.Tensor:
+        return torch.stack([head(x, context) for head in self.heads]).mean(0)
+
+
 def train_head(model, meta, data, cfg: TrainConfig, seed: int) -> float:
     """A fresh head on the frozen network, trained in place; returns the minutes taken."""
     torch.manual_seed(seed)
@@ -84,6 +101,14 @@ def train_head(model, meta, data, cfg: TrainConfig, seed: int) -> float:
     return (time.perf_counter() - started) / 60
 
 
+def score(model, meta, val, cfg: TrainConfig) -> dict:
+    """Both selection sets' figures of the model as it is now (`evaluate_and_calibrate`)."""
+    model.eval()
+    _, selection = evaluate_and_calibrate(model, meta, 'cpu', val, cfg, unseen_copies=1)
+    print(selection, file=sys.stderr, flush=True)
+    return selection
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('checkpoint')
@@ -94,7 +119,10 @@ def main(argv=None) -> int:
     parser.add_argument('--head-epochs', type=int, default=50)
     parser.add_argument('--copies', type=int, default=6,
                         help='synthetic anomalies per validation sample')
-    parser.add_argument('--seed', type=int, default=1)
+    parser.add_argument('--seeds', type=int, nargs='+', default=[1],
+                        help="each variant's head seeds, one head (and row) per seed")
+    parser.add_argument('--ensemble', action='store_true',
+                        help="with several seeds, also score the mean of their heads' logits")
     parser.add_argument('--variants', nargs='+', choices=list(VARIANTS), default=list(VARIANTS))
     args = parser.parse_args(argv)
     detector = Detector.from_checkpoint(args.checkpoint, 'cpu')
@@ -123,12 +151,18 @@ def main(argv=None) -> int:
                 radius=model.cfg.shape_prior_radius)
             fit_shape_prior(model.shape_prior, train[1], cfg.seed, 'cpu')
         variant_meta = dataclasses.replace(meta, model=model.cfg)
-        minutes = train_head(model, variant_meta, data, dataclasses.replace(cfg, **overrides),
-                             args.seed)
-        _, selection = evaluate_and_calibrate(model, variant_meta, 'cpu', val, cfg,
-                                              unseen_copies=1)
-        rows.append((name, selection, minutes))
-        print(f'{name}: {selection}', file=sys.stderr, flush=True)
+        trained_head, heads = model.scoring_head, []
+        for seed in args.seeds:
+            minutes = train_head(model, variant_meta, data,
+                                 dataclasses.replace(cfg, **overrides), seed)
+            heads.append(copy.deepcopy(model.scoring_head))
+            label = name if len(args.seeds) == 1 else f'{name}, head seed {seed}'
+            rows.append((label, score(model, variant_meta, val, cfg), minutes))
+        if args.ensemble and len(heads) > 1:
+            model.scoring_head = MeanOfHeads(heads)
+            rows.append((f'{name}, mean of the {len(heads)} heads\' logits',
+                         score(model, variant_meta, val, cfg), 0.0))
+            model.scoring_head = trained_head
     print(f'\nselection set ({len(val[0])} validation samples, {args.copies} synthetic '
           f'anomalies on each), {args.head_epochs} head epochs, network frozen\n')
     print('| head training | learned I-AUROC | P-AUROC | AUPRO@0.3 | '
