@@ -32,6 +32,7 @@ from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.unseen_defects import KINDS as UNSEEN_KINDS
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
+from dbmr_ros.model.head import input_channels, ScoringHead
 from dbmr_ros.model.shape_prior import build_shape_prior
 from dbmr_ros.resources import share_dir
 from dbmr_ros.train import build_optimizers, evaluate_and_calibrate, stage_network
@@ -65,6 +66,8 @@ VARIANTS = {
                  {'anomalies': {'rough_share': 0.2}}),
     'image-loss': ("the focal loss plus the image score's cross-entropy",
                    {'head_image_loss': 1.0}),
+    'no-points': ("the head without the normalised points (pose-free per-pixel inputs)",
+                  {'model': {'head_points': False}}),
     'image-loss-0.25': ("the focal loss plus a quarter of the image score's cross-entropy",
                         {'head_image_loss': 0.25}),
 }
@@ -83,7 +86,14 @@ class MeanOfHeads(nn.Module):
 
 
 def train_head(model, meta, data, cfg: TrainConfig, seed: int) -> float:
-    """A fresh head on the frozen network, trained in place; returns the minutes taken."""
+    """A fresh head on the frozen network, trained in place (built anew where the variant
+    changes how many inputs it reads); returns the minutes taken."""
+    channels = input_channels(model.shape_prior is not None, model.cfg.head_points)
+    in_dim = sum(n for _, n in channels)
+    if model.scoring_head.input_norm.num_features != in_dim:
+        context = model.scoring_head.context
+        model.scoring_head = ScoringHead(model.cfg.head_widths, in_dim,
+                                         context[0].in_channels if context is not None else 0)
     torch.manual_seed(seed)
     for module in model.scoring_head.modules():  # torch's initialisation, as when built
         if hasattr(module, 'reset_parameters'):

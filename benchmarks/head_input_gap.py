@@ -35,7 +35,7 @@ def split_figures(detector: Detector, rgb: np.ndarray, xyz: np.ndarray, training
     order, and the prior's channel is what the head's training reads for them (a coreset
     leaving each part's own entries out); the learned map stays the Detector's."""
     model, cfg = detector.model, detector.model.cfg
-    channels = input_channels(model.shape_prior is not None)
+    channels = input_channels(model.shape_prior is not None, cfg.head_points)
     names = [name for name, _ in channels]
     # The channel where each input starts.
     first = dict(zip(names, np.cumsum([0] + [count for _, count in channels])))

@@ -40,7 +40,7 @@ def score_definition(cfg: DBMRConfig, scoring: str) -> dict:
         definition['map_margin'] = cfg.map_margin
         definition['head'] = {'widths': list(cfg.head_widths), 'context': cfg.head_context,
                               'inputs': [name for name, _ in input_channels(
-                                  cfg.shape_prior_components > 0)]}
+                                  cfg.shape_prior_components > 0, cfg.head_points)]}
         if cfg.shape_prior_components and cfg.shape_prior_kind != 'mixture':
             # (Only where not the first kind: earlier checkpoints' definitions stay valid.)
             definition['head']['shape_prior'] = cfg.shape_prior_kind

@@ -491,6 +491,30 @@ def test_image_score_loss_is_the_cross_entropy_of_the_inference_score():
                                            2.0, 4))
 
 
+def test_head_without_points_reads_the_other_inputs_unchanged(tmp_path):
+    """`head_points: false`: the normalised points leave the head's inputs (three channels
+    fewer, every other channel as it was), the head is built for that, the score definition
+    records it (so an old threshold cannot be reused), and a checkpoint scores after loading."""
+    rgb, xyz, _ = synthetic_batch()
+    inp, _ = model_input(rgb, xyz)
+    zeros = torch.zeros(inp.valid.shape)
+    full = head_inputs(inp, inp.images, zeros, zeros)
+    names = [name for name, n in INPUT_CHANNELS for _ in range(n)]
+    without = head_inputs(inp, inp.images, zeros, zeros, points=False)
+    assert without.shape[1] == NUM_INPUTS - 3
+    assert torch.equal(without, full[:, [n != 'xyz' for n in names]])
+    cfg = dataclasses.replace(SMALL, head_points=False)
+    torch.manual_seed(1)
+    model = DBMRNet(cfg).eval()
+    assert model.scoring_head.input_norm.num_features == NUM_INPUTS - 3
+    assert score_definition(cfg, 'learned') != score_definition(SMALL, 'learned')
+    path = save_checkpoint(tmp_path / 'm.safetensors', model.state_dict(), _meta(cfg))
+    loaded = Detector.from_checkpoint(path, 'cpu')
+    s = render_sample(np.random.default_rng(0), 'puck', 90, 'bump')
+    a, b = Detector(model, _meta(cfg))(s.rgb, s.xyz), loaded(s.rgb, s.xyz)
+    assert loaded.meta.model.head_points is False and a.score == b.score
+
+
 def test_head_inputs_channels_and_background():
     rgb, xyz, _ = synthetic_batch()
     inp, _ = model_input(rgb, xyz)

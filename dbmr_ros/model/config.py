@@ -46,6 +46,10 @@ class DBMRConfig:
     scoring: str = 'learned'
     head_widths: Tuple[int, ...] = (16, 32, 64, 128)  # scoring head U-Net, one per level
     head_context: bool = True     # the head also reads the network's decoder features per patch
+    # The head also reads each pixel's normalised point (where on the part it lies, which
+    # depends on the pose). False: only pose-free per-pixel inputs (no better over two head
+    # seeds on the selection sets: docs/design_notes.md).
+    head_points: bool = True
     # Gaussian sigma (pixels at image_size) of the cloud the head's normals are computed from:
     # per-pixel differences of raw points are noisy (neighbouring normals differ by 5 degrees
     # in the median on cable_gland), so a smooth bump's tilt can hide in the noise. 0 (off):

@@ -97,7 +97,8 @@ class DBMRNet(nn.Module):
                                               cfg.shape_patch_size, radius=cfg.shape_prior_radius)
                             if components else None)
         self.scoring_head = ScoringHead(
-            cfg.head_widths, sum(n for _, n in input_channels(self.shape_prior is not None)),
+            cfg.head_widths,
+            sum(n for _, n in input_channels(self.shape_prior is not None, cfg.head_points)),
             context_dim=2 * ddim if cfg.head_context else 0)
 
     def _init_weights(self):

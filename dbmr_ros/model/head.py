@@ -23,16 +23,19 @@ NUM_INPUTS = sum(n for _, n in INPUT_CHANNELS)
 SHAPE_CHANNEL = ('shape_prior', 1)
 
 
-def input_channels(shape_prior: bool) -> tuple:
-    """The head's input channels, in order, as (name, count) pairs."""
-    return INPUT_CHANNELS + ((SHAPE_CHANNEL,) if shape_prior else ())
+def input_channels(shape_prior: bool, points: bool = True) -> tuple:
+    """The head's input channels, in order, as (name, count) pairs; without `points`, the
+    normalised points ('xyz') left out (DBMRConfig.head_points)."""
+    channels = INPUT_CHANNELS if points else tuple(c for c in INPUT_CHANNELS if c[0] != 'xyz')
+    return channels + ((SHAPE_CHANNEL,) if shape_prior else ())
 
 
 def head_inputs(inp: ModelInput, reconstruction: torch.Tensor, map_2d: torch.Tensor,
                 map_3d: torch.Tensor, normal_smoothing: float = 0.0,
-                shape_map: Optional[torch.Tensor] = None) -> torch.Tensor:
+                shape_map: Optional[torch.Tensor] = None, points: bool = True) -> torch.Tensor:
     """The head's per-pixel inputs (B, C, S, S), channels as `input_channels`: NUM_INPUTS, and
-    one more with a shape prior's map (B, S, S) (`model.shape_prior`).
+    one more with a shape prior's map (B, S, S) (`model.shape_prior`); three fewer without
+    `points`.
 
     reconstruction: (B, 3, S, S) normalised image; map_2d, map_3d: the paper's normalised raw
     maps (B, S, S), log-compressed here (a defect can be hundreds of times a typical good
@@ -43,8 +46,9 @@ def head_inputs(inp: ModelInput, reconstruction: torch.Tensor, map_2d: torch.Ten
     cloud = smoothed_cloud(metric_xyz(inp), inp.valid, normal_smoothing)
     normals = surface_normals(cloud, inp.valid) * valid[..., None]
     channels = [inp.images, reconstruction.to(inp.images.dtype), torch.log1p(map_2d)[:, None],
-                torch.log1p(map_3d)[:, None], valid[:, None], normals.permute(0, 3, 1, 2),
-                inp.xyz.permute(0, 3, 1, 2)]
+                torch.log1p(map_3d)[:, None], valid[:, None], normals.permute(0, 3, 1, 2)]
+    if points:
+        channels.append(inp.xyz.permute(0, 3, 1, 2))
     if shape_map is not None:
         channels.append(shape_map[:, None].to(inp.images.dtype))
     return torch.cat(channels, dim=1)
@@ -109,12 +113,12 @@ class ScoringHead(nn.Module):
 
 
 def input_dropout_keep(batch: int, shape_prior: bool, probability: float,
-                       generator: torch.Generator) -> torch.Tensor:
+                       generator: torch.Generator, points: bool = True) -> torch.Tensor:
     """(B, C) {0, 1}: each sample's input channels kept by the scoring head, whole groups of
     `input_channels` dropped with `probability` each (the validity mask never), so that no one
     cue that synthetic anomalies make clean can carry the head alone. Drawn on the CPU
     `generator`."""
-    groups = input_channels(shape_prior)
+    groups = input_channels(shape_prior, points)
     dropped = torch.rand(batch, len(groups), generator=generator) < probability
     dropped[:, [name for name, _ in groups].index('valid')] = False
     counts = torch.tensor([count for _, count in groups])

@@ -145,7 +145,7 @@ def head_features(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: Token
     if shape_map is None:
         shape_map = shape_prior_map(model, inp)
     inputs = head_inputs(inp, tokens.reconstruction, map_2d, map_3d, model.cfg.normal_smoothing,
-                         shape_map)
+                         shape_map, model.cfg.head_points)
     context = token_context(tokens.features_2d, tokens.features_3d, groups,
                             model.cfg.image_size)
     return HeadFeatures(inputs, context, map_2d, map_3d, shape_map)

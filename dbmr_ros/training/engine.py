@@ -149,7 +149,8 @@ def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cf
         batch = make_batch(data[0][index], data[1][index], model.cfg, anomalies,
                            generator, cfg.augment, cfg.brightness_jitter, device)
         keep = (input_dropout_keep(len(index), model.shape_prior is not None,
-                                   cfg.head_input_dropout, dropout).to(device)
+                                   cfg.head_input_dropout, dropout,
+                                   model.cfg.head_points).to(device)
                 if dropout is not None else None)
         with autocast(cfg, device):
             with torch.no_grad():
