@@ -18,10 +18,10 @@ With several `--seeds`, each variant trains one head per seed (a row each), and 
 only by their seed make errors that averaging removes.
 """
 import argparse
+import copy
 import dataclasses
 import math
 import sys
-import copy
 import time
 
 import torch
@@ -32,7 +32,7 @@ from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.unseen_defects import KINDS as UNSEEN_KINDS
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector
-from dbmr_ros.model.head import input_channels, ScoringHead
+from dbmr_ros.model.head import build_scoring_head
 from dbmr_ros.model.shape_prior import build_shape_prior
 from dbmr_ros.resources import share_dir
 from dbmr_ros.train import build_optimizers, evaluate_and_calibrate, stage_network
@@ -88,12 +88,9 @@ class MeanOfHeads(nn.Module):
 def train_head(model, meta, data, cfg: TrainConfig, seed: int) -> float:
     """A fresh head on the frozen network, trained in place (built anew where the variant
     changes how many inputs it reads); returns the minutes taken."""
-    channels = input_channels(model.shape_prior is not None, model.cfg.head_points)
-    in_dim = sum(n for _, n in channels)
-    if model.scoring_head.input_norm.num_features != in_dim:
-        context = model.scoring_head.context
-        model.scoring_head = ScoringHead(model.cfg.head_widths, in_dim,
-                                         context[0].in_channels if context is not None else 0)
+    fresh = build_scoring_head(model.cfg, model.shape_prior is not None)
+    if fresh.input_norm.num_features != model.scoring_head.input_norm.num_features:
+        model.scoring_head = fresh
     torch.manual_seed(seed)
     for module in model.scoring_head.modules():  # torch's initialisation, as when built
         if hasattr(module, 'reset_parameters'):
@@ -113,7 +110,6 @@ def train_head(model, meta, data, cfg: TrainConfig, seed: int) -> float:
 
 def score(model, meta, val, cfg: TrainConfig) -> dict:
     """Both selection sets' figures of the model as it is now (`evaluate_and_calibrate`)."""
-    model.eval()
     _, selection = evaluate_and_calibrate(model, meta, 'cpu', val, cfg, unseen_copies=1)
     print(selection, file=sys.stderr, flush=True)
     return selection

@@ -23,7 +23,7 @@ from torch import nn
 
 from dbmr_ros.model.config import DBMRConfig
 from dbmr_ros.model.embedding import PatchEmbedding, PointEmbedding, sincos_2d
-from dbmr_ros.model.head import input_channels, ScoringHead
+from dbmr_ros.model.head import build_scoring_head
 from dbmr_ros.model.inputs import Groups, Targets
 from dbmr_ros.model.masking import Masking, masking_from_noise, no_masking, random_masking
 from dbmr_ros.model.point_ops import chamfer_l2, gather
@@ -96,10 +96,7 @@ class DBMRNet(nn.Module):
         self.shape_prior = (build_shape_prior(cfg.shape_prior_kind, components,
                                               cfg.shape_patch_size, radius=cfg.shape_prior_radius)
                             if components else None)
-        self.scoring_head = ScoringHead(
-            cfg.head_widths,
-            sum(n for _, n in input_channels(self.shape_prior is not None, cfg.head_points)),
-            context_dim=2 * ddim if cfg.head_context else 0)
+        self.scoring_head = build_scoring_head(cfg, self.shape_prior is not None)
 
     def _init_weights(self):
         for p in (self.modality_2d, self.modality_3d, self.mask_token_2d, self.mask_token_3d):

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dbmr_ros.model.config import DBMRConfig
 from dbmr_ros.model.grid import smoothed_cloud, surface_normals
 from dbmr_ros.model.inputs import Groups, metric_xyz, ModelInput
 from dbmr_ros.model.point_ops import gather
@@ -110,6 +111,14 @@ class ScoringHead(nn.Module):
                                                align_corners=False), skip], dim=1))
         logits = F.interpolate(self.out(y), size=size, mode='bilinear', align_corners=False)
         return logits[:, 0]
+
+
+def build_scoring_head(cfg: DBMRConfig, shape_prior: bool) -> ScoringHead:
+    """A fresh scoring head for `cfg`: its widths, the inputs it reads with or
+    without a `shape_prior` channel, and the token context where `cfg.head_context`."""
+    channels = input_channels(shape_prior, cfg.head_points)
+    return ScoringHead(cfg.head_widths, sum(n for _, n in channels),
+                       context_dim=2 * cfg.decoder_dim if cfg.head_context else 0)
 
 
 def input_dropout_keep(batch: int, shape_prior: bool, probability: float,
