@@ -64,6 +64,10 @@ VARIANTS = {
               'uniform', {'anomalies': {'rough_share': 0.5}}),
     'rough-20': ('a fifth of the displaced regions rough instead of uniform',
                  {'anomalies': {'rough_share': 0.2}}),
+    'relief': ('half of the displaced regions with the fine relief of another place of the '
+               'part instead of a plateau', {'anomalies': {'relief_share': 0.5}}),
+    'relief-20': ('a fifth of the displaced regions with foreign relief instead of a plateau',
+                  {'anomalies': {'relief_share': 0.2}}),
     'image-loss': ("the focal loss plus the image score's cross-entropy",
                    {'head_image_loss': 1.0}),
     'no-points': ("the head without the normalised points (pose-free per-pixel inputs)",

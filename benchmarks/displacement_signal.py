@@ -4,10 +4,12 @@ On good parts at model size (validation split, never test samples): the point sp
 neighbouring normals differ on the clean surface (the noise a bump must beat), and how many of a
 displaced region's pixels tilt their normal by more than 10 degrees, with the normals computed
 from the raw cloud and from the cloud smoothed by each `--sigma` (the head's
-`normal_smoothing`). Displacements as training draws them, 3D-only and never removals.
+`normal_smoothing`). Displacements as training draws them, 3D-only and never removals;
+`--relief-share 1` makes each a foreign fine relief where it changes the part visibly (the
+others keep their plateau, and its figure).
 
     .venv/bin/python benchmarks/displacement_signal.py --data-root ../shared/data/mvtec3d \\
-        --category cable_gland [--sigma 1 1.5 2]
+        --category cable_gland [--sigma 1 1.5 2] [--relief-share 1]
 """
 import argparse
 import sys
@@ -33,6 +35,8 @@ def main(argv=None) -> int:
     parser.add_argument('--category', required=True)
     parser.add_argument('--sigma', type=float, nargs='+', default=[1.0, 1.5, 2.0])
     parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--relief-share', type=float, default=0.0,
+                        help='share of the regions given a foreign fine relief (anomalies)')
     args = parser.parse_args(argv)
     pcfg = PreprocessConfig()
     rgb, xyz = (torch.from_numpy(a) for a in load_split(
@@ -42,8 +46,9 @@ def main(argv=None) -> int:
     spacing = (xyz[:, :, 1:] - xyz[:, :, :-1]).norm(dim=-1)[pairs]
     print(f'{len(xyz)} validation parts; point spacing (median) '
           f'{1000 * float(spacing.median()):.2f} mm')
-    made = synthesize(rgb, xyz, AnomalyConfig(modality_weights=(0.0, 1.0, 0.0), removal_share=0.0),
-                      torch.Generator().manual_seed(args.seed), probability=1.0)
+    kinds = AnomalyConfig(modality_weights=(0.0, 1.0, 0.0), removal_share=0.0,
+                          relief_share=args.relief_share)
+    made = synthesize(rgb, xyz, kinds, torch.Generator().manual_seed(args.seed), probability=1.0)
     moved = (made.xyz - xyz).norm(dim=-1)
     print('displacement in the region, median per part (mm): '
           + ' '.join(f'{1000 * float(moved[i][made.mask[i]].median()):.1f}'

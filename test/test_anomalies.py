@@ -7,8 +7,10 @@ import torch
 from scipy.ndimage import distance_transform_edt, gaussian_filter1d
 
 from dbmr_ros.data.anomalies import (AnomalyConfig, anomalous_copies, DISPLACED, KIND_NAMES,
-                                     NONE, perlin, REMOVED, RGB, RGB_DISPLACED, RGB_REMOVED,
+                                     NONE, REMOVED, RGB, RGB_DISPLACED, RGB_REMOVED,
                                      synthesize)
+from dbmr_ros.data.random_fields import perlin
+from dbmr_ros.data.surface_anomalies import rms_radius
 from dbmr_ros.model.grid import dilate, gaussian_blur, surface_normals
 from parts import model_size_parts
 
@@ -278,3 +280,88 @@ def test_rough_patches_go_up_and_down_where_plateaus_move_one_way(parts):
         assert torch.equal(x, y)
     with pytest.raises(ValueError, match='rough_share'):
         AnomalyConfig(rough_share=-0.1)
+
+
+def ridged_parts(count=4, size=64, amplitude=4e-4, period=8):
+    """`count` flat plates 0.4 m from the camera, 0.5 mm per pixel, with ridges of `amplitude`
+    metres every `period` px across them (a thread's flanks); amplitude 0: smooth plates."""
+    rows, cols = np.mgrid[:size, :size].astype(np.float32)
+    height = amplitude * np.sin(2 * np.pi * cols / period)
+    xyz = np.stack([(cols - size / 2) * 5e-4, (rows - size / 2) * 5e-4, 0.4 - height], -1)
+    rgb = np.random.default_rng(0).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    return torch.from_numpy(rgb), torch.from_numpy(np.repeat(xyz[None], count, 0))
+
+
+# Only foreign relief, and a plateau of height 0 where it falls back: what moves is relief.
+RELIEF_ONLY = dict(modality_weights=(0.0, 1.0, 0.0), removal_share=0.0, relief_share=1.0,
+                   relief_sigma=10.0, displacement=(0.0, 0.0))
+
+
+def test_foreign_relief_sands_a_thread_flat_and_keeps_the_shape():
+    parts = ridged_parts()
+    cfg = AnomalyConfig(relief_gain=(0.0, 0.0), **RELIEF_ONLY)
+    sigma = cfg.relief_sigma * parts[1].shape[1] / 224
+    depth_in = parts[1][..., 2]
+    ridges_in = depth_in - gaussian_blur(depth_in, sigma)
+    radius = float(rms_radius(parts[1][:1], torch.ones(1, 64, 64, dtype=torch.bool)))
+    sanded = 0
+    for seed in range(4):
+        out = corrupt(parts, cfg, seed=seed)
+        assert (out.kind == DISPLACED).all()
+        depth_out = out.xyz[..., 2]
+        ridges_out = depth_out - gaussian_blur(depth_out, sigma)
+        shape_change = gaussian_blur(depth_out, sigma) - gaussian_blur(depth_in, sigma)
+        for sample, region in enumerate(out.mask):
+            if torch.equal(out.xyz[sample], parts[1][sample]):
+                continue    # too small a region to change visibly: a (zero) plateau instead
+            sanded += 1
+            assert region.sum() >= cfg.min_pixels
+            assert (ridges_out[sample][region].abs().mean()
+                    < 0.5 * ridges_in[sample][region].abs().mean())
+            assert shape_change[sample][region].abs().max() < 0.3 * 4e-4
+            # Beyond the label's Gaussian edge nothing moves visibly.
+            far = ~dilate(region[None], int(4 * cfg.smoothing) + 1)[0]
+            change = (out.xyz[sample] - parts[1][sample]).norm(dim=-1)
+            assert change[far].max() < cfg.relief_visible * radius
+    assert sanded >= 8, 'most regions of a ridged part are sanded visibly'
+
+
+def test_foreign_relief_on_a_smooth_part_changes_nothing_so_labels_nothing():
+    """A smooth part's relief swapped for another smooth place's is no defect: every sample
+    falls back to a plateau (of height 0 here), so no point moves under a relief label."""
+    parts = ridged_parts(amplitude=0.0)
+    for gain in ((1.0, 1.0), (0.0, 2.0)):
+        out = corrupt(parts, AnomalyConfig(relief_gain=gain, **RELIEF_ONLY), seed=2)
+        assert torch.equal(out.xyz, parts[1])
+        assert (out.kind == DISPLACED).all()
+
+
+def test_foreign_relief_transplants_ridges_that_are_seen_where_they_change_the_part():
+    parts = ridged_parts()
+    cfg = AnomalyConfig(relief_gain=(1.0, 1.0), **RELIEF_ONLY)
+    threshold = cfg.relief_visible * float(
+        rms_radius(parts[1][:1], torch.ones(1, 64, 64, dtype=torch.bool)))
+    moved = 0
+    for seed in range(4):
+        out = corrupt(parts, cfg, seed=seed)
+        change = (out.xyz - parts[1]).norm(dim=-1)
+        for sample, region in enumerate(out.mask):
+            if change[sample].max() == 0:
+                continue
+            moved += 1
+            # Shifted ridges: out of phase they move the points by up to twice the amplitude,
+            # in phase (a shift by whole periods) not at all; the label covers what moved.
+            assert change[sample].max() <= 2 * 4e-4 * 1.05
+            blurred = gaussian_blur(change[sample][None], 1.0)[0]
+            assert (blurred[region] >= threshold).all()
+    assert moved >= 4
+    cfg = AnomalyConfig(relief_share=0.5)
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    synthesize(*parts, cfg, g1)
+    synthesize(parts[0].flip(1), parts[1] * 0, cfg, g2)
+    assert torch.equal(torch.rand(4, generator=g1), torch.rand(4, generator=g2))
+    same_stream = corrupt(parts, AnomalyConfig(relief_gain=(0.5, 1.0)))
+    for x, y in zip(corrupt(parts), same_stream):
+        assert torch.equal(x, y)
+    with pytest.raises(ValueError, match='relief_share'):
+        AnomalyConfig(relief_share=2.0)

@@ -14,7 +14,8 @@ In that region the sample gets, by chance:
 - a 3D anomaly: the points pushed along their surface normal or along the viewing ray as a
   smooth bump or dent (a fraction of the object's RMS radius), or, with `rough_share`, as a
   rough patch whose height varies across the region (Perlin noise: a crumpled or battered
-  surface, whose bends a uniform plateau lacks); or removed (a hole or a cut);
+  surface, whose bends a uniform plateau lacks), or, with `relief_share`, with the fine
+  relief of another place of the part in it (`foreign_relief`); or removed (a hole or a cut);
 - or both at once, on the same region.
 
 Batched and device-agnostic. Every random number is drawn on the (CPU) generator and then moved
@@ -28,9 +29,10 @@ from typing import NamedTuple, Tuple
 import numpy as np
 import torch
 
+from dbmr_ros.data.random_fields import Draws, perlin_draws, shifted
 from dbmr_ros.data.sample import valid_mask
+from dbmr_ros.data.surface_anomalies import displaced, foreign_relief
 from dbmr_ros.dataclass_dict import from_dict, to_dict
-from dbmr_ros.model.grid import gaussian_blur, surface_normals
 
 # Values of `SyntheticBatch.kind`.
 NONE, RGB, DISPLACED, REMOVED, RGB_DISPLACED, RGB_REMOVED = range(6)
@@ -59,9 +61,14 @@ class AnomalyConfig:
     # Displaced regions whose height varies across them (off: docs/design_notes.md).
     rough_share: float = 0.0
     rough_cells: Tuple[float, float] = (2.0, 6.0)  # a rough patch's Perlin cells across it
+    # Displaced regions whose fine relief is another place's instead (foreign_relief).
+    relief_share: float = 0.0
+    relief_sigma: float = 3.0           # px at 224 px: the relief is what a blur this wide removes
+    relief_gain: Tuple[float, float] = (0.0, 2.0)   # times the foreign relief (0: sanded flat)
+    relief_visible: float = 0.01        # of the RMS radius: a smaller change is no defect
 
     def __post_init__(self):
-        for name in ('probability', 'stroke_share', 'rough_share'):
+        for name in ('probability', 'stroke_share', 'rough_share', 'relief_share'):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f'anomaly {name} must be in [0, 1]')
         for name in ('modality_weights', 'texture_weights'):
@@ -69,7 +76,7 @@ class AnomalyConfig:
             if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
                 raise ValueError(f'{name} must be three non-negative weights, not all zero')
         for name in ('radius', 'perlin_cells', 'perlin_threshold', 'opacity', 'displacement',
-                     'stroke_width', 'stroke_length', 'rough_cells'):
+                     'stroke_width', 'stroke_length', 'rough_cells', 'relief_gain'):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f'{name}: lower bound {low} above upper bound {high}')
@@ -100,7 +107,7 @@ def synthesize(rgb: torch.Tensor, xyz: torch.Tensor, cfg: AnomalyConfig,
     """
     batch, device = rgb.shape[0], rgb.device
     p = cfg.probability if probability is None else probability
-    draw = _Draws(generator, batch, device)
+    draw = Draws(generator, batch, device)
     valid = valid_mask(xyz)
 
     anomalous = draw.uniform() < p
@@ -118,7 +125,15 @@ def synthesize(rgb: torch.Tensor, xyz: torch.Tensor, cfg: AnomalyConfig,
 
     # A bump's Gaussian edge reaches a little beyond the region (the ground truth stays the
     # region); removal takes exactly the region.
-    moved = displaced(xyz, valid, has_3d & ~removed[:, None, None], cfg, draw)
+    bumped = has_3d & ~removed[:, None, None]
+    moved = displaced(xyz, valid, bumped, cfg, draw)
+    if cfg.relief_share > 0:  # no draws otherwise: a config without them keeps its stream
+        relief_xyz, visible = foreign_relief(xyz, valid, bumped, cfg, draw)
+        use = ((draw.uniform() < cfg.relief_share)
+               & (visible.flatten(1).sum(1) >= cfg.min_pixels))
+        moved = torch.where(use[:, None, None, None], relief_xyz, moved)
+        # Where the colour changed too, the whole region is anomalous.
+        mask = torch.where((use & (modality == 1))[:, None, None], visible, mask)
     gone = has_3d & removed[:, None, None]
     out_xyz = torch.where(gone[..., None], torch.zeros_like(xyz), moved)
 
@@ -132,81 +147,7 @@ def synthesize(rgb: torch.Tensor, xyz: torch.Tensor, cfg: AnomalyConfig,
     return SyntheticBatch(out_rgb, out_xyz, mask, kind)
 
 
-class _Draws:
-    """Random numbers for one batch: drawn on the CPU generator, returned on `device`."""
-
-    def __init__(self, generator: torch.Generator, batch: int, device):
-        self.generator, self.batch, self.device = generator, batch, device
-
-    def uniform(self, low: float = 0.0, high: float = 1.0, shape=()) -> torch.Tensor:
-        values = torch.rand((self.batch, *shape), generator=self.generator)
-        return (low + (high - low) * values).to(self.device)
-
-    def log_uniform(self, low: float, high: float, shape=()) -> torch.Tensor:
-        return self.uniform(math.log(low), math.log(high), shape).exp()
-
-    def choice(self, weights) -> torch.Tensor:
-        """(B,) long index into `weights`, drawn by inverse CDF (one uniform per sample)."""
-        cdf = torch.tensor(weights, dtype=torch.float64).cumsum(0)
-        values = torch.rand(self.batch, generator=self.generator, dtype=torch.float64)
-        picked = torch.searchsorted(cdf / cdf[-1], values, right=True).clamp_max(len(weights) - 1)
-        return picked.to(self.device)
-
-    def permutation_keys(self, length: int) -> torch.Tensor:
-        """(B, length) random keys; their argsort is a random permutation per sample."""
-        return torch.rand((self.batch, length), generator=self.generator).to(self.device)
-
-
-def perlin(size: int, cells: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor,
-           gradient_angles: torch.Tensor) -> torch.Tensor:
-    """Batched 2D Perlin noise (B, size, size) in about [-1, 1].
-
-    cells (B,): grid cells across the image; angle (B,): rotation of the grid; shift (B, 2):
-    offset in cells; gradient_angles (B, G, G): the lattice's gradient directions (the lattice
-    repeats every G cells, G > max(cells) + 1 keeps that out of view).
-    """
-    batch, lattice = gradient_angles.shape[:2]
-    device = gradient_angles.device
-    axis = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size - 0.5
-    rows, cols = torch.meshgrid(axis, axis, indexing='ij')
-    cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
-    scale = cells.float()[:, None, None]
-    u = (cos * cols - sin * rows) * scale + shift[:, None, None, 0]
-    v = (sin * cols + cos * rows) * scale + shift[:, None, None, 1]
-    cell_u, cell_v = u.floor(), v.floor()
-    frac_u, frac_v = u - cell_u, v - cell_v
-    gradients = torch.stack([gradient_angles.cos(), gradient_angles.sin()], -1).flatten(1, 2)
-
-    def corner(du: int, dv: int) -> torch.Tensor:
-        iu = (cell_u.long() + du) % lattice
-        iv = (cell_v.long() + dv) % lattice
-        index = (iv * lattice + iu).flatten(1)                          # (B, S*S)
-        g = torch.gather(gradients, 1, index[..., None].expand(-1, -1, 2)).view(
-            batch, size, size, 2)
-        return g[..., 0] * (frac_u - du) + g[..., 1] * (frac_v - dv)
-
-    fade_u = frac_u ** 3 * (frac_u * (frac_u * 6 - 15) + 10)
-    fade_v = frac_v ** 3 * (frac_v * (frac_v * 6 - 15) + 10)
-    top = torch.lerp(corner(0, 0), corner(1, 0), fade_u)
-    bottom = torch.lerp(corner(0, 1), corner(1, 1), fade_u)
-    return math.sqrt(2.0) * torch.lerp(top, bottom, fade_v)
-
-
-def _perlin_draws(size: int, cells: Tuple[int, int], draw: _Draws) -> torch.Tensor:
-    """Perlin noise with a random (log-uniform) cell count, rotation and offset per sample."""
-    count = draw.log_uniform(cells[0], cells[1]).round()
-    return _perlin_with_cells(size, count, cells[1] + 2, draw)
-
-
-def _perlin_with_cells(size: int, count: torch.Tensor, lattice: int,
-                       draw: _Draws) -> torch.Tensor:
-    """Perlin noise with `count` (B,) cells across the image (at most lattice - 2) and a
-    random rotation and offset per sample."""
-    return perlin(size, count, draw.uniform(0, math.pi), draw.uniform(0, lattice, (2,)),
-                  draw.uniform(0, 2 * math.pi, (lattice, lattice)))
-
-
-def random_region(valid: torch.Tensor, cfg: AnomalyConfig, draw: _Draws) -> torch.Tensor:
+def random_region(valid: torch.Tensor, cfg: AnomalyConfig, draw: Draws) -> torch.Tensor:
     """(B, S, S) bool region on the object: Perlin shape inside an ellipse centred on a random
     valid pixel; the whole ellipse (on the object) where the Perlin shape leaves too little.
     With cfg.stroke_share, that share of samples gets a thin stroke through the same centre
@@ -225,7 +166,7 @@ def random_region(valid: torch.Tensor, cfg: AnomalyConfig, draw: _Draws) -> torc
     ellipse = ((along / semi_major[:, None, None]) ** 2
                + (across / semi_minor[:, None, None]) ** 2 <= 1) & valid
 
-    noise = _perlin_draws(size, cfg.perlin_cells, draw)
+    noise = perlin_draws(size, cfg.perlin_cells, draw)
     threshold = draw.uniform(*cfg.perlin_threshold)[:, None, None]
     shaped = ellipse & (noise > threshold)
     enough = shaped.flatten(1).sum(1) >= cfg.min_pixels
@@ -249,7 +190,7 @@ def _rotated_offsets(size: int, centre_row: torch.Tensor, centre_col: torch.Tens
 
 
 def thin_stroke(size: int, centre_row: torch.Tensor, centre_col: torch.Tensor,
-                cfg: AnomalyConfig, draw: _Draws) -> torch.Tensor:
+                cfg: AnomalyConfig, draw: Draws) -> torch.Tensor:
     """(B, S, S) bool: a band of cfg.stroke_width px (at 224 px; at least 1) along a parabolic
     arc through each centre, cfg.stroke_length of the image side long, bowed by up to a
     quarter of its half-length."""
@@ -263,7 +204,7 @@ def thin_stroke(size: int, centre_row: torch.Tensor, centre_col: torch.Tensor,
     return (position.abs() <= 1) & ((across - arc).abs() <= half_width[:, None, None])
 
 
-def foreign_texture(rgb: torch.Tensor, cfg: AnomalyConfig, draw: _Draws) -> torch.Tensor:
+def foreign_texture(rgb: torch.Tensor, cfg: AnomalyConfig, draw: Draws) -> torch.Tensor:
     """(B, S, S, 3) float texture per sample from one of three sources (see module doc)."""
     batch, size = rgb.shape[:2]
     device = rgb.device
@@ -272,13 +213,7 @@ def foreign_texture(rgb: torch.Tensor, cfg: AnomalyConfig, draw: _Draws) -> torc
     # Another image of the batch, shifted with wrap-around (itself, shifted, for a batch of 1).
     other = (torch.arange(batch, device=device)
              + (draw.uniform() * max(batch - 1, 1)).floor().long() + 1) % batch
-    shift = (draw.uniform(0, size, (2,))).floor().long()
-    axis = torch.arange(size, device=device)
-    rows = (axis[None, :] + shift[:, 0:1]) % size                            # (B, S)
-    cols = (axis[None, :] + shift[:, 1:2]) % size
-    flat = (rows[:, :, None] * size + cols[:, None, :]).flatten(1)           # (B, S*S)
-    pool = rgb[other].flatten(1, 2).float()
-    from_other = torch.gather(pool, 1, flat[..., None].expand(-1, -1, 3)).view_as(rgb)
+    from_other = shifted(rgb[other].float(), draw.uniform(0, size, (2,)).floor().long())
 
     # Shuffled patches of the same image.
     grid = size // _PATCH
@@ -294,49 +229,11 @@ def foreign_texture(rgb: torch.Tensor, cfg: AnomalyConfig, draw: _Draws) -> torc
 
     # Two random colours mixed by Perlin noise.
     colours = draw.uniform(0, 255, (2, 3))
-    weight = (_perlin_draws(size, (4, 64), draw)[..., None] + 1) / 2
+    weight = (perlin_draws(size, (4, 64), draw)[..., None] + 1) / 2
     procedural = colours[:, None, None, 0] * (1 - weight) + colours[:, None, None, 1] * weight
 
     choice = source[:, None, None, None]
     return torch.where(choice == 0, from_other, torch.where(choice == 1, shuffled, procedural))
-
-
-def displaced(xyz: torch.Tensor, valid: torch.Tensor, region: torch.Tensor, cfg: AnomalyConfig,
-              draw: _Draws) -> torch.Tensor:
-    """xyz with a smooth bump or dent over `region`: along the normal or the viewing ray, its
-    height a random fraction of the object's RMS radius, its edge Gaussian (cfg.smoothing);
-    for a share cfg.rough_share of samples the height varies across the region as Perlin
-    noise, up and down, peaking at that fraction (a rough patch)."""
-    along_normal = draw.uniform() < 0.5
-    sign = torch.where(draw.uniform() < 0.5, -1.0, 1.0)
-    height = draw.uniform(*cfg.displacement) * sign * _rms_radius(xyz, valid)
-    profile = gaussian_blur(region.float(), cfg.smoothing)
-    profile = profile / profile.flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
-    if cfg.rough_share > 0:  # no draws otherwise: a config without them keeps its stream
-        # Noise cells scaled to the region (its width: the root of its area), so that a
-        # small patch is as rough as a large one instead of one cell's slope.
-        size = region.shape[1]
-        width = region.flatten(1).sum(1).float().sqrt().clamp_min(1.0)
-        cells = (draw.uniform(*cfg.rough_cells) * size / width).clamp(1, size // 2).round()
-        noise = _perlin_with_cells(size, cells, size // 2 + 2, draw) * profile
-        noise = noise / noise.abs().flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
-        rough = draw.uniform() < cfg.rough_share
-        profile = torch.where(rough[:, None, None], noise, profile)
-    normals = surface_normals(xyz, valid)
-    rays = xyz / xyz.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-    # Positive height moves towards the camera: against the ray, along the (facing) normal.
-    direction = torch.where(along_normal[:, None, None, None], normals, -rays)
-    offset = (height[:, None, None] * profile * valid)[..., None] * direction
-    return xyz + offset
-
-
-def _rms_radius(xyz: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B,) RMS distance of the valid points from their centroid."""
-    weights = valid[..., None].to(xyz.dtype)
-    count = weights.flatten(1).sum(1).clamp_min(1)
-    centroid = (xyz * weights).flatten(1, 2).sum(1) / count[:, None]
-    spread = ((xyz - centroid[:, None, None]) ** 2).sum(-1) * valid
-    return (spread.flatten(1).sum(1) / count).sqrt()
 
 
 def anomalous_copies(rgb: np.ndarray, xyz: np.ndarray, cfg: AnomalyConfig, seed: int,
