@@ -444,6 +444,8 @@ def test_focal_loss_is_normalised_by_the_anomalous_pixels():
     # Every pixel at p = 0.5 costs 0.25 * ln 2; the sum is divided by the 64 anomalous pixels.
     expected = 0.25 * np.log(2) * target.numel() / 64
     assert float(focal_loss(unsure, target)) == pytest.approx(expected, rel=1e-5)
+    # Exponent 0 (`head_focal_gamma: 0`) is the cross-entropy, ln 2 a pixel here.
+    assert float(focal_loss(unsure, target, gamma=0.0)) == pytest.approx(4 * expected, rel=1e-5)
     # Predicting 'normal' everywhere is expensive, not (as with a mean) nearly free.
     assert float(focal_loss(torch.full_like(target, -5.0), target)) > 3.0
     # No anomalous pixel: the divisor is min_share of the pixels, the loss stays finite.

@@ -24,6 +24,7 @@ class TrainConfig:
     lr: float = 1e-3
     head_lr: float = 2e-3
     head_loss_per_defect: bool = False  # focal loss averaged per defect (see model.head)
+    head_focal_gamma: float = 2.0  # the focal loss's focusing exponent (0: cross-entropy)
     head_input_dropout: float = 0.0  # per sample, each group of head inputs dropped (model.head)
     head_image_loss: float = 0.0  # weight of the image score's cross-entropy (model.scoring)
     weight_decay: float = 0.05

@@ -161,7 +161,7 @@ def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cf
                 features = head_features(model, batch.inp, batch.groups, tokens, stats,
                                          shape_map)
             logits = head_net(features.inputs, features.context, keep)
-            losses = {'focal': focal_loss(logits, batch.mask,
+            losses = {'focal': focal_loss(logits, batch.mask, gamma=cfg.head_focal_gamma,
                                           per_defect=cfg.head_loss_per_defect)}
             if cfg.head_image_loss > 0:
                 losses['image'] = image_score_loss(logits, batch.inp.valid, batch.mask,
