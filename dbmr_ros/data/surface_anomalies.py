@@ -20,8 +20,7 @@ def displaced(xyz: torch.Tensor, valid: torch.Tensor, region: torch.Tensor, cfg:
     along_normal = draw.uniform() < 0.5
     sign = torch.where(draw.uniform() < 0.5, -1.0, 1.0)
     height = draw.uniform(*cfg.displacement) * sign * rms_radius(xyz, valid)
-    profile = gaussian_blur(region.float(), cfg.smoothing)
-    profile = profile / profile.flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
+    profile = edge_profile(region, cfg.smoothing)
     if cfg.rough_share > 0:  # no draws otherwise: a config without them keeps its stream
         # Noise cells scaled to the region (its width: the root of its area), so that a
         # small patch is as rough as a large one instead of one cell's slope.
@@ -29,7 +28,7 @@ def displaced(xyz: torch.Tensor, valid: torch.Tensor, region: torch.Tensor, cfg:
         width = region.flatten(1).sum(1).float().sqrt().clamp_min(1.0)
         cells = (draw.uniform(*cfg.rough_cells) * size / width).clamp(1, size // 2).round()
         noise = perlin_with_cells(size, cells, size // 2 + 2, draw) * profile
-        noise = noise / noise.abs().flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
+        noise = _unit_peak(noise)
         rough = draw.uniform() < cfg.rough_share
         profile = torch.where(rough[:, None, None], noise, profile)
     normals = surface_normals(xyz, valid)
@@ -67,12 +66,21 @@ def foreign_relief(xyz: torch.Tensor, valid: torch.Tensor, region: torch.Tensor,
                      draw.uniform(0, size, (2,)).floor().long())
     foreign = source[..., 0] * source[..., 1]            # an invalid source pixel: no relief
     gain = draw.uniform(*cfg.relief_gain)[:, None, None]
-    profile = gaussian_blur(region.to(xyz.dtype), cfg.smoothing)
-    profile = profile / profile.flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
-    change = profile * (gain * foreign - relief) * weights
+    change = edge_profile(region, cfg.smoothing) * (gain * foreign - relief) * weights
     out = xyz * ((distance + change) / distance.clamp_min(1e-9))[..., None]
     threshold = cfg.relief_visible * rms_radius(xyz, valid)[:, None, None]
     return out, region & (gaussian_blur(change.abs(), 1.0) >= threshold)
+
+
+def edge_profile(region: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """(B, S, S) bool region -> its Gaussian blur (sigma `smoothing` px) scaled to a peak of
+    1: how far a bump, a rough patch or a foreign relief applies at each pixel."""
+    return _unit_peak(gaussian_blur(region.float(), smoothing))
+
+
+def _unit_peak(maps: torch.Tensor) -> torch.Tensor:
+    """(B, S, S) maps divided by their largest magnitude each (an empty map stays 0)."""
+    return maps / maps.abs().flatten(1).amax(1).clamp_min(1e-6)[:, None, None]
 
 
 def rms_radius(xyz: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
