@@ -12,7 +12,10 @@ applied to a checkpoint with `dbmr-calibrate --set NAME=VALUE`.
 
     .venv/bin/python benchmarks/sweep_inference.py CHECKPOINT --data-root ../shared/data/mvtec3d \
         --category cable_gland --set smoothing_sigma=1,2,4 [--fix map_margin=16] [--copies 6] \
-        [--unseen-copies 3]
+        [--unseen-copies 3] [--per-kind]
+
+`--per-kind` adds the learned map's AUPRO@0.3 per kind of synthetic defect (each against all
+good samples), on both sets: whether a setting trades one kind for another.
 """
 import argparse
 import dataclasses
@@ -55,6 +58,8 @@ def main(argv=None) -> int:
     parser.add_argument('--unseen-copies', type=int, default=0,
                         help='each unseen defect kind per validation sample (default 0: the '
                              'second selection set left out)')
+    parser.add_argument('--per-kind', action='store_true',
+                        help="also the learned map's AUPRO@0.3 per kind of synthetic defect")
     args = parser.parse_args(argv)
     detector = Detector.from_checkpoint(args.checkpoint, 'cpu')
     trained = detector.model.cfg
@@ -88,6 +93,11 @@ def main(argv=None) -> int:
                      for k in ('i_auroc', 'p_auroc', 'aupro@0.3')]
             marker = ' (trained)' if value == getattr(trained, name) else ''
             print(f'| {name}={value}{marker} | ' + ' | '.join(cells) + ' |', flush=True)
+            if args.per_kind:
+                print(f'  {name}={value}, learned AUPRO@0.3 per kind: ' + ', '.join(
+                    f"{key.replace('learned_', '')} {figures['aupro@0.3']:.3f}"
+                    for key, figures in metrics.items()
+                    if 'learned_' in key and 'aupro@0.3' in figures), flush=True)
     detector.model.cfg = trained
     return 0
 

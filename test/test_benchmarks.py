@@ -28,13 +28,20 @@ def test_sweep_inference_prints_one_row_per_value(synthetic_root):
                str(share_dir() / 'models' / 'dbmr_default.safetensors'),
                '--data-root', str(synthetic_root), '--category', 'puck',
                '--set', 'smoothing_sigma=4,2', '--fix', 'map_margin=16', '--copies', '1',
-               '--unseen-copies', '1')
+               '--unseen-copies', '1', '--per-kind')
     assert 'puck validation/good (3) + 1 synthetic anomalies on each, map_margin=16' in out
     rows = [line for line in out.splitlines() if line.startswith('| smoothing_sigma=')]
     assert len(rows) == 2 and '(trained)' in rows[0]
     metrics = [float(cell) for cell in rows[1].strip('|').split('|')[1:]]
     # Both scorings on both selection sets: the training's kinds, then the unseen kinds.
     assert len(metrics) == 12 and all(0.0 <= m <= 1.0 for m in metrics)
+    # --per-kind: one line per value, the learned map's AUPRO@0.3 of every unseen kind.
+    kinds = [line.split('per kind: ')[1] for line in out.splitlines() if 'per kind: ' in line]
+    assert len(kinds) == 2
+    figures = dict(item.rsplit(' ', 1) for item in kinds[1].split(', '))
+    assert {f'unseen_{kind}' for kind in ('bend', 'cut', 'scratch', 'crater', 'shaved',
+                                          'stain')} <= set(figures), figures
+    assert all(0.0 <= float(v) <= 1.0 for v in figures.values())
 
 
 def test_selection_sets_prints_both_sets_and_every_kind(synthetic_root):
