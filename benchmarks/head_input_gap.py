@@ -6,7 +6,11 @@ region looks like from inputs calmer than any new part gives, and fire on new go
 leakage that stacking in machine learning avoids by fitting on other folds). This prints, for
 the good training parts and the unseen good validation parts, each head input that the network
 or the prior computes (the paper's normalised 2D and 3D maps, the prior's channel) and the
-learned map, on the part: mean and quantiles, and the image score. Test samples never enter.
+learned map, on the part: mean and quantiles, and the image score. A coreset prior holds the
+training parts' own patches, so the Detector's maps of a training part are calmer than of a new
+part for that reason alone; the rows "own entries left out" make the training parts' maps from
+the prior their head trained with (for the validation parts, the Detector's maps again), so
+that they show the head's own fit. Test samples never enter.
 
     .venv/bin/python benchmarks/head_input_gap.py CHECKPOINT --data-root ../shared/data/mvtec3d \\
         --category cable_gland [--samples 23]
@@ -40,7 +44,8 @@ def split_figures(detector: Detector, rgb: np.ndarray, xyz: np.ndarray, training
     # The channel where each input starts.
     first = dict(zip(names, np.cumsum([0] + [count for _, count in channels])))
     values = {name: [] for name in ('map_2d', 'map_3d', 'shape_prior', 'learned map',
-                                    'image score')}
+                                    'image score', 'learned map, own entries left out',
+                                    'image score, own entries left out')}
     for start in range(0, len(rgb), batch_size):
         rgb_t, xyz_t = (torch.from_numpy(a[start:start + batch_size]).to(detector.device)
                         for a in (rgb, xyz))
@@ -60,6 +65,13 @@ def split_figures(detector: Detector, rgb: np.ndarray, xyz: np.ndarray, training
         maps = anomaly_maps(model, inp, groups, tokens, stats, 'learned', shape_map)
         values['learned map'].append(maps.anomaly[part])
         values['image score'].append(maps.score)
+        # A coreset holds the training parts' own patches, so the Detector's maps of them are
+        # calmer than of any new part for that reason alone; the head's own fit shows in the
+        # maps made from the prior it trained with (for unseen parts the same as above).
+        left_out = (anomaly_maps(model, inp, groups, tokens, stats, 'learned', head_shape_map)
+                    if training else maps)
+        values['learned map, own entries left out'].append(left_out.anomaly[part])
+        values['image score, own entries left out'].append(left_out.score)
     return {name: torch.cat(v).float().cpu().numpy() for name, v in values.items() if v}
 
 

@@ -105,8 +105,12 @@ def test_head_input_gap_prints_each_input_for_both_splits(synthetic_root):
         for name in ('map_2d', 'map_3d', 'shape_prior', 'learned map', 'image score'):
             mean, *quantiles = rows[(split, name)]
             assert quantiles == sorted(quantiles), (split, name, quantiles)
-        for name in ('learned map', 'image score'):   # probabilities
+        for name in ('learned map', 'image score', 'learned map, own entries left out',
+                     'image score, own entries left out'):   # probabilities
             assert all(0 <= v <= 1 for v in rows[(split, name)]), rows
+    # An unseen part has no entries of its own in the coreset: the same maps both ways.
+    for name in ('learned map', 'image score'):
+        assert rows[('validation', name)] == rows[('validation', f'{name}, own entries left out')]
 
 
 def test_sweep_inference_refuses_a_trained_field():
