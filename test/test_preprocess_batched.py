@@ -80,6 +80,25 @@ def test_frames_beyond_the_bounds_are_flagged_and_redone(rgbd_frames, mvtec_root
     assert result.score == expected.score[0].item()
 
 
+def test_a_result_does_not_depend_on_the_images_memory_layout(mvtec_root):
+    """The torch preprocessing returns (S, S, 3) images laid out channel by channel, the numpy
+    one row by row; the network's kernels are chosen by layout, and the two once scored the same
+    pixels one float32 step apart. The same values in either layout: the same result, bit for
+    bit."""
+    _, rgb, xyz = _cable_gland(mvtec_root)
+    detector = Detector.from_checkpoint(share_dir() / 'models' / 'dbmr_default.safetensors',
+                                        'cpu', preprocessing='torch')
+    rgb_s, xyz_s = preprocess_torch.preprocess(torch.from_numpy(rgb[0]), torch.from_numpy(xyz[0]),
+                                               detector.meta.preprocess)
+    by_channel = rgb_s.permute(2, 0, 1).contiguous().permute(1, 2, 0)[None]
+    by_row = rgb_s.contiguous()[None]
+    assert not by_channel.is_contiguous() and torch.equal(by_channel, by_row)
+    first, second = (detector.score_prepared(images, xyz_s[None], on_device=True)
+                     for images in (by_channel, by_row))
+    assert torch.equal(first.score, second.score)
+    assert torch.equal(first.anomaly, second.anomaly)
+
+
 def test_a_sparse_frame_beside_a_flagged_one_is_still_refused(rgbd_frames):
     """A batch where one frame is redone step by step and another, exact, keeps too few points:
     the stand-in the network saw for it must not turn into a result."""

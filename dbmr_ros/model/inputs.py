@@ -38,8 +38,11 @@ class Targets(NamedTuple):
 
 
 def normalise_images(rgb: torch.Tensor) -> torch.Tensor:
-    """(B, S, S, 3) uint8 -> (B, 3, S, S) float."""
-    return (rgb.permute(0, 3, 1, 2).float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
+    """(B, S, S, 3) uint8 -> (B, 3, S, S) float, in the memory layout of a contiguous (B, S, S,
+    3) input whatever the input's: the network's kernels are chosen by layout, and a result
+    must not depend on which path (numpy, torch, batched) prepared the image; training's
+    batches are contiguous."""
+    return (rgb.contiguous().permute(0, 3, 1, 2).float() / 255.0 - PIXEL_MEAN) / PIXEL_STD
 
 
 def denormalise_images(images: torch.Tensor) -> torch.Tensor:
