@@ -85,10 +85,11 @@ def test_a_result_does_not_depend_on_the_images_memory_layout(mvtec_root):
     one row by row; the network's kernels are chosen by layout, and the two once scored the same
     pixels one float32 step apart. The same values in either layout: the same result, bit for
     bit."""
-    _, rgb, xyz = _cable_gland(mvtec_root)
+    sample = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'validation')[0].load()
     detector = Detector.from_checkpoint(share_dir() / 'models' / 'dbmr_default.safetensors',
                                         'cpu', preprocessing='torch')
-    rgb_s, xyz_s = preprocess_torch.preprocess(torch.from_numpy(rgb[0]), torch.from_numpy(xyz[0]),
+    rgb_s, xyz_s = preprocess_torch.preprocess(torch.from_numpy(sample.rgb),
+                                               torch.from_numpy(sample.xyz),
                                                detector.meta.preprocess)
     by_channel = rgb_s.permute(2, 0, 1).contiguous().permute(1, 2, 0)[None]
     by_row = rgb_s.contiguous()[None]
