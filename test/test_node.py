@@ -17,6 +17,7 @@ from dbmr_ros.data import open_dataset
 from dbmr_ros.data.preprocess import PreprocessConfig
 from dbmr_ros.detector import Detector
 from dbmr_ros.model import DBMRConfig, DBMRNet
+from dbmr_ros.ros import result_message
 from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, image_from_array,
                                       stamp_ns)
 from frames import tum_frame
@@ -270,6 +271,10 @@ def test_threshold_changes_at_run_time_and_invalid_is_rejected(node, frames):
     assert probe.messages('is_anomalous')[-1].data is True
     rejected = _set_param(probe, 'threshold', math.nan)
     assert not rejected.successful and 'finite' in rejected.reason
+    # A refused value changes nothing: the next frame is judged by the threshold set before.
+    probe.clear()
+    result = result_message.decode(probe.send_until_result(rgb, xyz, stamp + 2 * 10**9))
+    assert result.threshold == 0.0 and result.is_anomalous
     assert _set_param(probe, 'heatmap_alpha', 3.0).successful is False  # outside its range
 
 

@@ -84,21 +84,26 @@ class DetectorNode(Node):
         self.pub_result = self.create_publisher(DiagnosticArray, '~/result', 10)
         self.pub_diagnostics = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.add_on_set_parameters_callback(self._validate_parameters)
+        self.add_post_set_parameters_callback(self._apply_parameters)
         self.create_timer(1.0, self._publish_diagnostics)
 
     # --- parameters ----------------------------------------------------------------------
 
     def _validate_parameters(self, params) -> SetParametersResult:
+        """On-set: accept or refuse, with no side effects (rclpy may still refuse the set)."""
         for p in params:
             if p.name == 'threshold' and not math.isfinite(p.value):
                 return SetParametersResult(successful=False,
                                            reason='threshold must be a finite number')
+        return SetParametersResult(successful=True)
+
+    def _apply_parameters(self, params) -> None:
+        """Post-set: apply what was accepted."""
         for p in params:
             if p.name == 'threshold':
                 self.detector.threshold = p.value if p.value >= 0 else \
                     self.detector.calibrated_threshold
                 self.get_logger().info(f'threshold set to {self.detector.threshold}')
-        return SetParametersResult(successful=True)
 
     # --- inputs --------------------------------------------------------------------------
 
