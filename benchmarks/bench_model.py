@@ -42,7 +42,6 @@ from dbmr_ros.model import DBMRNet, point_ops, PRESETS
 from dbmr_ros.model.dbmrnet import count_parameters
 from dbmr_ros.model.inputs import group_points, prepare
 from dbmr_ros.model.scoring import anomaly_maps
-from dbmr_ros.model.shape_prior import SHAPE_PRIOR_KINDS
 from dbmr_ros.resources import share_dir
 from dbmr_ros.training.config import TrainConfig
 
@@ -120,15 +119,12 @@ def main(argv=None) -> int:
     parser.add_argument('--presets', nargs='+', default=['tiny', 'base'], choices=list(PRESETS))
     parser.add_argument('--frames', type=int, default=30)
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--score-passes', type=int, help='override the inference maskings')
     parser.add_argument('--num-points', type=int,
                         help='override the points grouped per cloud (more than the valid ones: '
                              'every valid point is grouped)')
     parser.add_argument('--shape-prior', type=int,
                         help='override shape_prior_components (0: no shape prior; default: the '
                              "training config's, 2048 for tiny)")
-    parser.add_argument('--shape-prior-kind', choices=SHAPE_PRIOR_KINDS,
-                        help="override shape_prior_kind (default: the training config's)")
     parser.add_argument('--shape-prior-radius', type=int,
                         help="override shape_prior_radius (default: the training config's)")
     parser.add_argument('--batch', type=int, default=1, help='frames per Detector call')
@@ -143,20 +139,16 @@ def main(argv=None) -> int:
     gpu = f' ({torch.cuda.get_device_name(args.device)})' if args.device.startswith('cuda') else ''
     print(f'input: {source}; device {args.device}{gpu}; torch threads {torch.get_num_threads()}'
           f'; batch {args.batch}; preprocessing {args.preprocessing}'
-          + (f'; score_passes {args.score_passes}' if args.score_passes else '')
           + (f'; num_points {args.num_points}' if args.num_points else '')
           + (f'; shape_prior_components {args.shape_prior}'
              if args.shape_prior is not None else '')
-          + (f'; shape_prior_kind {args.shape_prior_kind}' if args.shape_prior_kind else '')
           + (f'; shape_prior_radius {args.shape_prior_radius}'
              if args.shape_prior_radius else '')
           + ('; CUDA graphs off' if args.no_cuda_graphs else '')
           + (f'; farthest point sampling: {point_ops.fps_method(args.device)}'
              if args.device.startswith('cuda') else ''))
     overrides = {name: value for name, value in (
-        ('score_passes', args.score_passes), ('num_points', args.num_points),
-        ('shape_prior_components', args.shape_prior),
-        ('shape_prior_kind', args.shape_prior_kind),
+        ('num_points', args.num_points), ('shape_prior_components', args.shape_prior),
         ('shape_prior_radius', args.shape_prior_radius)) if value is not None}
     rows = [bench(p, rgb, xyz, args.frames, args.device, overrides, args.batch,
                   args.preprocessing, not args.no_cuda_graphs)

@@ -26,7 +26,7 @@ from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import resolve_device
 from dbmr_ros.model import DBMRNet
 from dbmr_ros.resources import share_dir
-from dbmr_ros.train import build_optimizers, stage_network
+from dbmr_ros.training.optim import build_optimizers, stage_network
 from dbmr_ros.training import engine
 from dbmr_ros.training.config import TrainConfig
 

@@ -3,9 +3,8 @@
 For a new lighting, camera or line: fits the normalisation statistics and every scoring's
 threshold on the given good samples plus synthetic anomalies on them (`dbmr_ros.calibration`),
 and writes a new checkpoint with the same weights. `--set NAME=VALUE` changes an inference
-setting (the model config's INFERENCE_FIELDS: map smoothing, the learned map's margin, scoring
-passes, the shape prior's late fusion, the head's views) in the copy, whose thresholds are then
-fitted for it.
+setting (the model config's INFERENCE_FIELDS: map smoothing, the learned map's margin) in the
+copy, whose thresholds are then fitted for it.
 The input checkpoint is never modified.
 """
 import argparse
@@ -83,8 +82,8 @@ def _uncalibrated(path, device, settings: dict) -> Detector:
 
 
 def one_inference_setting(text: str):
-    """argparse type of a single NAME=VALUE inference setting (--set here, --fix of
-    benchmarks/sweep_inference.py): -> (NAME, typed VALUE)."""
+    """argparse type of a single NAME=VALUE inference setting (--set): -> (NAME, typed
+    VALUE)."""
     try:
         name, values = parse_inference_setting(text)
     except ValueError as error:
@@ -111,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--set', dest='settings', type=one_inference_setting, action='append',
                         default=[], metavar='NAME=VALUE',
                         help=f'inference setting for the copy, one of {INFERENCE_FIELDS} '
-                             '(repeatable; benchmarks/sweep_inference.py compares values)')
+                             '(repeatable)')
     parser.add_argument('--copies', type=int, default=2,
                         help='synthetic anomalies per good sample (default 2)')
     parser.add_argument('--seed', type=int, default=0)

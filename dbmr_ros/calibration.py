@@ -34,23 +34,19 @@ def score_definition(cfg: DBMRConfig, scoring: str) -> dict:
     """Everything an image score's scale depends on, as a JSON-able dict."""
     definition = {'version': SCORE_VERSION, 'scoring': scoring,
                   'image_score': 'max of the map smoothed by a Gaussian',
-                  'smoothing_sigma': cfg.smoothing_sigma, 'score_passes': cfg.score_passes,
-                  'score_2d': cfg.score_2d}
+                  'smoothing_sigma': cfg.smoothing_sigma,
+                  # Constants since their options left; kept so saved definitions stay equal.
+                  'score_passes': 1, 'score_2d': 'pixel'}
     if scoring == 'learned':
         definition['map_margin'] = cfg.map_margin
-        definition['head'] = {'widths': list(cfg.head_widths), 'context': cfg.head_context,
+        definition['head'] = {'widths': list(cfg.head_widths), 'context': True,
                               'inputs': [name for name, _ in input_channels(
-                                  cfg.shape_prior_components > 0, cfg.head_points)]}
-        if cfg.shape_prior_components and cfg.shape_prior_kind != 'mixture':
-            # (Only where not the first kind: earlier checkpoints' definitions stay valid.)
-            definition['head']['shape_prior'] = cfg.shape_prior_kind
+                                  cfg.shape_prior_components > 0)]}
+        if cfg.shape_prior_components:
+            definition['head']['shape_prior'] = 'coreset'
         if cfg.shape_prior_components and cfg.shape_prior_radius != 2:
-            # (Likewise only where not the first window.)
+            # (Only where not the first window: earlier checkpoints' definitions stay valid.)
             definition['head']['shape_prior_radius'] = cfg.shape_prior_radius
-        if cfg.shape_prior_fusion:
-            definition['shape_prior_fusion'] = cfg.shape_prior_fusion
-        if cfg.head_views != 1:
-            definition['head_views'] = cfg.head_views
     return definition
 
 

@@ -14,6 +14,7 @@ from dbmr_ros import __version__
 from dbmr_ros.calibration import Calibration
 from dbmr_ros.data.anomalies import AnomalyConfig
 from dbmr_ros.data.preprocess import PreprocessConfig
+from dbmr_ros.dataclass_dict import RemovedOptionError
 from dbmr_ros.files import atomic_write
 from dbmr_ros.model.config import DBMRConfig
 from dbmr_ros.model.dbmrnet import DBMRNet
@@ -85,6 +86,11 @@ def load_checkpoint(path):
                               'dbmr-train?)')
     try:
         meta = CheckpointMeta.from_json(header['dbmr'])
+    except RemovedOptionError as error:
+        raise CheckpointError(f'checkpoint {path} was trained with an option this version '
+                              f'no longer has: {error}; retrain it, or use the version that '
+                              f'wrote it ({json.loads(header["dbmr"]).get("code_version")})'
+                              ) from error
     except (ValueError, KeyError, TypeError) as error:
         raise CheckpointError(f'checkpoint {path} has unreadable metadata: {error}') from error
     return state, meta

@@ -298,7 +298,7 @@ class Detector:
         inp, groups = self._network_input(*self._on_device(rgb_s, xyz_s))
         with torch.autocast('cuda', dtype=torch.bfloat16, enabled=self.mixed_precision):
             tokens = self.model.score_tokens(inp.images, groups)
-            maps = raw_maps(tokens, inp, groups, self.model.cfg.score_2d)
+            maps = raw_maps(tokens, inp, groups)
         return tuple(m.float().cpu() for m in maps)
 
     def _on_device(self, rgb_s, xyz_s):

@@ -30,3 +30,10 @@ def refuse_existing_output(path, replace: bool = False, flag: str = '--overwrite
         how = f'pass {flag} to replace it' if flag else 'choose another path'
         raise FileExistsError(f'{path} already holds {holds}; {how}')
     return path
+
+
+def prepare_output(path, overwrite: bool) -> Path:
+    """An output folder for results, made after `refuse_existing_output`'s check."""
+    output = refuse_existing_output(path, overwrite, holds='results')
+    output.mkdir(parents=True, exist_ok=True)
+    return output

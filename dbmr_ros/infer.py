@@ -14,7 +14,7 @@ import numpy as np
 from dbmr_ros.command import run_command
 from dbmr_ros.data.io import read_rgb, read_xyz, write_rgb
 from dbmr_ros.detector import Detector
-from dbmr_ros.evaluate import prepare_output
+from dbmr_ros.files import prepare_output
 from dbmr_ros.model.scoring import SCORINGS
 from dbmr_ros.visualize import display_range, overlay
 

@@ -28,120 +28,76 @@ from dbmr_ros.data.datasets import DATASETS
 from dbmr_ros.data.prepared import labelled_defects, load_split
 from dbmr_ros.data.preprocess import PreprocessCache
 from dbmr_ros.detector import Detector, resolve_device
-from dbmr_ros.evaluate import evaluate_category
 from dbmr_ros.files import refuse_existing_output
 from dbmr_ros.model import DBMRNet, PRESETS
 from dbmr_ros.resources import share_dir
 from dbmr_ros.training import engine, progress
 from dbmr_ros.training.config import TrainConfig
+from dbmr_ros.training.optim import build_optimizers, stage_network
+from dbmr_ros.training.selection import evaluate_and_calibrate, real_selection
 from dbmr_ros.training.shape_prior import fit_shape_prior
 from dbmr_ros.training.util import (atomic_torch_save, broadcast_buffers, distributed, LOG,
-                                    lr_factor, rng_state, set_rng_state, setup_logging,
-                                    weights_digest)
+                                    rng_state, set_rng_state, setup_logging, weights_digest)
 
 CHECKPOINT = 'checkpoint.safetensors'
 TRAIN_STATE = 'train_state.pt'
 FINAL = 'model.safetensors'
 
-SELECTION_METRICS = ('i_auroc', 'p_auroc', 'aupro@0.3')
 
-
-def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainConfig,
-                           unseen_copies: int = 0):
-    """Calibration on validation/good + synthetic anomalies on it, and that selection set's
-    metrics per scoring and, for the learned one, per kind of synthetic defect; with
-    `unseen_copies`, also both scorings on that many of each defect kind that training never
-    draws on every validation sample, the learned map also per such kind:
-    (calibrated meta, {'learned' | 'paper' | 'learned_<kind>' | 'unseen_<scoring>' |
-    'unseen_learned_<kind>': metrics})."""
-    detector = Detector(model, dataclasses.replace(meta, calibration=calibration.Calibration()),
-                        device)
-    fitted, results = calibration.fit(
-        detector, val[0], val[1], cfg.anomaly_config(), cfg.threshold_rule_config(),
-        seed=cfg.seed + 1, copies=cfg.calibration_copies,
-        fitted_on=f'{meta.dataset}/{meta.category} validation/good ({len(val[0])} samples) '
-                  f'and {cfg.calibration_copies} synthetic anomalies on each')
-    computed = results.compute()
-    selection = {'learned': {k: computed[k] for k in SELECTION_METRICS},
-                 'paper': {k: computed['paper'][k] for k in SELECTION_METRICS}}
-    # The learned map per kind of synthetic defect (against all good samples): the pooled
-    # figures hide a kind that it misses. Its map alone: each other one costs seconds.
-    selection.update(_per_kind('learned', results))
-    if unseen_copies:
-        scorer = Detector(model, dataclasses.replace(meta, calibration=fitted), device)
-        unseen = calibration.unseen_results(scorer, *val, seed=cfg.seed + 2,
-                                            copies=unseen_copies)
-        # A scoring is left out where the validation parts were too small for every kind.
-        selection.update(_both_scorings('unseen', unseen.compute(variants=('fused', 'paper'))))
-        selection.update(_per_kind('unseen_learned', unseen))
-    return dataclasses.replace(meta, calibration=fitted), selection
-
-
-def _per_kind(prefix: str, results) -> dict:
-    """CategoryResults -> {'<prefix>_<kind>': the learned map's I-AUROC and AUPRO@0.3 on that
-    kind of defect against all good samples}."""
-    return {f'{prefix}_{kind}': {k: values[k] for k in ('i_auroc', 'aupro@0.3')}
-            for kind, values in results.compute_by_kind(variants=('fused',)).items()}
-
-
-def _both_scorings(prefix: str, figures: dict) -> dict:
-    """CategoryResults.compute's figures -> {'<prefix>_learned' | '<prefix>_paper': the
-    selection metrics that are defined}, a scoring left out where none is."""
-    selection = {}
-    for scoring, values in (('learned', figures), ('paper', figures['paper'])):
-        defined = {k: values[k] for k in SELECTION_METRICS if values[k] is not None}
-        if defined:
-            selection[f'{prefix}_{scoring}'] = defined
-    return selection
-
-
-def real_selection(model, meta: CheckpointMeta, device, dataset, root, category,
-                   cache: PreprocessCache) -> dict:
-    """Both scorings on the validation split's labelled defects and its good samples, each at
-    its own resolution, as dbmr-eval scores the test split: {'real_learned' | 'real_paper':
-    metrics}. Real defects judge a recipe better than synthetic ones can (docs/results.md)."""
-    return _both_scorings('real', evaluate_category(
-        Detector(model, meta, device), dataset, root, category, cache, log=lambda *_: None,
-        split='validation').compute(variants=('fused', 'paper')))
-
-
-def build_optimizers(model: DBMRNet, cfg: TrainConfig, steps_per_epoch: int):
-    """(optimizers, schedulers), each (reconstruction stage, head stage): AdamW, warm-up then
-    cosine decay over each stage's steps."""
-    head_parameters = list(model.scoring_head.parameters())
-    head_ids = {id(p) for p in head_parameters}
-    reconstruction = torch.optim.AdamW([p for p in model.parameters() if id(p) not in head_ids],
-                                       lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                       betas=(0.9, 0.95))
-    head = torch.optim.AdamW(head_parameters, lr=cfg.head_lr, weight_decay=1e-4)
-    return (reconstruction, head), (
-        torch.optim.lr_scheduler.LambdaLR(reconstruction, lambda step: lr_factor(
-            step, cfg.warmup_epochs * steps_per_epoch, cfg.epochs * steps_per_epoch)),
-        torch.optim.lr_scheduler.LambdaLR(head, lambda step: lr_factor(
-            step, cfg.warmup_epochs * steps_per_epoch, cfg.head_epochs * steps_per_epoch)))
-
-
-def stage_network(model: DBMRNet, head_stage: bool, world: int):
-    """What the optimizer steps through: the network in stage 1, the head in stage 2 (the rest
-    frozen), each wrapped for DDP when distributed."""
-    for name, parameter in model.named_parameters():
-        parameter.requires_grad_(name.startswith('scoring_head.') == head_stage)
-    module = model.scoring_head if head_stage else model
-    return torch.nn.parallel.DistributedDataParallel(module) if world > 1 else module
-
-
-def train(args) -> Path:
+def load_config(args) -> TrainConfig:
+    """The YAML config (default: the preset's), with the command line's overrides."""
     cfg = TrainConfig.load(args.config or share_dir() / 'config' /
                            f'train_{args.preset or "tiny"}.yaml')
     for name in ('preset', 'epochs', 'head_epochs', 'batch_size', 'seed'):
         if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
-    rank, world = distributed()
-    if world > 1 and torch.cuda.is_available() and args.device in ('auto', 'cuda'):
+    return cfg
+
+
+def training_device(requested: str, world: int) -> torch.device:
+    """Under DDP on CUDA each process takes its local rank's GPU."""
+    if world > 1 and torch.cuda.is_available() and requested in ('auto', 'cuda'):
         device = torch.device('cuda', int(os.environ.get('LOCAL_RANK', '0')))
         torch.cuda.set_device(device)
-    else:
-        device = resolve_device(args.device)
+        return device
+    return resolve_device(requested)
+
+
+def save_state(path: Path, model, epoch: int, optimizers, schedulers, history, generator,
+               meta: CheckpointMeta) -> None:
+    """Everything --resume needs to continue exactly: weights, optimizers, schedulers, RNG."""
+    atomic_torch_save({'model': model.state_dict(), 'epoch': epoch,
+                       'optimizers': [o.state_dict() for o in optimizers],
+                       'schedulers': [s.state_dict() for s in schedulers],
+                       'history': history, 'rng': [rng_state(generator)],
+                       'calibration': meta.calibration.to_dict()}, path)
+
+
+def resume(path: Path, model, optimizers, schedulers, generator, rank: int, meta):
+    """Load save_state's file into the run -> (start epoch, loss history, meta)."""
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    model.load_state_dict(state['model'])
+    for item, saved in zip(optimizers + schedulers, state['optimizers'] + state['schedulers']):
+        item.load_state_dict(saved)
+    set_rng_state(state['rng'][rank] if rank < len(state['rng']) else state['rng'][0],
+                  generator)
+    LOG.info('resumed from %s at epoch %d', path, int(state['epoch']))
+    return int(state['epoch']), list(state['history']), dataclasses.replace(
+        meta, calibration=calibration.Calibration.from_dict(state['calibration']))
+
+
+def with_head_stats(model, meta: CheckpointMeta, device, val) -> CheckpointMeta:
+    """The head reads maps normalised by good-sample statistics: they are fixed first."""
+    detector = Detector(model, dataclasses.replace(meta, calibration=calibration.Calibration()),
+                        device)
+    return dataclasses.replace(meta, calibration=calibration.Calibration(
+        stats=calibration.fit_stats(detector, *val)))
+
+
+def train(args) -> Path:
+    cfg = load_config(args)
+    rank, world = distributed()
+    device = training_device(args.device, world)
     output = Path(args.output)
     if rank == 0:
         refuse_existing_output(output, args.resume or args.overwrite,
@@ -174,20 +130,12 @@ def train(args) -> Path:
     start_epoch, history = 0, []
     state_path = output / TRAIN_STATE
     if args.resume and state_path.exists():
-        state = torch.load(state_path, map_location='cpu', weights_only=True)
-        model.load_state_dict(state['model'])
-        for item, saved in zip(optimizers + schedulers, state['optimizers'] + state['schedulers']):
-            item.load_state_dict(saved)
-        set_rng_state(state['rng'][rank] if rank < len(state['rng']) else state['rng'][0],
-                      generator)
-        start_epoch, history = int(state['epoch']), list(state['history'])
-        meta = dataclasses.replace(meta, calibration=calibration.Calibration.from_dict(
-            state['calibration']))
-        LOG.info('resumed from %s at epoch %d', state_path, start_epoch)
+        start_epoch, history, meta = resume(state_path, model, optimizers, schedulers,
+                                            generator, rank, meta)
     elif args.resume:
         LOG.info('no %s in %s: starting from scratch', TRAIN_STATE, output)
     if model.shape_prior is not None and start_epoch == 0:
-        summary = fit_shape_prior(model.shape_prior, train_data[1], cfg.seed, device)
+        summary = fit_shape_prior(model.shape_prior, train_data[1], device)
         LOG.info('shape prior fitted on the training parts: %s', summary)
 
     writer = None
@@ -203,11 +151,7 @@ def train(args) -> Path:
         if stage != head_stage:
             net, stage = stage_network(model, head_stage, world), head_stage
         if head_stage and not meta.calibration.stats:
-            # The head reads maps normalised by good-sample statistics: fix them first.
-            detector = Detector(model, dataclasses.replace(
-                meta, calibration=calibration.Calibration()), device)
-            meta = dataclasses.replace(meta, calibration=calibration.Calibration(
-                stats=calibration.fit_stats(detector, *val)))
+            meta = with_head_stats(model, meta, device, val)
         order = torch.randperm(len(data[0]), generator=generator if world == 1 else
                                torch.Generator().manual_seed(cfg.seed * 1000 + epoch))[rank::world]
         batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
@@ -239,11 +183,8 @@ def train(args) -> Path:
                 save_checkpoint(output / CHECKPOINT, model.state_dict(), meta)
             if cfg.log_images_every and (epoch + 1) % cfg.log_images_every == 0:
                 progress.log_reconstructions(writer, model, data, device, epoch + 1)
-            atomic_torch_save({'model': model.state_dict(), 'epoch': epoch + 1,
-                               'optimizers': [o.state_dict() for o in optimizers],
-                               'schedulers': [s.state_dict() for s in schedulers],
-                               'history': history, 'rng': [rng_state(generator)],
-                               'calibration': meta.calibration.to_dict()}, state_path)
+            save_state(state_path, model, epoch + 1, optimizers, schedulers, history,
+                       generator, meta)
         if world > 1:
             dist.barrier()
     final = output / FINAL

@@ -106,7 +106,7 @@ def test_cuda_engine_epochs_in_bf16_follow_float32(good_parts):
     """Both stages' engine epochs on CUDA, as dbmr-train runs them, with the default bf16
     autocast and in float32: the network and the head learn, and the losses agree within
     5 % (the stated tolerance of mixed-precision training)."""
-    from dbmr_ros.train import build_optimizers, stage_network
+    from dbmr_ros.training.optim import build_optimizers, stage_network
     from dbmr_ros.training import engine
     from dbmr_ros.training.config import TrainConfig
     data = tuple(t.cuda() for t in good_parts)

@@ -5,22 +5,23 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from scipy.ndimage import binary_dilation
 
-from dbmr_ros.calibration import Calibration, score_definition
+from dbmr_ros.calibration import Calibration
 from dbmr_ros.checkpoint import CheckpointError, CheckpointMeta, load_checkpoint, save_checkpoint
 from dbmr_ros.data.preprocess import PreprocessConfig, preprocess, square_padding
 from dbmr_ros.data.synthetic import render_sample
 from dbmr_ros.detector import Detector
 from dbmr_ros.model import DBMRConfig, DBMRNet, PRESETS
 from dbmr_ros.model.head import focal_loss, head_inputs, INPUT_CHANNELS, NUM_INPUTS, ScoringHead
-from dbmr_ros.model.grid import from_view, HEAD_VIEWS, smoothed_cloud, surface_normals, to_view
-from dbmr_ros.model.inputs import even_ranks, group_points, metric_xyz, prepare
+from dbmr_ros.model.inputs import even_ranks, group_points, prepare
 from dbmr_ros.model.masking import no_masking, random_masking
 from dbmr_ros.model.point_ops import chamfer_l2, fps, fps_numpy, fps_torch, knn, knn_torch
-from dbmr_ros.model.scoring import group_map, head_logits, HeadFeatures, image_score_loss, \
-    image_scores, learned_map
+from dbmr_ros.model.scoring import group_map
 from dbmr_ros.model.transformer import local_alignment_mask
+from dbmr_ros.resources import share_dir
 from parts import model_size_parts
 
 SMALL = DBMRConfig(image_size=64, patch_size=8, num_points=400, num_groups=24, group_size=12,
@@ -261,6 +262,30 @@ def test_checkpoint_round_trip_identical_outputs(tmp_path):
     assert list(tmp_path.iterdir()) == [path]  # no temp files left behind
 
 
+def test_a_removed_option_loads_at_its_kept_value_and_is_refused_otherwise(tmp_path):
+    """Checkpoints written before an option left still load where they used the value this
+    version implements; one that asked for another value fails naming the option."""
+    shipped = share_dir() / 'models' / 'dbmr_default.safetensors'
+    tensors = load_file(str(shipped))
+    with safe_open(str(shipped), framework='pt') as handle:
+        saved = json.loads(handle.metadata()['dbmr'])
+
+    def with_option(section, name, value):
+        data = json.loads(json.dumps(saved))
+        data[section][name] = value
+        path = tmp_path / f'{section}_{name}_{value}.safetensors'
+        save_file(tensors, str(path), metadata={'dbmr': json.dumps(data)})
+        return path
+
+    for section, name, kept, other in (('model', 'head_views', 1, 4),
+                                       ('model', 'score_passes', 1, 4),
+                                       ('anomalies', 'stroke_share', 0.0, 0.33),
+                                       ('preprocess', 'seed', 0, 5)):
+        assert load_checkpoint(with_option(section, name, kept))[1] == load_checkpoint(shipped)[1]
+        with pytest.raises(CheckpointError, match=f'no longer has: .*{name}'):
+            load_checkpoint(with_option(section, name, other))
+
+
 def test_corrupt_checkpoints_give_clear_errors(tmp_path):
     model = DBMRNet(SMALL)
     path = save_checkpoint(tmp_path / 'm.safetensors', model.state_dict(), _meta())
@@ -360,42 +385,6 @@ def test_scoring_head_inference_layout_gives_the_training_layouts_logits():
     assert torch.allclose(inferred, trained_layout, atol=1e-5)
 
 
-def test_head_views_average_the_turned_and_mirrored_views_turned_back():
-    """`head_views` V: the head's logits are the mean over V views of its inputs (and token
-    context), each turned back first; 1 is the head as it is; every view count is a
-    different score definition."""
-    head = ScoringHead((8, 16), context_dim=6).eval()
-    torch.manual_seed(0)
-    features = HeadFeatures(torch.randn(2, NUM_INPUTS, 40, 40), torch.randn(2, 6, 5, 5),
-                            None, None, None)
-    assert torch.equal(head_logits(head, features, 1), head(*features[:2]))
-    for count, views in HEAD_VIEWS.items():
-        assert len(set(views)) == count
-        for view in views:   # from_view undoes to_view, on pixels and on the patch grid
-            for x in features[:2]:
-                assert torch.equal(from_view(to_view(x, *view), *view), x)
-        expected = torch.stack([from_view(head(to_view(features.inputs, *view),
-                                               to_view(features.context, *view)), *view)
-                                for view in views]).mean(0)
-        assert torch.allclose(head_logits(head, features, count), expected, atol=1e-6)
-    # A head that is not symmetric gives each view another guess: the mean differs.
-    assert not torch.allclose(head_logits(head, features, 8), head_logits(head, features, 1))
-    # A per-pixel head (1x1 convolutions only) is symmetric: every view agrees with the first.
-    pointwise = torch.nn.Conv2d(NUM_INPUTS, 1, 1)
-
-    def per_pixel_head(inputs, context):
-        return pointwise(inputs)[:, 0]
-
-    assert torch.allclose(head_logits(per_pixel_head, features, 8),
-                          per_pixel_head(*features[:2]), atol=1e-6)
-    definitions = {json.dumps(score_definition(dataclasses.replace(SMALL, head_views=v),
-                                               'learned'), sort_keys=True) for v in HEAD_VIEWS}
-    assert len(definitions) == len(HEAD_VIEWS)
-    assert 'head_views' not in score_definition(SMALL, 'learned')
-    with pytest.raises(ValueError, match='head_views'):
-        DBMRConfig(head_views=3)
-
-
 def test_point_pooling_without_autograd_equals_the_training_pooling():
     """The embedding pools each group's points by amax without autograd (no indices: faster)
     and by max with it (its backward is what the reproducible runs were trained with); the
@@ -412,29 +401,6 @@ def test_point_pooling_without_autograd_equals_the_training_pooling():
     assert trained.grad[0, 0, :, 0].sum() == 1 and (trained.grad[0, 0, :, 0] == 1).sum() == 1
 
 
-def test_head_input_dropout_drops_whole_groups_never_the_validity():
-    """The training-only input dropout: per sample, whole channel groups of `input_channels`
-    at the given rate, never the validity mask, the same draw for the same generator; keeping
-    every channel changes nothing."""
-    from dbmr_ros.model.head import input_channels, input_dropout_keep
-    groups = input_channels(True)
-    keep = input_dropout_keep(4000, True, 0.25, torch.Generator().manual_seed(3))
-    assert keep.shape == (4000, sum(n for _, n in groups))
-    start = 0
-    for name, count in groups:
-        block = keep[:, start:start + count]
-        assert (block == block[:, :1]).all(), f'{name} is dropped as a whole'
-        rate = 1 - float(block[:, 0].mean())
-        assert rate == 0 if name == 'valid' else abs(rate - 0.25) < 0.03, (name, rate)
-        start += count
-    assert torch.equal(keep, input_dropout_keep(4000, True, 0.25,
-                                                torch.Generator().manual_seed(3)))
-    head = ScoringHead((8, 16), in_dim=keep.shape[1], context_dim=4).train()
-    x, context = torch.randn(2, keep.shape[1], 32, 32), torch.randn(2, 4, 4, 4)
-    torch.manual_seed(0)
-    assert torch.allclose(head(x, context), head(x, context, torch.ones(2, keep.shape[1])))
-
-
 def test_focal_loss_is_normalised_by_the_anomalous_pixels():
     target = torch.zeros(2, 64, 64)
     target[0, :8, :8] = 1
@@ -444,77 +410,12 @@ def test_focal_loss_is_normalised_by_the_anomalous_pixels():
     # Every pixel at p = 0.5 costs 0.25 * ln 2; the sum is divided by the 64 anomalous pixels.
     expected = 0.25 * np.log(2) * target.numel() / 64
     assert float(focal_loss(unsure, target)) == pytest.approx(expected, rel=1e-5)
-    # Exponent 0 (`head_focal_gamma: 0`) is the cross-entropy, ln 2 a pixel here.
+    # Exponent 0 is the cross-entropy, ln 2 a pixel here.
     assert float(focal_loss(unsure, target, gamma=0.0)) == pytest.approx(4 * expected, rel=1e-5)
     # Predicting 'normal' everywhere is expensive, not (as with a mean) nearly free.
     assert float(focal_loss(torch.full_like(target, -5.0), target)) > 3.0
     # No anomalous pixel: the divisor is min_share of the pixels, the loss stays finite.
     assert torch.isfinite(focal_loss(unsure, torch.zeros_like(target)))
-
-
-def test_focal_loss_per_defect_weighs_a_small_defect_like_a_large_one():
-    target = torch.zeros(2, 64, 64)
-    target[0, 10:12, 10:12] = 1          # 4 pixels
-    target[1, 20:40, 20:40] = 1          # 400 pixels
-    perfect = (target * 2 - 1) * 30
-    for sample in (0, 1):  # one sample's defect wholly at p = 0.5, the rest perfect
-        missed = torch.zeros_like(target, dtype=torch.bool)
-        missed[sample] = target[sample].bool()
-        # Half of the mean defect term (0.25 * ln 2 over two samples), whichever was missed.
-        assert float(focal_loss(perfect.masked_fill(missed, 0.0), target, per_defect=True)) \
-            == pytest.approx(0.125 * np.log(2), rel=1e-4)
-    # Per pixel (the default), the large miss costs 100x the small one.
-    small, large = (focal_loss(perfect.masked_fill(target.bool() & (torch.arange(2) == i)
-                                                   [:, None, None], 0.0), target)
-                    for i in (0, 1))
-    assert float(large) == pytest.approx(100 * float(small), rel=1e-4)
-
-
-def test_image_score_loss_is_the_cross_entropy_of_the_inference_score():
-    torch.manual_seed(0)
-    logits = torch.randn(3, 48, 48, requires_grad=True)
-    valid = torch.zeros(3, 48, 48, dtype=torch.bool)
-    valid[:, 8:40, 8:40] = True
-    mask = torch.zeros_like(valid)
-    mask[1, 12:16, 12:16] = True          # sample 1 holds a defect, samples 0 and 2 are good
-    loss = image_score_loss(logits, valid, mask, sigma=2.0, margin=4)
-    # The score is the one inference reports (the peak of the smoothed map), not a proxy.
-    score = image_scores(learned_map(logits.detach(), valid, 2.0, 4))
-    expected = -(torch.log(1 - score[0]) + torch.log(score[1]) + torch.log(1 - score[2])) / 3
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
-    loss.backward()
-    # A step against the gradient lowers a good sample's peak and raises a defective one's.
-    stepped = image_scores(learned_map(logits.detach() - 50 * logits.grad, valid, 2.0, 4))
-    assert stepped[0] < score[0] and stepped[2] < score[2] and stepped[1] > score[1]
-    # Only the window around each peak is taught: pixels far from it get no gradient.
-    assert int((logits.grad[0].abs() > 0).sum()) < 0.5 * valid[0].sum()
-    # Certain scores stay finite (clamped off 0 and 1).
-    assert torch.isfinite(image_score_loss(torch.full((1, 48, 48), -80.0), valid[:1], mask[1:2],
-                                           2.0, 4))
-
-
-def test_head_without_points_reads_the_other_inputs_unchanged(tmp_path):
-    """`head_points: false`: the normalised points leave the head's inputs (three channels
-    fewer, every other channel as it was), the head is built for that, the score definition
-    records it (so an old threshold cannot be reused), and a checkpoint scores after loading."""
-    rgb, xyz, _ = synthetic_batch()
-    inp, _ = model_input(rgb, xyz)
-    zeros = torch.zeros(inp.valid.shape)
-    full = head_inputs(inp, inp.images, zeros, zeros)
-    names = [name for name, n in INPUT_CHANNELS for _ in range(n)]
-    without = head_inputs(inp, inp.images, zeros, zeros, points=False)
-    assert without.shape[1] == NUM_INPUTS - 3
-    assert torch.equal(without, full[:, [n != 'xyz' for n in names]])
-    cfg = dataclasses.replace(SMALL, head_points=False)
-    torch.manual_seed(1)
-    model = DBMRNet(cfg).eval()
-    assert model.scoring_head.input_norm.num_features == NUM_INPUTS - 3
-    assert score_definition(cfg, 'learned') != score_definition(SMALL, 'learned')
-    path = save_checkpoint(tmp_path / 'm.safetensors', model.state_dict(), _meta(cfg))
-    loaded = Detector.from_checkpoint(path, 'cpu')
-    s = render_sample(np.random.default_rng(0), 'puck', 90, 'bump')
-    a, b = Detector(model, _meta(cfg))(s.rgb, s.xyz), loaded(s.rgb, s.xyz)
-    assert loaded.meta.model.head_points is False and a.score == b.score
 
 
 def test_head_inputs_channels_and_background():
@@ -530,18 +431,10 @@ def test_head_inputs_channels_and_background():
     normals = x[:, [i for i, n in enumerate(names) if n == 'normals']]
     assert torch.allclose(normals.norm(dim=1)[inp.valid], torch.ones(int(inp.valid.sum())),
                           atol=1e-4)
-    # `normal_smoothing`: only the normals change, taken from the smoothed cloud.
-    smooth = head_inputs(inp, inp.images, zeros, zeros, normal_smoothing=1.5)
-    is_normal = torch.tensor([n == 'normals' for n in names])
-    assert torch.equal(smooth[:, ~is_normal], x[:, ~is_normal])
-    expected = surface_normals(smoothed_cloud(metric_xyz(inp), inp.valid, 1.5), inp.valid)
-    expected = (expected * inp.valid[..., None]).permute(0, 3, 1, 2)
-    assert torch.equal(smooth[:, is_normal], expected)
-    assert not torch.equal(smooth[:, is_normal], normals)
 
 
 def test_single_pass_reconstruction_is_one_unmasked_pass():
-    cfg = dataclasses.replace(SMALL, score_passes=1, visible_loss_weight=1.0)
+    cfg = SMALL
     torch.manual_seed(0)
     model = DBMRNet(cfg).eval()
     rgb, xyz, _ = synthetic_batch()
@@ -551,8 +444,6 @@ def test_single_pass_reconstruction_is_one_unmasked_pass():
     expected = model.predict(*model.features(embedded, grp))
     assert torch.allclose(images, model.unpatchify(expected[0]))
     assert torch.allclose(points, expected[1])
-    with pytest.raises(ValueError, match='visible_loss_weight'):
-        dataclasses.replace(SMALL, score_passes=1, visible_loss_weight=0.0)
     # Training sees every token on the unmasked steps, with the loss on all of them.
     out = DBMRNet(cfg)(inp.images, grp, torch.Generator().manual_seed(0), masked=False)
     assert not out.mask_2d.any() and float(out.losses['loss_2d'].detach()) > 0

@@ -1,25 +1,22 @@
-"""The shape prior: FPFH on the image grid (model.local_shape) and the models of good parts'
-patch descriptors (model.shape_prior: a Gaussian mixture or a coreset, fitted by
+"""The shape prior: FPFH on the image grid (model.local_shape) and the model of good parts
+patch descriptors (model.shape_prior: a coreset, fitted by
 training.shape_prior)."""
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
-from sklearn.mixture import GaussianMixture
 
 from dbmr_ros.data import open_dataset
 from dbmr_ros.data.preprocess import preprocess, PreprocessConfig
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.model import DBMRConfig, DBMRNet
 from dbmr_ros.model.head import NUM_INPUTS
-from dbmr_ros.model.inputs import group_points, prepare
-from dbmr_ros.model.scoring import anomaly_maps, head_features, learned_map
 from dbmr_ros.model import local_shape
 from dbmr_ros.model.local_shape import fpfh, patch_descriptors, pca_normals
 from dbmr_ros.symmetric3 import smallest_axis
 from dbmr_ros.calibration import score_definition
-from dbmr_ros.model.shape_prior import build_shape_prior, CoresetPrior, MixturePrior
+from dbmr_ros.model.shape_prior import ShapePrior
 from dbmr_ros.training.shape_prior import fit_shape_prior, greedy_coreset
 
 
@@ -90,29 +87,6 @@ def test_fpfh_over_the_nearest_points_ignores_a_depth_step_in_the_window():
     assert torch.allclose(whole[0, :, far[0], far[1]], every[0, :, far[0], far[1]])
 
 
-def test_prior_nll_equals_the_mixture_and_scores_a_bump_above_good_parts():
-    good = torch.cat([surface(bump(centre=(56, 56), height=h, sigma=20.0))[0]
-                      for h in (0.0, 0.001, -0.001, 0.002)]).numpy()
-    prior = MixturePrior(components=2, patch_size=4)
-    summary = fit_shape_prior(prior, good, seed=0, device='cpu')
-    assert summary['converged'] and summary['patches'] == 4 * 28 * 28   # 4 px patches at 112
-    # The same numbers as scikit-learn's own likelihood of the fitted mixture.
-    x = np.random.default_rng(0).uniform(0, 60, size=(50, 33))
-    reference = GaussianMixture(2, covariance_type='full', reg_covar=1e-2, random_state=0)
-    reference.fit(np.concatenate([patch_descriptors(torch.from_numpy(c)[None],
-                                                    torch.from_numpy(c)[None].abs().sum(-1) > 0,
-                                                    4)[0].permute(1, 2, 0).reshape(-1, 33)
-                                  for c in good]).astype(np.float64))
-    assert np.allclose(prior.nll(torch.from_numpy(x).float()).numpy(),
-                       -reference.score_samples(x), rtol=1e-4)
-    xyz, valid = surface(bump(centre=(56, 40), sigma=3.0, height=0.002))
-    scores = prior.patch_scores(xyz, valid)[0]                              # (28, 28)
-    on_part = patch_descriptors(xyz, valid, 4)[0].abs().sum(0) > 0
-    assert scores[13:16, 9:12].max() > scores[on_part].median() + 3
-    good_scores = prior.patch_scores(*surface())[0]
-    assert good_scores[13:16, 9:12].max() < scores[13:16, 9:12].max() - 3
-
-
 def test_model_with_and_without_prior():
     """A model with a prior carries its buffers in the state dict; a configuration
     without one (checkpoints made before it) builds the head for the base channels."""
@@ -120,7 +94,7 @@ def test_model_with_and_without_prior():
                        group_size=8, embed_dim=32, depth=1, num_heads=2, decoder_dim=32,
                        decoder_heads=2, shape_prior_components=4)
     model = DBMRNet(small)
-    assert 'shape_prior.means' in model.state_dict()
+    assert 'shape_prior.bank' in model.state_dict()
     assert model.scoring_head.input_norm.num_features == NUM_INPUTS + 1
     old = DBMRNet(DBMRConfig.from_dict({k: v for k, v in small.to_dict().items()
                                         if k != 'shape_prior_components'}))
@@ -207,8 +181,7 @@ def test_window_pair_bins_compute_half_the_pairs_and_equal_all_of_them():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
-@pytest.mark.parametrize('kind,components', [('mixture', 4), ('coreset', 64)])
-def test_descriptors_and_prior_on_cuda_follow_the_cpu(mvtec_root, kind, components):
+def test_descriptors_and_prior_on_cuda_follow_the_cpu(mvtec_root):
     """The descriptors and the prior's scores on CUDA against the CPU, on real cable_gland parts
     at the tiny preset's size: the same float32 arithmetic in another order, so a pair whose
     angle lies on a bin edge may fall into the neighbouring bin. Stated tolerance: descriptors
@@ -219,8 +192,8 @@ def test_descriptors_and_prior_on_cuda_follow_the_cpu(mvtec_root, kind, componen
                                         for s in (ref.load() for ref in refs)]))
     valid = valid_mask(clouds)
     patch = DBMRConfig().shape_patch_size
-    prior = build_shape_prior(kind, components, patch)
-    fit_shape_prior(prior, clouds.numpy(), seed=0, device='cpu')
+    prior = ShapePrior(64, patch)
+    fit_shape_prior(prior, clouds.numpy(), device='cpu')
     cpu_descriptors = patch_descriptors(clouds, valid, patch)
     cuda_descriptors = patch_descriptors(clouds.cuda(), valid.cuda(), patch).cpu()
     cpu_scores = prior.patch_scores(clouds, valid)
@@ -255,8 +228,8 @@ def test_coreset_prior_is_the_nearest_entry_and_leaves_each_part_out():
     # distinct depends on the CPU's rounding: under 40 on the machines this test was written
     # on, 1861 on another.)
     patches = 4 * 28 * 28
-    prior = CoresetPrior(components=patches + 2, patch_size=4)
-    summary = fit_shape_prior(prior, good, seed=0, device='cpu')
+    prior = ShapePrior(components=patches + 2, patch_size=4)
+    summary = fit_shape_prior(prior, good, device='cpu')
     assert summary['patches'] == patches
     distinct = summary['entries']
     assert 10 < distinct < len(prior.bank) and not prior.bank[distinct:].any()
@@ -281,21 +254,18 @@ def test_coreset_prior_is_the_nearest_entry_and_leaves_each_part_out():
     assert good_scores[13:16, 9:12].max() < scores[13:16, 9:12].max() - 1
 
 
-def test_model_with_a_coreset_prior_and_its_score_definition():
+def test_model_with_a_shape_prior_and_its_score_definition():
     small = DBMRConfig(image_size=112, patch_size=16, num_points=256, num_groups=16,
                        group_size=8, embed_dim=32, depth=1, num_heads=2, decoder_dim=32,
-                       decoder_heads=2, shape_prior_components=8, shape_prior_kind='coreset')
+                       decoder_heads=2, shape_prior_components=8)
     model = DBMRNet(small)
-    assert isinstance(model.shape_prior, CoresetPrior)
+    assert isinstance(model.shape_prior, ShapePrior)
     assert model.state_dict()['shape_prior.bank'].shape == (8, 33)
     assert model.scoring_head.input_norm.num_features == NUM_INPUTS + 1
-    # A changed prior is a changed score: an old threshold cannot be reused with it. A mixture's
-    # definition is what it was before there were two kinds.
-    mixture = DBMRConfig.from_dict({**small.to_dict(), 'shape_prior_kind': 'mixture'})
-    assert score_definition(small, 'learned') != score_definition(mixture, 'learned')
-    assert 'shape_prior' not in score_definition(mixture, 'learned')['head']
-    with pytest.raises(ValueError, match='shape_prior_kind'):
-        DBMRConfig(shape_prior_kind='memory')
+    # A changed prior is a changed score: an old threshold cannot be reused with it.
+    without = dataclasses.replace(small, shape_prior_components=0)
+    assert score_definition(small, 'learned') != score_definition(without, 'learned')
+    assert 'shape_prior' not in score_definition(without, 'learned')['head']
     # The prior's window is the model's too: its descriptors, and so its score, change with it.
     wider = dataclasses.replace(small, shape_prior_radius=3)
     assert (model.shape_prior.radius, DBMRNet(wider).shape_prior.radius) == (2, 3)
@@ -306,39 +276,3 @@ def test_model_with_a_coreset_prior_and_its_score_definition():
                               patch_descriptors(xyz, valid, 8, radius=3))
     with pytest.raises(ValueError, match='shape_prior_radius'):
         DBMRConfig(shape_prior_radius=0)
-
-
-def test_late_fusion_adds_the_prior_to_the_head_logits_and_changes_the_definition():
-    """`shape_prior_fusion` w: the learned map is the head's map of logits + w * the prior's
-    map, the paper's map unchanged; 0 is the head alone; a changed weight is a changed score."""
-    small = DBMRConfig(image_size=112, patch_size=16, num_points=256, num_groups=16,
-                       group_size=8, embed_dim=32, depth=1, num_heads=2, decoder_dim=32,
-                       decoder_heads=2, shape_prior_components=8, shape_prior_kind='coreset')
-    torch.manual_seed(0)
-    model = DBMRNet(small).eval()
-    good = torch.cat([surface(bump(centre=(56, 56), height=h, sigma=20.0))[0]
-                      for h in (0.0, 0.001)]).numpy()
-    fit_shape_prior(model.shape_prior, good, seed=0, device='cpu')
-    xyz, valid = surface(bump(centre=(56, 40), sigma=3.0, height=0.002))
-    rgb = torch.full((1, 112, 112, 3), 128, dtype=torch.uint8)
-    inp = prepare(rgb, xyz, small.num_points, small.group_size)
-    groups = group_points(inp, small.num_groups, small.group_size)
-    tokens = model.score_tokens(inp.images, groups)
-    head_alone = anomaly_maps(model, inp, groups, tokens, None)
-    features = head_features(model, inp, groups, tokens, None)
-    logits = model.scoring_head(features.inputs, features.context)
-    assert torch.equal(head_alone.anomaly, learned_map(logits, inp.valid, small.smoothing_sigma,
-                                                       small.map_margin))
-    model.cfg = dataclasses.replace(small, shape_prior_fusion=2.0)
-    fused = anomaly_maps(model, inp, groups, tokens, None)
-    expected = learned_map(logits + 2.0 * features.shape_map, inp.valid, small.smoothing_sigma,
-                           small.map_margin)
-    assert torch.allclose(fused.anomaly, expected) and torch.equal(fused.paper, head_alone.paper)
-    # The bump is where the prior raises the map most.
-    raised = (fused.anomaly - head_alone.anomaly)[0]
-    row, col = divmod(int(raised.argmax()), 112)
-    assert abs(row - 56) <= 6 and abs(col - 40) <= 6
-    assert score_definition(model.cfg, 'learned') != score_definition(small, 'learned')
-    assert score_definition(model.cfg, 'paper') == score_definition(small, 'paper')
-    with pytest.raises(ValueError, match='shape_prior_fusion'):
-        DBMRConfig(shape_prior_fusion=1.0)

@@ -3,19 +3,13 @@ operating point without real defects (after DRAEM, extended to organized point c
 
 Each anomalous sample gets one region on the object: a Perlin-noise shape inside a random
 ellipse around a random object pixel, so sizes range from a few pixels to a large part of
-the object; or, with `stroke_share`, a thin stroke (a narrow, gently curved band a few
-pixels wide and tens long: the shape of scratches, cracks and cuts, which a blob of the same
-area does not teach, since a map averaged over a window dilutes a line more than a blob).
-In that region the sample gets, by chance:
+the object. In that region the sample gets, by chance:
 
 - an RGB anomaly: foreign texture blended in with a random opacity, taken from another image
   of the batch (shifted), from shuffled 8 px patches of the same image, or procedural (two
   random colours mixed by Perlin noise);
 - a 3D anomaly: the points pushed along their surface normal or along the viewing ray as a
-  smooth bump or dent (a fraction of the object's RMS radius), or, with `rough_share`, as a
-  rough patch whose height varies across the region (Perlin noise: a crumpled or battered
-  surface, whose bends a uniform plateau lacks), or, with `relief_share`, with the fine
-  relief of another place of the part in it (`foreign_relief`); or removed (a hole or a cut);
+  smooth bump or dent (a fraction of the object's RMS radius), or removed (a hole or a cut);
 - or both at once, on the same region.
 
 Batched and device-agnostic. Every random number is drawn on the (CPU) generator and then moved
@@ -31,7 +25,7 @@ import torch
 
 from dbmr_ros.data.random_fields import Draws, perlin_draws, shifted
 from dbmr_ros.data.sample import valid_mask
-from dbmr_ros.data.surface_anomalies import displaced, foreign_relief
+from dbmr_ros.data.surface_anomalies import displaced
 from dbmr_ros.dataclass_dict import from_dict, to_dict
 
 # Values of `SyntheticBatch.kind`.
@@ -49,34 +43,22 @@ class AnomalyConfig:
     removal_share: float = 0.3          # 3D anomalies that remove points instead of moving them
     radius: Tuple[float, float] = (0.015, 0.2)   # ellipse semi-axis, fraction of image side
     perlin_cells: Tuple[int, int] = (2, 32)      # Perlin grid cells across the image
-    perlin_threshold: Tuple[float, float] = (0.0, 0.5)
+    perlin_threshold: Tuple[float, float] = (0.0, 0.5)  # region: where the noise exceeds this
     min_pixels: int = 6                 # a smaller region falls back to the whole ellipse
     opacity: Tuple[float, float] = (0.2, 1.0)    # of the foreign texture
     texture_weights: Tuple[float, float, float] = (1.0, 1.0, 1.0)  # other image, patches, noise
     displacement: Tuple[float, float] = (0.03, 0.2)  # of the object's RMS radius
     smoothing: float = 2.0              # px, Gaussian edge of a bump or dent
-    stroke_share: float = 0.0           # regions that are thin strokes instead of blobs
-    stroke_width: Tuple[float, float] = (1.0, 4.0)    # px at 224 px, the stroke's full width
-    stroke_length: Tuple[float, float] = (0.08, 0.4)  # fraction of the image side
-    # Displaced regions whose height varies across them (off: docs/design_notes.md).
-    rough_share: float = 0.0
-    rough_cells: Tuple[float, float] = (2.0, 6.0)  # a rough patch's Perlin cells across it
-    # Displaced regions whose fine relief is another place's instead (foreign_relief).
-    relief_share: float = 0.0
-    relief_sigma: float = 3.0           # px at 224 px: the relief is what a blur this wide removes
-    relief_gain: Tuple[float, float] = (0.0, 2.0)   # times the foreign relief (0: sanded flat)
-    relief_visible: float = 0.01        # of the RMS radius: a smaller change is no defect
 
     def __post_init__(self):
-        for name in ('probability', 'stroke_share', 'rough_share', 'relief_share'):
+        for name in ('probability', 'removal_share'):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f'anomaly {name} must be in [0, 1]')
         for name in ('modality_weights', 'texture_weights'):
             weights = getattr(self, name)
             if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
                 raise ValueError(f'{name} must be three non-negative weights, not all zero')
-        for name in ('radius', 'perlin_cells', 'perlin_threshold', 'opacity', 'displacement',
-                     'stroke_width', 'stroke_length', 'rough_cells', 'relief_gain'):
+        for name in ('radius', 'perlin_cells', 'perlin_threshold', 'opacity', 'displacement'):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f'{name}: lower bound {low} above upper bound {high}')
@@ -87,7 +69,18 @@ class AnomalyConfig:
     @classmethod
     def from_dict(cls, values: dict) -> 'AnomalyConfig':
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return from_dict(cls, values, 'anomaly')
+        for kind, settings in _REMOVED_KINDS.items():
+            if not values.get(kind):   # never drawn: their settings changed nothing
+                for name in settings:
+                    values.pop(name, None)
+        return from_dict(cls, values, 'anomaly', {kind: 0.0 for kind in _REMOVED_KINDS})
+
+
+# Kinds of synthetic anomaly that earlier versions could draw (their share of samples) and the
+# settings of each; measured no better (docs/design_notes.md, "Options that left").
+_REMOVED_KINDS = {'stroke_share': ('stroke_width', 'stroke_length'),
+                  'rough_share': ('rough_cells',),
+                  'relief_share': ('relief_sigma', 'relief_gain', 'relief_visible')}
 
 
 class SyntheticBatch(NamedTuple):
@@ -127,13 +120,6 @@ def synthesize(rgb: torch.Tensor, xyz: torch.Tensor, cfg: AnomalyConfig,
     # region); removal takes exactly the region.
     bumped = has_3d & ~removed[:, None, None]
     moved = displaced(xyz, valid, bumped, cfg, draw)
-    if cfg.relief_share > 0:  # no draws otherwise: a config without them keeps its stream
-        relief_xyz, visible = foreign_relief(xyz, valid, bumped, cfg, draw)
-        use = ((draw.uniform() < cfg.relief_share)
-               & (visible.flatten(1).sum(1) >= cfg.min_pixels))
-        moved = torch.where(use[:, None, None, None], relief_xyz, moved)
-        # Where the colour changed too, the whole region is anomalous.
-        mask = torch.where((use & (modality == 1))[:, None, None], visible, mask)
     gone = has_3d & removed[:, None, None]
     out_xyz = torch.where(gone[..., None], torch.zeros_like(xyz), moved)
 
@@ -149,9 +135,7 @@ def synthesize(rgb: torch.Tensor, xyz: torch.Tensor, cfg: AnomalyConfig,
 
 def random_region(valid: torch.Tensor, cfg: AnomalyConfig, draw: Draws) -> torch.Tensor:
     """(B, S, S) bool region on the object: Perlin shape inside an ellipse centred on a random
-    valid pixel; the whole ellipse (on the object) where the Perlin shape leaves too little.
-    With cfg.stroke_share, that share of samples gets a thin stroke through the same centre
-    instead (the blob where the stroke covers too little of the object)."""
+    valid pixel; the whole ellipse (on the object) where the Perlin shape leaves too little."""
     batch, size = valid.shape[:2]
     # A random valid pixel by inverse CDF over the valid pixels in raster order.
     counts = valid.flatten(1).sum(1)
@@ -170,12 +154,7 @@ def random_region(valid: torch.Tensor, cfg: AnomalyConfig, draw: Draws) -> torch
     threshold = draw.uniform(*cfg.perlin_threshold)[:, None, None]
     shaped = ellipse & (noise > threshold)
     enough = shaped.flatten(1).sum(1) >= cfg.min_pixels
-    region = torch.where(enough[:, None, None], shaped, ellipse)
-    if cfg.stroke_share == 0:
-        return region  # no draws for strokes: a config without them keeps its random stream
-    stroke = thin_stroke(size, centre_row, centre_col, cfg, draw) & valid
-    use = (draw.uniform() < cfg.stroke_share) & (stroke.flatten(1).sum(1) >= cfg.min_pixels)
-    return torch.where(use[:, None, None], stroke, region)
+    return torch.where(enough[:, None, None], shaped, ellipse)
 
 
 def _rotated_offsets(size: int, centre_row: torch.Tensor, centre_col: torch.Tensor,
@@ -187,21 +166,6 @@ def _rotated_offsets(size: int, centre_row: torch.Tensor, centre_col: torch.Tens
     d_col = axis[None, None, :] - centre_col[:, None, None]
     cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
     return cos * d_col + sin * d_row, -sin * d_col + cos * d_row
-
-
-def thin_stroke(size: int, centre_row: torch.Tensor, centre_col: torch.Tensor,
-                cfg: AnomalyConfig, draw: Draws) -> torch.Tensor:
-    """(B, S, S) bool: a band of cfg.stroke_width px (at 224 px; at least 1) along a parabolic
-    arc through each centre, cfg.stroke_length of the image side long, bowed by up to a
-    quarter of its half-length."""
-    half_length = draw.uniform(*cfg.stroke_length) * size / 2
-    # At least a pixel wide: a thinner band would leave a dotted line on a small image.
-    half_width = (draw.uniform(*cfg.stroke_width) * size / 224).clamp_min(1.0) / 2
-    bow = draw.uniform(-0.25, 0.25) * half_length
-    along, across = _rotated_offsets(size, centre_row, centre_col, draw.uniform(0, math.pi))
-    position = along / half_length[:, None, None]                       # -1 ... 1 on the arc
-    arc = bow[:, None, None] * position ** 2
-    return (position.abs() <= 1) & ((across - arc).abs() <= half_width[:, None, None])
 
 
 def foreign_texture(rgb: torch.Tensor, cfg: AnomalyConfig, draw: Draws) -> torch.Tensor:

@@ -28,6 +28,10 @@ from dbmr_ros.dataclass_dict import from_dict, to_dict
 from dbmr_ros.files import atomic_write
 
 
+# RANSAC's hypotheses are drawn from this seed, so a frame always gives the same points.
+RANSAC_SEED = 0
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """Everything that turns a raw (rgb, xyz) pair into model input. Saved in checkpoints."""
@@ -53,7 +57,6 @@ class PreprocessConfig:
     dbscan_stride: int = 3
     plane_max_points: int = 4000      # strip points the RANSAC hypotheses are scored on
     max_depth: float = 0.0            # m; > 0 drops points farther than this (working volume)
-    seed: int = 0                     # RANSAC sampling, so results are reproducible
 
     def __post_init__(self):
         if self.cluster_method not in CLUSTER_METHODS:
@@ -65,7 +68,8 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> 'PreprocessConfig':
-        return from_dict(cls, values, 'preprocessing')
+        # The RANSAC seed left the options: it is RANSAC_SEED.
+        return from_dict(cls, values, 'preprocessing', {'seed': RANSAC_SEED})
 
 
 def fit_plane_ransac(points: np.ndarray, threshold: float, points_per_hypothesis: int,
@@ -145,7 +149,7 @@ def support_plane_mask(xyz: np.ndarray, valid: np.ndarray, cfg: PreprocessConfig
     if len(edge_points) < 3:
         return np.zeros_like(valid)  # nothing visible on the border: no plane to remove
     plane = fit_plane_ransac(edge_points, cfg.plane_ransac_threshold, cfg.plane_ransac_points,
-                             cfg.plane_ransac_iterations, np.random.default_rng(cfg.seed),
+                             cfg.plane_ransac_iterations, np.random.default_rng(RANSAC_SEED),
                              cfg.plane_max_points)
     # Per channel in float32 over the whole grid: 8x faster than gathering the valid points in
     # float64, and millimetres at metre range lose nothing.

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from dbmr_ros.data import window_search
-from dbmr_ros.data.preprocess import PreprocessConfig, square_padding
+from dbmr_ros.data.preprocess import PreprocessConfig, RANSAC_SEED, square_padding
 from dbmr_ros.data.preprocess_torch import grid_pairs, nearest_sources
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.symmetric3 import smallest_axis
@@ -113,7 +113,7 @@ def _strip_pixels(height: int, width: int, border: int, device) -> torch.Tensor:
 def _uniforms(cfg: PreprocessConfig, strip_size: int, device):
     """Fixed seeded draws in [0, 1): (I, k) for the hypotheses' points, (S,) for the points
     they are scored on (S = plane_max_points, or the whole strip when that is 0)."""
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(RANSAC_SEED)
     hypotheses = rng.random((cfg.plane_ransac_iterations, cfg.plane_ransac_points))
     scored = rng.random(cfg.plane_max_points or strip_size)
     return torch.from_numpy(hypotheses).to(device), torch.from_numpy(scored).to(device)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from dbmr_ros.cuda_graphs import GraphedFunction
-from dbmr_ros.data.preprocess import PreprocessConfig, square_padding
+from dbmr_ros.data.preprocess import PreprocessConfig, RANSAC_SEED, square_padding
 from dbmr_ros.data.sample import valid_mask
 
 # Grid neighbours linked directly: right, down and both diagonals (as `clustering`).
@@ -40,7 +40,7 @@ def fit_plane_ransac(points: torch.Tensor, cfg: PreprocessConfig) -> torch.Tenso
     same hypotheses (drawn by the same numpy generator on the CPU), each scored on the same
     subset, the best refitted on its inliers."""
     n = len(points)
-    rng = np.random.default_rng(cfg.seed)
+    rng = np.random.default_rng(RANSAC_SEED)
     k = min(cfg.plane_ransac_points, n)
     hypotheses = torch.from_numpy(rng.integers(0, n, size=(cfg.plane_ransac_iterations, k)))
     normals, offsets = _plane_through(points[hypotheses.to(points.device)])

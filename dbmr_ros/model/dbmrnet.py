@@ -7,12 +7,11 @@ encoder tokens of their own modality (E^v_2D, E^v_3D as key and value) and recon
 patches (MSE) and masked point groups (Chamfer). The cross-modal loss predicts each masked
 group's points from the 2D decoder token of the patch its centre lies on, which ties the
 reconstructed geometry to the image. Anomaly-aware training (dbmr_ros.training) feeds inputs
-with synthetic defects and asks for the clean part (`Targets`), on hidden tokens and, with
-`visible_loss_weight`, on visible ones too, so the network learns to repair what it sees.
+with synthetic defects and asks for the clean part (`Targets`), on hidden and visible tokens
+alike, so the network learns to repair what it sees.
 
-Inference (b): both modalities are reconstructed, by one unmasked repairing pass
-(`score_passes: 1`) or from fixed complementary maskings (every token predicted while hidden);
-the input and its reconstruction pass through the frozen network unmasked, and per-token
+Inference (b): both modalities are reconstructed by one unmasked repairing pass; the input and
+its reconstruction pass through the frozen network unmasked, and per-token
 distances of the 2D and 3D decoder features are the paper's anomaly scores. The scoring head
 (`model.head`) reads these with the input and its reconstruction and gives the learned map.
 """
@@ -25,9 +24,9 @@ from dbmr_ros.model.config import DBMRConfig
 from dbmr_ros.model.embedding import PatchEmbedding, PointEmbedding, sincos_2d
 from dbmr_ros.model.head import build_scoring_head
 from dbmr_ros.model.inputs import Groups, Targets
-from dbmr_ros.model.masking import Masking, masking_from_noise, no_masking, random_masking
+from dbmr_ros.model.masking import Masking, no_masking, random_masking
 from dbmr_ros.model.point_ops import chamfer_l2, gather
-from dbmr_ros.model.shape_prior import build_shape_prior
+from dbmr_ros.model.shape_prior import ShapePrior
 from dbmr_ros.model.transformer import Block, local_alignment_mask
 
 
@@ -66,7 +65,7 @@ class DBMRNet(nn.Module):
         self.modality_2d = nn.Parameter(torch.zeros(1, 1, dim))
         self.modality_3d = nn.Parameter(torch.zeros(1, 1, dim))
         # Joint encoder.
-        self.encoder = nn.ModuleList(Block(dim, cfg.num_heads, cfg.mlp_ratio)
+        self.encoder = nn.ModuleList(Block(dim, cfg.num_heads)
                                      for _ in range(cfg.depth))
         self.encoder_norm = nn.LayerNorm(dim)
         # Modality-shared decoder.
@@ -76,14 +75,14 @@ class DBMRNet(nn.Module):
         self.register_buffer('decoder_pos_2d', sincos_2d(ddim, cfg.grid_size)[None],
                              persistent=False)
         self.decoder_pos_3d = nn.Sequential(nn.Linear(3, ddim), nn.GELU(), nn.Linear(ddim, ddim))
-        self.shared_decoder = nn.ModuleList(Block(ddim, cfg.decoder_heads, cfg.mlp_ratio)
+        self.shared_decoder = nn.ModuleList(Block(ddim, cfg.decoder_heads)
                                             for _ in range(cfg.shared_decoder_depth))
         # Modality-specific decoders with cross-attention to their own visible encoder tokens.
         self.memory_2d = nn.Linear(dim, ddim)
         self.memory_3d = nn.Linear(dim, ddim)
-        self.decoder_2d = nn.ModuleList(Block(ddim, cfg.decoder_heads, cfg.mlp_ratio, cross=True)
+        self.decoder_2d = nn.ModuleList(Block(ddim, cfg.decoder_heads, cross=True)
                                         for _ in range(cfg.modality_decoder_depth))
-        self.decoder_3d = nn.ModuleList(Block(ddim, cfg.decoder_heads, cfg.mlp_ratio, cross=True)
+        self.decoder_3d = nn.ModuleList(Block(ddim, cfg.decoder_heads, cross=True)
                                         for _ in range(cfg.modality_decoder_depth))
         self.norm_2d = nn.LayerNorm(ddim)
         self.norm_3d = nn.LayerNorm(ddim)
@@ -93,9 +92,8 @@ class DBMRNet(nn.Module):
         self._init_weights()
         # The learned scoring head (created after the init above: it keeps torch's defaults).
         components = cfg.shape_prior_components
-        self.shape_prior = (build_shape_prior(cfg.shape_prior_kind, components,
-                                              cfg.shape_patch_size, radius=cfg.shape_prior_radius)
-                            if components else None)
+        self.shape_prior = (ShapePrior(components, cfg.shape_patch_size,
+                                       radius=cfg.shape_prior_radius) if components else None)
         self.scoring_head = build_scoring_head(cfg, self.shape_prior is not None)
 
     def _init_weights(self):
@@ -192,8 +190,8 @@ class DBMRNet(nn.Module):
 
         targets: what the tokens are compared with; by default the input itself (the paper).
         Anomaly-aware training passes the clean sample behind a corrupted input, so the network
-        learns what a good part has there. masked=False sees every token (training the single
-        unmasked pass of `score_passes: 1`; needs visible_loss_weight > 0).
+        learns what a good part has there. masked=False sees every token (training the
+        unmasked repairing pass that inference runs).
         """
         batch, device = images.shape[0], images.device
         targets = targets or Targets(images, groups.neighborhoods)
@@ -203,83 +201,38 @@ class DBMRNet(nn.Module):
         encoded = self.encode(self.embed(images, groups), groups, masking_2d, masking_3d)
         features_2d, features_3d = self.decode(*encoded, groups, masking_2d, masking_3d)
         pred_patches, pred_groups = self.predict(features_2d, features_3d)
-        losses = self.losses(targets, groups, features_2d, pred_patches, pred_groups,
-                             masking_2d.mask, masking_3d.mask)
+        losses = self.losses(targets, groups, features_2d, pred_patches, pred_groups)
         cfg = self.cfg
         loss = (cfg.loss_weight_2d * losses['loss_2d'] + cfg.loss_weight_3d * losses['loss_3d']
                 + cfg.loss_weight_cross * losses['loss_cross'])
         return TrainOutput(loss, losses, pred_patches, pred_groups, masking_2d.mask,
                            masking_3d.mask)
 
-    def losses(self, targets: Targets, groups: Groups, features_2d, pred_patches, pred_groups,
-               mask_2d, mask_3d) -> Dict[str, torch.Tensor]:
+    def losses(self, targets: Targets, groups: Groups, features_2d, pred_patches,
+               pred_groups) -> Dict[str, torch.Tensor]:
         """2D MSE per patch, 3D Chamfer-L2 per group, and the cross-modal loss (each group's
-        points predicted from the 2D decoder token at its centre's patch), averaged over the
-        hidden tokens (the paper) and, with weight `visible_loss_weight`, the visible ones (a
-        network that also repairs what it sees)."""
-        weight_2d = mask_2d + self.cfg.visible_loss_weight * (1 - mask_2d)          # (B, L)
-        weight_3d = mask_3d + self.cfg.visible_loss_weight * (1 - mask_3d)          # (B, G)
+        points predicted from the 2D decoder token at its centre's patch), averaged over every
+        token, hidden (the paper) and visible alike (a network that also repairs what it
+        sees)."""
         per_patch = ((pred_patches - self.patchify(targets.images)) ** 2).mean(-1)  # (B, L)
-        loss_2d = (per_patch * weight_2d).sum() / weight_2d.sum().clamp_min(1e-6)
+        loss_2d = per_patch.sum() / per_patch.numel()
         target = targets.neighborhoods.flatten(0, 1)                               # (B*G, k, 3)
-        per_group = chamfer_l2(pred_groups.flatten(0, 1), target).view_as(weight_3d)
+        per_group = chamfer_l2(pred_groups.flatten(0, 1), target)            # (B*G,)
         cells = self.cells(groups.center_pixels)
         center_patch = cells[..., 0] * self.cfg.grid_size + cells[..., 1]    # (B, G)
         image_tokens = gather(features_2d, center_patch)                     # (B, G, Dd)
         cross = self.head_cross(image_tokens).view(-1, self.cfg.group_size, 3)
-        per_cross = chamfer_l2(cross, target).view_as(weight_3d)
-        norm_3d = weight_3d.sum().clamp_min(1e-6)
-        return {'loss_2d': loss_2d, 'loss_3d': (per_group * weight_3d).sum() / norm_3d,
-                'loss_cross': (per_cross * weight_3d).sum() / norm_3d}
+        per_cross = chamfer_l2(cross, target)
+        return {'loss_2d': loss_2d, 'loss_3d': per_group.sum() / per_group.numel(),
+                'loss_cross': per_cross.sum() / per_cross.numel()}
 
     # --- inference -----------------------------------------------------------------------
 
-    def fixed_maskings(self, batch: int, device):
-        """`score_passes` fixed maskings per modality whose visible sets partition the tokens:
-        each pass keeps a different 1 / score_passes of them visible (a fixed random partition,
-        the same for every sample, so a score never depends on the batch) and every token is
-        hidden in all passes but one. With 4 passes 75 % is hidden, as in training, so a defect
-        larger than a patch is mostly hidden from the context it is reconstructed from."""
-        passes = self.cfg.score_passes
-        for length in (self.cfg.num_patches, self.cfg.num_groups):
-            if length < passes:
-                raise ValueError(f'{length} tokens cannot be split into {passes} passes')
-        generator = torch.Generator().manual_seed(0)
-        parts = [torch.randperm(n, generator=generator) % passes
-                 for n in (self.cfg.num_patches, self.cfg.num_groups)]
-        for j in range(passes):
-            maskings = []
-            for part in parts:
-                hidden = (part != j).float()
-                # Visible tokens first (noise 0), then the hidden ones, each in index order.
-                noise = (hidden + torch.linspace(0, 0.5, len(part))).expand(batch, -1)
-                maskings.append(masking_from_noise(noise.to(device), int((hidden == 0).sum())))
-            yield maskings[0], maskings[1]
-
     @torch.no_grad()
     def reconstruct(self, embedded: 'Embedded', groups: Groups):
-        """Every patch and group predicted while hidden, averaged over the passes that hid it;
-        with score_passes == 1, one unmasked pass that repairs what it sees: (B, 3, S, S),
-        (B, G, k, 3)."""
-        if self.cfg.score_passes == 1:
-            pred_patches, pred_groups = self.predict(*self.features(embedded, groups))
-            return self.unpatchify(pred_patches), pred_groups.to(groups.neighborhoods.dtype)
-        batch, device = embedded.tokens_2d.shape[:2], embedded.tokens_2d.device
-        patches = torch.zeros(*batch, self.cfg.patch_size ** 2 * 3, device=device)
-        points = torch.zeros_like(groups.neighborhoods)
-        hidden_count_2d = torch.zeros(patches.shape[:2], device=device)
-        hidden_count_3d = torch.zeros(points.shape[:2], device=device)
-        for masking_2d, masking_3d in self.fixed_maskings(batch[0], device):
-            features = self.decode(*self.encode(embedded, groups, masking_2d, masking_3d),
-                                   groups, masking_2d, masking_3d)
-            pred_patches, pred_groups = self.predict(*features)
-            patches += pred_patches.to(patches.dtype) * masking_2d.mask[..., None]
-            points += pred_groups.to(points.dtype) * masking_3d.mask[..., None, None]
-            hidden_count_2d += masking_2d.mask
-            hidden_count_3d += masking_3d.mask
-        patches /= hidden_count_2d.clamp_min(1)[..., None]
-        points /= hidden_count_3d.clamp_min(1)[..., None, None]
-        return self.unpatchify(patches), points
+        """One unmasked pass that repairs what it sees: (B, 3, S, S), (B, G, k, 3)."""
+        pred_patches, pred_groups = self.predict(*self.features(embedded, groups))
+        return self.unpatchify(pred_patches), pred_groups.to(groups.neighborhoods.dtype)
 
     @torch.no_grad()
     def features(self, embedded: 'Embedded', groups: Groups):
@@ -293,25 +246,14 @@ class DBMRNet(nn.Module):
     @torch.no_grad()
     def score_tokens(self, images: torch.Tensor, groups: Groups) -> TokenScores:
         """Reconstruct, then compare input and reconstruction in decoder feature space."""
-        batch = images.shape[0]
         embedded = self.embed(images, groups)
-        if self.cfg.score_passes == 1:
-            # The repairing pass sees the input unmasked: its features are the input's.
-            input_2d, input_3d = self.features(embedded, groups)
-            pred_patches, rec_points = self.predict(input_2d, input_3d)
-            rec_images = self.unpatchify(pred_patches)
-            rec_points = rec_points.to(groups.neighborhoods.dtype)
-            rec_groups = groups._replace(neighborhoods=rec_points)
-            rec_2d, rec_3d = self.features(self.embed(rec_images, rec_groups), rec_groups)
-        else:
-            rec_images, rec_points = self.reconstruct(embedded, groups)
-            rec_groups = groups._replace(neighborhoods=rec_points)
-            rec_embedded = self.embed(rec_images, rec_groups)
-            both = Groups(*(torch.cat(pair) for pair in zip(groups, rec_groups)))
-            features_2d, features_3d = self.features(
-                Embedded(*(torch.cat(pair) for pair in zip(embedded, rec_embedded))), both)
-            input_2d, rec_2d = features_2d[:batch], features_2d[batch:]
-            input_3d, rec_3d = features_3d[:batch], features_3d[batch:]
+        # The repairing pass sees the input unmasked: its features are the input's.
+        input_2d, input_3d = self.features(embedded, groups)
+        pred_patches, rec_points = self.predict(input_2d, input_3d)
+        rec_images = self.unpatchify(pred_patches)
+        rec_points = rec_points.to(groups.neighborhoods.dtype)
+        rec_groups = groups._replace(neighborhoods=rec_points)
+        rec_2d, rec_3d = self.features(self.embed(rec_images, rec_groups), rec_groups)
         patch = (input_2d - rec_2d).norm(dim=-1)
         group = (input_3d - rec_3d).norm(dim=-1)
         return TokenScores(patch.float(), group.float(), rec_images, rec_points, input_2d,

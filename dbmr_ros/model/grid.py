@@ -72,25 +72,6 @@ def _banded(size: int, radius: int, sigma: float, dtype: torch.dtype,
             + torch.where(source < last, taps_at(2 * last - source - output), 0))
 
 
-# Views of a square grid as (quarter turns, mirrored), by how many are used: the dihedral
-# group's elements, those of the smaller counts first.
-HEAD_VIEWS = {1: ((0, False),), 2: ((0, False), (0, True)),
-              4: tuple((k, False) for k in range(4)),
-              8: tuple((k, m) for m in (False, True) for k in range(4))}
-
-
-def to_view(maps: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
-    """(..., H, W) -> the same grid turned by `turns` quarter turns, then mirrored left to
-    right."""
-    maps = torch.rot90(maps, turns, (-2, -1))
-    return maps.flip(-1) if mirrored else maps
-
-
-def from_view(maps: torch.Tensor, turns: int, mirrored: bool) -> torch.Tensor:
-    """The inverse of `to_view`."""
-    return torch.rot90(maps.flip(-1) if mirrored else maps, -turns, (-2, -1))
-
-
 def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
     """(B, H, W) bool -> bool, grown by `radius` pixels (square structuring element)."""
     if radius <= 0:
@@ -106,20 +87,6 @@ def dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
         counts = (cumulative.narrow(dim, 2 * radius + 1, size)
                   - cumulative.narrow(dim, 0, size))
     return counts > 0
-
-
-def smoothed_cloud(xyz: torch.Tensor, valid: torch.Tensor, sigma: float) -> torch.Tensor:
-    """(B, H, W, 3) organized cloud smoothed by a Gaussian of `sigma` pixels over its valid
-    points only (a normalised convolution: the background never pulls a point towards 0);
-    invalid points stay 0. Identity for sigma <= 0."""
-    if sigma <= 0:
-        return xyz
-    weights = valid.to(xyz.dtype)
-    batch, height, width, _ = xyz.shape
-    channels = (xyz * weights[..., None]).permute(0, 3, 1, 2).reshape(-1, height, width)
-    blurred = gaussian_blur(channels, sigma).view(batch, 3, height, width).permute(0, 2, 3, 1)
-    support = gaussian_blur(weights, sigma)[..., None]
-    return torch.where(valid[..., None], blurred / support.clamp_min(1e-6), 0.0)
 
 
 def surface_normals(xyz: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

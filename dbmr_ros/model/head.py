@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dbmr_ros.model.config import DBMRConfig
-from dbmr_ros.model.grid import smoothed_cloud, surface_normals
+from dbmr_ros.model.grid import surface_normals
 from dbmr_ros.model.inputs import Groups, metric_xyz, ModelInput
 from dbmr_ros.model.point_ops import gather
 
@@ -24,19 +24,16 @@ NUM_INPUTS = sum(n for _, n in INPUT_CHANNELS)
 SHAPE_CHANNEL = ('shape_prior', 1)
 
 
-def input_channels(shape_prior: bool, points: bool = True) -> tuple:
-    """The head's input channels, in order, as (name, count) pairs; without `points`, the
-    normalised points ('xyz') left out (DBMRConfig.head_points)."""
-    channels = INPUT_CHANNELS if points else tuple(c for c in INPUT_CHANNELS if c[0] != 'xyz')
-    return channels + ((SHAPE_CHANNEL,) if shape_prior else ())
+def input_channels(shape_prior: bool) -> tuple:
+    """The head's input channels, in order, as (name, count) pairs."""
+    return INPUT_CHANNELS + ((SHAPE_CHANNEL,) if shape_prior else ())
 
 
 def head_inputs(inp: ModelInput, reconstruction: torch.Tensor, map_2d: torch.Tensor,
-                map_3d: torch.Tensor, normal_smoothing: float = 0.0,
-                shape_map: Optional[torch.Tensor] = None, points: bool = True) -> torch.Tensor:
+                map_3d: torch.Tensor,
+                shape_map: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The head's per-pixel inputs (B, C, S, S), channels as `input_channels`: NUM_INPUTS, and
-    one more with a shape prior's map (B, S, S) (`model.shape_prior`); three fewer without
-    `points`.
+    one more with a shape prior's map (B, S, S) (`model.shape_prior`).
 
     reconstruction: (B, 3, S, S) normalised image; map_2d, map_3d: the paper's normalised raw
     maps (B, S, S), log-compressed here (a defect can be hundreds of times a typical good
@@ -44,12 +41,10 @@ def head_inputs(inp: ModelInput, reconstruction: torch.Tensor, map_2d: torch.Ten
     points, zero on the background.
     """
     valid = inp.valid.to(inp.images.dtype)
-    cloud = smoothed_cloud(metric_xyz(inp), inp.valid, normal_smoothing)
-    normals = surface_normals(cloud, inp.valid) * valid[..., None]
+    normals = surface_normals(metric_xyz(inp), inp.valid) * valid[..., None]
     channels = [inp.images, reconstruction.to(inp.images.dtype), torch.log1p(map_2d)[:, None],
-                torch.log1p(map_3d)[:, None], valid[:, None], normals.permute(0, 3, 1, 2)]
-    if points:
-        channels.append(inp.xyz.permute(0, 3, 1, 2))
+                torch.log1p(map_3d)[:, None], valid[:, None], normals.permute(0, 3, 1, 2),
+                inp.xyz.permute(0, 3, 1, 2)]
     if shape_map is not None:
         channels.append(shape_map[:, None].to(inp.images.dtype))
     return torch.cat(channels, dim=1)
@@ -85,10 +80,7 @@ class ScoringHead(nn.Module):
                                 for a, b in zip(widths[:-1], widths[1:]))
         self.out = nn.Conv2d(widths[0], 1, 1)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor = None,
-                keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """keep: (B, in_dim) in {0, 1}, training only: channels set to their mean after the
-        input normalisation (`input_dropout_keep`)."""
+    def forward(self, x: torch.Tensor, context: torch.Tensor = None) -> torch.Tensor:
         size = x.shape[-2:]
         if not self.training and x.device.type == 'cpu':
             # oneDNN's convolutions run about a fifth faster on channels-last pixels (9.2 ->
@@ -96,8 +88,6 @@ class ScoringHead(nn.Module):
             # keeps the layout its reproducible runs were made with.
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.input_norm(x)
-        if keep is not None:
-            x = x * keep[:, :, None, None].to(x.dtype)
         skips = [self.stem(x)]
         for block in self.down:
             skips.append(block(F.max_pool2d(skips[-1], 2)))
@@ -115,23 +105,10 @@ class ScoringHead(nn.Module):
 
 def build_scoring_head(cfg: DBMRConfig, shape_prior: bool) -> ScoringHead:
     """A fresh scoring head for `cfg`: its widths, the inputs it reads with or
-    without a `shape_prior` channel, and the token context where `cfg.head_context`."""
-    channels = input_channels(shape_prior, cfg.head_points)
+    without a `shape_prior` channel, and the network's decoder features as token context."""
+    channels = input_channels(shape_prior)
     return ScoringHead(cfg.head_widths, sum(n for _, n in channels),
-                       context_dim=2 * cfg.decoder_dim if cfg.head_context else 0)
-
-
-def input_dropout_keep(batch: int, shape_prior: bool, probability: float,
-                       generator: torch.Generator, points: bool = True) -> torch.Tensor:
-    """(B, C) {0, 1}: each sample's input channels kept by the scoring head, whole groups of
-    `input_channels` dropped with `probability` each (the validity mask never), so that no one
-    cue that synthetic anomalies make clean can carry the head alone. Drawn on the CPU
-    `generator`."""
-    groups = input_channels(shape_prior, points)
-    dropped = torch.rand(batch, len(groups), generator=generator) < probability
-    dropped[:, [name for name, _ in groups].index('valid')] = False
-    counts = torch.tensor([count for _, count in groups])
-    return (~dropped).float().repeat_interleave(counts, dim=1)
+                       context_dim=2 * cfg.decoder_dim)
 
 
 def token_context(features_2d: torch.Tensor, features_3d: torch.Tensor, groups: Groups,
@@ -153,7 +130,7 @@ def token_context(features_2d: torch.Tensor, features_3d: torch.Tensor, groups: 
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
-               min_share: float = 1e-3, per_defect: bool = False) -> torch.Tensor:
+               min_share: float = 1e-3) -> torch.Tensor:
     """Binary focal loss (Lin et al. 2017) of logits (B, ...) against a {0, 1} target, summed
     and divided by the number of anomalous pixels, as RetinaNet does.
 
@@ -162,19 +139,9 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0,
     predicting 'normal' everywhere costs almost nothing and the head learns exactly that. The
     divisor is at least `min_share` of the pixels, so a batch with one tiny anomaly does not
     get a hundredfold weight.
-
-    `per_defect`: the anomalous pixels' terms are instead averaged over each sample's own
-    defect, then over the samples that have one, so a 20-pixel defect counts as much as a
-    2000-pixel one (as AUPRO counts regions). No worse on the synthetic selection set, worse on
-    real cable_gland: docs/design_notes.md.
     """
     target = target.to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction='none')
     focal = (1 - torch.exp(-bce)) ** gamma * bce
     divisor = target.sum().clamp_min(min_share * target.numel())
-    if not per_defect:
-        return focal.sum() / divisor
-    area = target.flatten(1).sum(1)                                           # (B,)
-    per_sample = (focal * target).flatten(1).sum(1) / area.clamp_min(1)       # (B,)
-    anomalous = per_sample.sum() / (area > 0).sum().clamp_min(1)
-    return anomalous + (focal * (1 - target)).sum() / divisor
+    return focal.sum() / divisor

@@ -2,25 +2,21 @@
 
 Two scorings, both returned so that every user sees what each part contributes:
 
-- 'paper': the DBMRNet paper's maps. 2D per patch (or per pixel, `score_2d`), 3D per point
+- 'paper': the DBMRNet paper's maps. 2D per pixel (the reconstruction error), 3D per point
   group splatted onto the pixels of the group's points; each normalised by its mean on good
   foreground, fused by product, smoothed; background pixels zero.
 - 'learned': the scoring head's per-pixel anomaly probability, smoothed, on the part and a
-  margin around it (`map_margin`); with `head_views`, the head's logits averaged over turned
-  and mirrored views; with `shape_prior_fusion`, the shape prior's map is added to the head's
-  logits first.
+  margin around it (`map_margin`).
 
 Either way the image score is the maximum of the (smoothed) map: the map averaged over a
 Gaussian window of `smoothing_sigma` pixels at the model's resolution, then its peak.
 """
-import math
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 
 from dbmr_ros.model.dbmrnet import DBMRNet, TokenScores
-from dbmr_ros.model.grid import dilate, from_view, gaussian_blur, HEAD_VIEWS, to_view
+from dbmr_ros.model.grid import dilate, gaussian_blur
 from dbmr_ros.model.head import head_inputs, token_context
 from dbmr_ros.model.inputs import Groups, metric_xyz, ModelInput
 from dbmr_ros.model.pixels import group_map
@@ -37,25 +33,14 @@ class AnomalyMaps(NamedTuple):
     map_3d: torch.Tensor       # (B, S, S) the paper's geometry-only map
 
 
-def patch_map(patch_scores: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, L) on a square patch grid -> (B, S, S), bilinear."""
-    grid = int(math.isqrt(patch_scores.shape[1]))
-    x = patch_scores.view(-1, 1, grid, grid)
-    return F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)[:, 0]
-
-
-def raw_maps(tokens: TokenScores, inp: ModelInput, groups: Groups, score_2d: str = 'pixel'):
+def raw_maps(tokens: TokenScores, inp: ModelInput, groups: Groups):
     """Unnormalised (B, S, S) 2D and 3D maps, zero on the background.
 
-    2D: 'pixel' is the squared reconstruction error summed over the colour channels, at pixel
-    resolution; 'feature' upsamples the per-patch decoder feature distance. 3D: the per-group
-    decoder feature distance, splatted onto the pixels of the group's points.
+    2D: the squared reconstruction error summed over the colour channels, at pixel
+    resolution. 3D: the per-group decoder feature distance, splatted onto the pixels of the
+    group's points.
     """
-    size = inp.valid.shape[1]
-    if score_2d == 'pixel':
-        map_2d = ((inp.images - tokens.reconstruction.to(inp.images.dtype)) ** 2).sum(1)
-    else:
-        map_2d = patch_map(tokens.patch, size)
+    map_2d = ((inp.images - tokens.reconstruction.to(inp.images.dtype)) ** 2).sum(1)
     return map_2d * inp.valid, group_map(tokens.group, inp, groups)
 
 
@@ -87,34 +72,6 @@ def image_scores(maps: torch.Tensor) -> torch.Tensor:
     return maps.flatten(1).amax(1)
 
 
-def image_score_loss(logits: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor,
-                     sigma: float, margin: int) -> torch.Tensor:
-    """Binary cross-entropy of the image score, computed from the head's logits (B, S, S)
-    exactly as inference computes it (`learned_map`, then its peak), against whether the
-    sample holds an anomaly (`mask` (B, S, S) bool). The per-pixel focal loss weighs every
-    pixel; this term weighs the one pixel that decides the image, so a good part's single
-    brightest window is pushed down even when its pixels cost the focal loss almost nothing."""
-    score = image_scores(learned_map(logits, valid, sigma, margin))
-    target = mask.flatten(1).any(1).to(score.dtype)
-    # The score is a probability already (an average of sigmoids); clamped off 0 and 1,
-    # where the cross-entropy's gradient is infinite.
-    return F.binary_cross_entropy(score.clamp(1e-6, 1 - 1e-6), target)
-
-
-def head_logits(head, features: 'HeadFeatures', views: int = 1) -> torch.Tensor:
-    """The scoring head's logits (B, S, S), averaged over `views` turned and mirrored views of
-    its inputs (`grid.HEAD_VIEWS`), all views in one batch, each turned back before the mean.
-    The views are those training's augmentation shows the head, so each is a fair guess and
-    their mean has less of any one guess's noise."""
-    chosen = HEAD_VIEWS[views]
-    if len(chosen) == 1:
-        return head(features.inputs, features.context)
-    inputs = torch.cat([to_view(features.inputs, *view) for view in chosen])
-    context = torch.cat([to_view(features.context, *view) for view in chosen])
-    logits = head(inputs, context).chunk(len(chosen))
-    return torch.stack([from_view(x, *view) for x, view in zip(logits, chosen)]).mean(0)
-
-
 class HeadFeatures(NamedTuple):
     inputs: torch.Tensor   # (B, C, S, S) what the scoring head reads per pixel
     context: torch.Tensor  # (B, 2 * Dd, g, g) and per patch (the network's features)
@@ -141,11 +98,10 @@ def head_features(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: Token
     """The paper's normalised maps and the head's inputs from `model.score_tokens` (shared by
     training the head and by inference, so the head always reads what it was trained on).
     `shape_map`: `shape_prior_map`'s result where the caller computed it already."""
-    map_2d, map_3d = normalised(*raw_maps(tokens, inp, groups, model.cfg.score_2d), stats)
+    map_2d, map_3d = normalised(*raw_maps(tokens, inp, groups), stats)
     if shape_map is None:
         shape_map = shape_prior_map(model, inp)
-    inputs = head_inputs(inp, tokens.reconstruction, map_2d, map_3d, model.cfg.normal_smoothing,
-                         shape_map, model.cfg.head_points)
+    inputs = head_inputs(inp, tokens.reconstruction, map_2d, map_3d, shape_map)
     context = token_context(tokens.features_2d, tokens.features_3d, groups,
                             model.cfg.image_size)
     return HeadFeatures(inputs, context, map_2d, map_3d, shape_map)
@@ -164,13 +120,11 @@ def anomaly_maps(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: TokenS
         features = head_features(model, inp, groups, tokens, stats, shape_map)
         map_2d, map_3d = features.map_2d, features.map_3d
     else:  # the head's inputs are not needed
-        map_2d, map_3d = normalised(*raw_maps(tokens, inp, groups, model.cfg.score_2d), stats)
+        map_2d, map_3d = normalised(*raw_maps(tokens, inp, groups), stats)
     paper, paper_2d, paper_3d = paper_maps(map_2d, map_3d, inp.valid, sigma)
     anomaly = paper
     if scoring == 'learned':
-        logits = head_logits(model.scoring_head, features, model.cfg.head_views)
-        if model.cfg.shape_prior_fusion:
-            logits = logits + model.cfg.shape_prior_fusion * features.shape_map
+        logits = model.scoring_head(features.inputs, features.context)
         anomaly = learned_map(logits, inp.valid, sigma, model.cfg.map_margin)
     return AnomalyMaps(anomaly, image_scores(anomaly), paper, image_scores(paper), paper_2d,
                        paper_3d)

@@ -1,26 +1,19 @@
-"""Models of the good parts' local geometry over FPFH patch descriptors.
+"""A model of the good parts' local geometry over FPFH patch descriptors.
 
 The reconstruction branch compares each point group with its own reconstruction, which a
 smoothly displaced surface passes (a bent rim is still a plausible surface). A shape prior asks
 instead how usual a patch's local shape is among good parts: its FPFH descriptor
 (`local_shape.patch_descriptors`) is scored against a model fitted on the training parts'
-patches. Two models, both of a fixed size (`components` entries of 33 numbers, or 33 x 33 for
-the mixture's covariances), whatever the size of the training set:
+patches: the distance to the nearest of a greedy k-centre coreset of the training patches
+(PatchCore's score on FPFH, as the classic baseline computes it, with a bank of a fixed size:
+`components` entries of 33 numbers, 2048 by default, whatever the size of the training set).
+The nearest entry remembers a shape that is rare but good (a thread's many flanks).
 
-- 'mixture': the negative log-likelihood under a mixture of full-covariance Gaussians (a
-  density: 32 components, 37 k numbers).
-- 'coreset': the distance to the nearest of a greedy k-centre coreset of the training patches
-  (PatchCore's score on FPFH, as the classic baseline computes it, with a capped bank: 2048
-  entries, 68 k numbers). The nearest entry remembers a shape that is rare but good, which a
-  density of 32 components smooths away (a thread's many flanks).
-
-Either score is standardised on the training parts' patches and asinh-compressed; the scoring
+The score is standardised on the training parts' patches and asinh-compressed; the scoring
 head reads it as one more input channel and learns, from the synthetic anomalies, how far to
-trust it. The training code fits both (`dbmr_ros.training.shape_prior`); they live in the
+trust it. The training code fits it (`dbmr_ros.training.shape_prior`); it lives in the
 checkpoint as buffers.
 """
-import math
-from abc import ABCMeta, abstractmethod
 from typing import Optional
 
 import torch
@@ -30,26 +23,24 @@ from torch import nn
 from dbmr_ros.model.local_shape import FPFH_DIM, patch_descriptors
 
 
-class ShapePrior(nn.Module, metaclass=ABCMeta):
+class ShapePrior(nn.Module):
     """(B, S, S, 3) cloud in metres, (B, S, S) bool -> (B, S, S) anomaly of the local shape:
-    the standardised raw score (`raw_scores`) per patch of `patch_size` pixels (DBMRConfig.
-    shape_patch_size), bilinear to pixels."""
+    the standardised distance to the nearest of `components` training patch descriptors, per
+    patch of `patch_size` pixels (DBMRConfig.shape_patch_size), bilinear to pixels."""
 
-    def __init__(self, patch_size: int, stride: int = 2, radius: int = 2, neighbours: int = 0):
+    def __init__(self, components: int, patch_size: int, dim: int = FPFH_DIM, stride: int = 2,
+                 radius: int = 2, neighbours: int = 0):
         super().__init__()
         # The descriptors' pooling and sampling (`local_shape.patch_descriptors`).
         self.patch_size, self.stride, self.radius = patch_size, stride, radius
         self.neighbours = neighbours
-        # Standardisation of the raw score on good parts' patches (median, spread), fitted with
-        # it (named for the mixture, the first prior: checkpoints keep the names).
+        # Standardisation of the distance on good parts' patches (median, spread), fitted with
+        # it (named 'nll' after an earlier prior: checkpoints keep the names).
         self.register_buffer('nll_centre', torch.zeros(()))
         self.register_buffer('nll_spread', torch.ones(()))
-
-    @abstractmethod
-    def raw_scores(self, descriptors: torch.Tensor,
-                   parts: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(B, N, D) descriptors -> (B, N) raw anomaly scores (higher: less usual). `parts`:
-        see `forward`."""
+        self.register_buffer('bank', torch.zeros(components, dim))
+        # The training part each entry came from (-1: the background's zero descriptor).
+        self.register_buffer('bank_parts', torch.full((components,), -1, dtype=torch.long))
 
     def patch_scores(self, xyz: torch.Tensor, valid: torch.Tensor,
                      parts: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -58,53 +49,18 @@ class ShapePrior(nn.Module, metaclass=ABCMeta):
         descriptors = patch_descriptors(xyz, valid, self.patch_size, self.stride, self.radius,
                                         self.neighbours)                   # (B, D, g, g)
         batch, dim, grid, _ = descriptors.shape
-        raw = self.raw_scores(descriptors.permute(0, 2, 3, 1).reshape(batch, -1, dim), parts)
+        raw = self.nearest(descriptors.permute(0, 2, 3, 1).reshape(batch, -1, dim), parts)
         return torch.asinh((raw.view(batch, grid, grid) - self.nll_centre) / self.nll_spread)
 
     def forward(self, xyz: torch.Tensor, valid: torch.Tensor,
                 parts: Optional[torch.Tensor] = None) -> torch.Tensor:
         """`parts` (B,) long: which training part each sample is, during the head's training
-        (a coreset then leaves that part's own entries out, so that a training part looks as
+        (the prior then leaves that part's own entries out, so that a training part looks as
         unfamiliar as an unseen good one); None at inference."""
         scores = self.patch_scores(xyz, valid, parts)
         size = valid.shape[1]
         return F.interpolate(scores[:, None], size=(size, size), mode='bilinear',
                              align_corners=False)[:, 0]
-
-
-class MixturePrior(ShapePrior):
-    """The negative log-likelihood under a Gaussian mixture of `components` components."""
-
-    def __init__(self, components: int, patch_size: int, dim: int = FPFH_DIM, **descriptor):
-        super().__init__(patch_size, **descriptor)
-        self.register_buffer('means', torch.zeros(components, dim))
-        self.register_buffer('precision_cholesky', torch.eye(dim).repeat(components, 1, 1))
-        self.register_buffer('log_weights', torch.full((components,), -math.log(components)))
-
-    def nll(self, descriptors: torch.Tensor) -> torch.Tensor:
-        """(N, D) -> (N,) negative log-likelihood under the mixture."""
-        x = descriptors.to(self.means.dtype)
-        # Mahalanobis terms via the Cholesky factor of each precision: |(x - mu) P|^2.
-        projected = torch.einsum('nd,kde->nke', x, self.precision_cholesky) - torch.einsum(
-            'kd,kde->ke', self.means, self.precision_cholesky)                 # (N, K, D)
-        log_det = torch.diagonal(self.precision_cholesky, dim1=-2, dim2=-1).log().sum(-1)
-        dim = x.shape[1]
-        log_prob = -0.5 * (projected ** 2).sum(-1) - 0.5 * dim * math.log(2 * math.pi) + log_det
-        return -torch.logsumexp(log_prob + self.log_weights, dim=-1)
-
-    def raw_scores(self, descriptors, parts=None):
-        """A density has no entry of its own per part: `parts` changes nothing."""
-        return self.nll(descriptors.flatten(0, 1)).view(descriptors.shape[:2])
-
-
-class CoresetPrior(ShapePrior):
-    """The distance to the nearest of `components` training patch descriptors."""
-
-    def __init__(self, components: int, patch_size: int, dim: int = FPFH_DIM, **descriptor):
-        super().__init__(patch_size, **descriptor)
-        self.register_buffer('bank', torch.zeros(components, dim))
-        # The training part each entry came from (-1: the background's zero descriptor).
-        self.register_buffer('bank_parts', torch.full((components,), -1, dtype=torch.long))
 
     def nearest(self, descriptors: torch.Tensor,
                 parts: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -124,17 +80,3 @@ class CoresetPrior(ShapePrior):
                 partial.masked_fill_(own[:, None], float('inf'))   # (B, N, M): no copy
             squared = partial.amin(-1) + (x ** 2).sum(-1)
         return squared.clamp_min(0).sqrt()
-
-    def raw_scores(self, descriptors, parts=None):
-        return self.nearest(descriptors, parts)
-
-
-PRIORS = {'mixture': MixturePrior, 'coreset': CoresetPrior}
-SHAPE_PRIOR_KINDS = tuple(PRIORS)   # DBMRConfig.shape_prior_kind (checked there)
-
-
-def build_shape_prior(kind: str, components: int, patch_size: int, **descriptor) -> ShapePrior:
-    """The prior of DBMRConfig.shape_prior_kind with `components` entries (`descriptor`:
-    `stride`, `radius`, `neighbours` of `local_shape.patch_descriptors`, its defaults
-    otherwise)."""
-    return PRIORS[kind](components, patch_size, **descriptor)

@@ -23,10 +23,6 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-3
     head_lr: float = 2e-3
-    head_loss_per_defect: bool = False  # focal loss averaged per defect (see model.head)
-    head_focal_gamma: float = 2.0  # the focal loss's focusing exponent (0: cross-entropy)
-    head_input_dropout: float = 0.0  # per sample, each group of head inputs dropped (model.head)
-    head_image_loss: float = 0.0  # weight of the image score's cross-entropy (model.scoring)
     weight_decay: float = 0.05
     warmup_epochs: int = 5
     grad_clip: float = 1.0
@@ -44,7 +40,7 @@ class TrainConfig:
     @classmethod
     def load(cls, path) -> 'TrainConfig':
         values = yaml.safe_load(Path(path).read_text()) or {}
-        return from_dict(cls, values, f'{path}: training')
+        return from_dict(cls, values, f'{path}: training', REMOVED_OPTIONS)
 
     def model_config(self):
         if self.preset not in PRESETS:
@@ -60,3 +56,9 @@ class TrainConfig:
     def threshold_rule_config(self) -> calibration.ThresholdRule:
         return calibration.ThresholdRule(self.threshold_rule, self.threshold_quantile,
                                          self.threshold_margin)
+
+
+# Options earlier versions had, with the one value this version implements (docs/design_notes.md,
+# "Options that left").
+REMOVED_OPTIONS = {'head_loss_per_defect': False, 'head_focal_gamma': 2.0,
+                   'head_input_dropout': 0.0, 'head_image_loss': 0.0}

@@ -4,8 +4,7 @@ Stage 1, reconstruction: DBMRNet learns masked reconstruction of good samples, s
 corrupted by synthetic anomalies; the targets are always the clean sample, so the network
 learns what a good part has where a defect is (the paper's 2D, 3D and cross-modal losses).
 Stage 2, scoring head: the network is frozen; on freshly corrupted samples the head reads the
-input, its reconstruction and the paper's maps, and learns the anomaly masks (focal loss;
-with `head_image_loss`, also the image score's cross-entropy).
+input, its reconstruction and the paper's maps, and learns the anomaly masks (focal loss).
 
 Every step runs on the model's device; random numbers come from the CPU generator (see
 `dbmr_ros.data.anomalies`), so a seed gives the same run on any device.
@@ -19,10 +18,10 @@ from tqdm import tqdm
 
 from dbmr_ros.data.anomalies import AnomalyConfig, synthesize
 from dbmr_ros.model.dbmrnet import DBMRNet
-from dbmr_ros.model.head import focal_loss, input_dropout_keep
+from dbmr_ros.model.head import focal_loss
 from dbmr_ros.model.inputs import clean_targets, Groups, group_points, ModelInput, prepare, \
     Targets
-from dbmr_ros.model.scoring import head_features, image_score_loss, shape_prior_map
+from dbmr_ros.model.scoring import head_features, shape_prior_map
 
 
 class TrainBatch(NamedTuple):
@@ -101,7 +100,12 @@ def autocast(cfg, device):
     return torch.autocast('cuda', dtype=torch.bfloat16, enabled=enabled)
 
 
-def unmasked_step(step: int, share: float) -> bool:
+# Stage 1's steps that see every token, so the network learns the unmasked repairing pass that
+# inference runs; the others are masked as the paper trains.
+UNMASKED_SHARE = 0.5
+
+
+def unmasked_step(step: int, share: float = UNMASKED_SHARE) -> bool:
     """Whether optimizer step `step` sees every token: an evenly spaced `share` of the steps, a
     function of the step count only, so every DDP rank takes the same kind of step and a resumed
     run continues the schedule exactly."""
@@ -119,7 +123,7 @@ def reconstruction_epoch(net, model: DBMRNet, data, batches, optimizer, schedule
     for index in runner:
         batch = make_batch(data[0][index], data[1][index], model.cfg, anomalies,
                            generator, cfg.augment, cfg.brightness_jitter, device)
-        masked = not unmasked_step(scheduler.last_epoch, model.cfg.unmasked_share)
+        masked = not unmasked_step(scheduler.last_epoch)
         with autocast(cfg, device):
             out = net(batch.inp.images, batch.groups, generator, batch.targets, masked)
         optimizer.zero_grad(set_to_none=True)
@@ -140,34 +144,21 @@ def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cf
     model.eval()
     model.scoring_head.train()
     anomalies = cfg.anomaly_config()
-    # The input dropout draws from its own generator, seeded by the step count (so a resumed
-    # run draws the same): the data, the anomalies and their order stay those of a run without.
-    dropout = (torch.Generator().manual_seed(cfg.seed * 1_000_003 + scheduler.last_epoch)
-               if cfg.head_input_dropout > 0 else None)
     runner = EpochRunner(batches, description, progress)
     for index in runner:
         batch = make_batch(data[0][index], data[1][index], model.cfg, anomalies,
                            generator, cfg.augment, cfg.brightness_jitter, device)
-        keep = (input_dropout_keep(len(index), model.shape_prior is not None,
-                                   cfg.head_input_dropout, dropout,
-                                   model.cfg.head_points).to(device)
-                if dropout is not None else None)
         with autocast(cfg, device):
             with torch.no_grad():
                 tokens = model.score_tokens(batch.inp.images, batch.groups)
-                # The prior sees each training part as it sees an unseen one (a coreset leaves
-                # the part's own entries out; a mixture has none).
+                # The prior sees each training part as it sees an unseen one (it leaves the
+                # part's own entries out).
                 shape_map = shape_prior_map(model, batch.inp, parts=index)
                 features = head_features(model, batch.inp, batch.groups, tokens, stats,
                                          shape_map)
-            logits = head_net(features.inputs, features.context, keep)
-            losses = {'focal': focal_loss(logits, batch.mask, gamma=cfg.head_focal_gamma,
-                                          per_defect=cfg.head_loss_per_defect)}
-            if cfg.head_image_loss > 0:
-                losses['image'] = image_score_loss(logits, batch.inp.valid, batch.mask,
-                                                   model.cfg.smoothing_sigma,
-                                                   model.cfg.map_margin)
-            loss = losses['focal'] + cfg.head_image_loss * losses.get('image', 0.0)
+            logits = head_net(features.inputs, features.context)
+            loss = focal_loss(logits, batch.mask)
+            losses = {'focal': loss}
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:

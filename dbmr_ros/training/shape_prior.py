@@ -1,22 +1,18 @@
 """Fitting the shape prior (`model.shape_prior`) on the training parts, before either stage.
 
 Every patch of every training sample counts, the background's too: its descriptor is zero, so
-one mixture component (or one coreset entry) takes it and the empty table scores as good. A
+one coreset entry takes it and the empty table scores as good. A
 patch that loses some of its points to a hole or a cut averages its histograms with zeros and
 scores as unusual; one that loses all of them looks like background here (the head's validity
-channel sees it). scikit-learn's EM fits the mixture (deterministic for a seed); the coreset is
-a greedy k-centre subsample (deterministic). Their parameters are copied into the model's
-buffers, so inference needs torch only.
+channel sees it). The coreset is a greedy k-centre subsample (deterministic), copied into the
+model's buffers, so inference needs torch only.
 """
 import numpy as np
 import torch
-from sklearn.mixture import GaussianMixture
 
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.model.local_shape import patch_descriptors
-from dbmr_ros.model.shape_prior import CoresetPrior, MixturePrior, ShapePrior
-
-REGULARISATION = 1e-2   # added to each covariance's diagonal (descriptor bins run 0 to 200)
+from dbmr_ros.model.shape_prior import ShapePrior
 
 
 @torch.no_grad()
@@ -37,23 +33,11 @@ def descriptor_settings(prior: ShapePrior) -> dict:
     return {'stride': prior.stride, 'radius': prior.radius, 'neighbours': prior.neighbours}
 
 
-def fit_shape_prior(prior: ShapePrior, xyz: np.ndarray, seed: int, device) -> dict:
+def fit_shape_prior(prior: ShapePrior, xyz: np.ndarray, device) -> dict:
     """Fit `prior` (in place) on training clouds (N, S, S, 3); returns a summary for the log."""
     descriptors = training_descriptors(xyz, prior.patch_size, device,
                                        **descriptor_settings(prior))
-    if isinstance(prior, CoresetPrior):
-        return fit_coreset(prior, descriptors, len(xyz))
-    assert isinstance(prior, MixturePrior)
-    descriptors = descriptors.astype(np.float64)
-    mixture = GaussianMixture(len(prior.log_weights), covariance_type='full',
-                              reg_covar=REGULARISATION, max_iter=200, random_state=seed)
-    mixture.fit(descriptors)
-    on_part = descriptors[np.abs(descriptors).sum(1) > 0]
-    centre, spread = load_mixture(prior, mixture.means_, mixture.precisions_cholesky_,
-                                  mixture.weights_, on_part)
-    return {'patches': len(descriptors), 'on_part': len(on_part), 'converged':
-            bool(mixture.converged_), 'iterations': int(mixture.n_iter_),
-            'nll_median': centre, 'nll_iqr': spread}
+    return fit_coreset(prior, descriptors, len(xyz))
 
 
 def greedy_coreset(points: torch.Tensor, size: int) -> torch.Tensor:
@@ -71,7 +55,7 @@ def greedy_coreset(points: torch.Tensor, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_coreset(prior: CoresetPrior, descriptors: np.ndarray, parts: int) -> dict:
+def fit_coreset(prior: ShapePrior, descriptors: np.ndarray, parts: int) -> dict:
     """The coreset of `descriptors` (parts * g * g, D), sample-major, into `prior`: the
     background's zero descriptor first, then the greedy k-centre choice among the part's
     patches; its distances standardised on the training parts' patches, each part's scored
@@ -95,18 +79,6 @@ def fit_coreset(prior: CoresetPrior, descriptors: np.ndarray, parts: int) -> dic
     return {'patches': len(points), 'on_part': int(on_part.sum()),
             'entries': int((chosen > 0).sum()) + 1,
             'distance_median': centre, 'distance_iqr': spread}
-
-
-@torch.no_grad()
-def load_mixture(prior: MixturePrior, means: np.ndarray, precisions_cholesky: np.ndarray,
-                 weights: np.ndarray, on_part: np.ndarray):
-    """A fitted mixture's (K, D) means, (K, D, D) precision Cholesky factors and (K,) weights
-    into `prior`'s buffers, and its NLL standardised on the training parts' patches `on_part`
-    (N, D): median and interquartile range, returned."""
-    prior.means.copy_(torch.from_numpy(means))
-    prior.precision_cholesky.copy_(torch.from_numpy(precisions_cholesky))
-    prior.log_weights.copy_(torch.from_numpy(np.log(weights)))
-    return standardise(prior, prior.nll(torch.from_numpy(on_part).to(prior.means)).cpu().numpy())
 
 
 @torch.no_grad()
