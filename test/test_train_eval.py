@@ -77,7 +77,7 @@ def test_train_eval_infer_end_to_end(synthetic_root, config, tmp_path):
     # The optional shape prior (on in SMALL_MODEL) is fitted before stage 1 and saved.
     assert "shape prior fitted on the training parts: {'patches'" in log
     prior = detector.model.shape_prior
-    assert prior.means.abs().sum() > 0 and prior.nll_spread > 0
+    assert prior.bank.abs().sum() > 0 and prior.nll_spread > 0
     assert meta.calibration.thresholds['learned'].definition['head']['inputs'][-1] == 'shape_prior'
     assert detector.scoring == 'learned' and detector.threshold is not None
     for scoring in ('learned', 'paper'):
