@@ -8,11 +8,11 @@ the whole call's median (total, frames/s), and peak resident memory. Input: a re
 cable_gland test frame (400x400 organized cloud with all its points; background removal at that
 resolution is part of preprocessing) from ../shared, or a synthetic 400x400 frame where
 ../shared is absent. Each preset's model is the one its default training config trains
-(`tiny`: with the 2048-entry coreset shape prior; `--shape-prior 0` measures it without,
-`--shape-prior-radius 3` with its FPFH over 7 x 7 windows).
+(`tiny`: with the 2048-entry shape prior over 7 x 7 windows; `--shape-prior 0` measures it
+without, `--shape-prior-radius 2` over 5 x 5 windows).
 
     .venv/bin/python benchmarks/bench_model.py [--presets tiny base] [--frames 30]
-        [--score-passes N] [--num-points N] [--shape-prior N] [--shape-prior-radius R]
+        [--num-points N] [--shape-prior N] [--shape-prior-radius R]
         [--device cuda] [--batch N]
         [--preprocessing auto|numpy|torch] [--no-cuda-graphs] [--no-triton-fps]
 

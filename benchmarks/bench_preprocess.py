@@ -2,8 +2,8 @@
 (not a test). Each stage runs on the same real cable_gland frame (`bench_model.load_frame`),
 repeated `--batch` times; on CUDA each stage is recorded as its own CUDA graph and timed over
 `--calls` replays with CUDA events (so the figures are GPU time plus graph launch), on the CPU
-eagerly. The whole step is timed the same way ('all stages, one graph'), and the step-by-step
-reference paths beside it: `preprocess_torch` per frame and the numpy one per frame. Before the
+eagerly. The whole step is timed the same way ('all stages, one graph'), and the numpy
+reference per frame beside it. Before the
 stages, the Detector's first step: the raw frames stacked into (page-locked, on CUDA) host
 memory and copied to the device (`host_transfer.stack_on_device`), on one thread and on its
 pool, wall time to the copy's end.
@@ -22,7 +22,7 @@ import torch
 
 from dbmr_ros.cuda_graphs import GraphedFunction
 from dbmr_ros.data import preprocess_batched as batched
-from dbmr_ros.data import preprocess_torch, window_search
+from dbmr_ros.data import window_search
 from dbmr_ros.data.preprocess import preprocess, PreprocessConfig
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.host_transfer import PARALLEL_BYTES, POOL_SIZE, stack_on_device
@@ -104,24 +104,15 @@ def transfer_ms(rgb, xyz, batch: int, workers: int, calls: int, device: torch.de
     return statistics.median(times[1:])
 
 
-def reference_ms(rgb, xyz, cfg, calls: int, device: torch.device) -> dict:
-    """Per frame: the step-by-step torch path on the device and the numpy path on the CPU."""
-    results = {}
-    rgb_t, xyz_t = torch.from_numpy(rgb).to(device), torch.from_numpy(xyz).to(device)
-    for name, run in (('preprocess_torch, per frame', lambda: preprocess_torch.preprocess(
-            rgb_t, xyz_t, cfg)), ('numpy, per frame', lambda: preprocess(rgb, xyz, cfg))):
-        run()
-        times = []
-        for _ in range(calls):
-            if device.type == 'cuda':
-                torch.cuda.synchronize(device)
-            clock = time.perf_counter()
-            run()
-            if device.type == 'cuda':
-                torch.cuda.synchronize(device)
-            times.append((time.perf_counter() - clock) * 1e3)
-        results[name] = statistics.median(times)
-    return results
+def reference_ms(rgb, xyz, cfg, calls: int) -> dict:
+    """Per frame: the numpy reference on the CPU."""
+    preprocess(rgb, xyz, cfg)
+    times = []
+    for _ in range(calls):
+        clock = time.perf_counter()
+        preprocess(rgb, xyz, cfg)
+        times.append((time.perf_counter() - clock) * 1e3)
+    return {'numpy reference, per frame': statistics.median(times)}
 
 
 def main(argv=None) -> None:
@@ -161,7 +152,7 @@ def main(argv=None) -> None:
                         for stage, fn in stages(cfg)})
     for stage, _ in stages(cfg):
         print(f'| {stage} | ' + ' | '.join(f'{c[stage]:.2f}' for c in columns) + ' |')
-    for stage, ms in reference_ms(rgb, xyz, cfg, args.calls, device).items():
+    for stage, ms in reference_ms(rgb, xyz, cfg, args.calls).items():
         print(f'| {stage} (batch 1, synchronised) | {ms:.2f} |' + ' |' * (len(args.batch) - 1))
 
 

@@ -30,7 +30,7 @@ numpy.__version__, "cv2", cv2.__version__, "cuda", torch.cuda.is_available())' >
 cat "$out/gpu.log"
 
 step tests 180 "$python" -m pytest -q -s -p no:cacheprovider -k cuda \
-    test/test_model.py test/test_device.py test/test_preprocess_torch.py test/test_cuda_graphs.py \
+    test/test_model.py test/test_device.py test/test_cuda_graphs.py \
     test/test_fps_kernel.py test/test_preprocess_batched.py test/test_shape_prior.py \
     test/test_window_kernels.py test/test_host_transfer.py
 step model 90 "$python" benchmarks/bench_model.py --device cuda --frames 30

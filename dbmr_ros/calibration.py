@@ -181,8 +181,8 @@ def _add_scored(results: CategoryResults, scorer, rgb: np.ndarray, xyz: np.ndarr
         for i in range(len(maps.score)):
             index = start + i
             gt = masks[index] if label else np.zeros(xyz.shape[1:3], dtype=bool)
-            results.add(label, gt, maps.anomaly[i].numpy(), maps.map_2d[i].numpy(),
-                        maps.map_3d[i].numpy(), float(maps.score[i]), maps.paper[i].numpy(),
+            results.add(label, gt, maps.anomaly_map[i].numpy(), maps.map_2d[i].numpy(),
+                        maps.map_3d[i].numpy(), float(maps.score[i]), maps.paper_map[i].numpy(),
                         float(maps.paper_score[i]), kinds[index] if label else '')
 
 
@@ -232,7 +232,7 @@ def fit(detector, rgb: np.ndarray, xyz: np.ndarray, anomalies: AnomalyConfig,
     results = synthetic_results(scorer, rgb, xyz, anomalies, seed, copies, batch_size)
     labels = np.asarray(results.labels)
     thresholds = {}
-    for scoring, variant in (('learned', 'fused'), ('paper', 'paper')):
+    for scoring, variant in (('learned', 'anomaly_map'), ('paper', 'paper')):
         scores = np.asarray(results.scores[variant])
         value, text = choose_threshold(scores[labels == 0], scores[labels == 1], rule.rule,
                                        rule.quantile, rule.margin)

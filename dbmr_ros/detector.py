@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from dbmr_ros.checkpoint import build_model, CheckpointMeta
 from dbmr_ros.cuda_graphs import GraphedFunction, run_beside
-from dbmr_ros.data import preprocess_batched, preprocess_torch
+from dbmr_ros.data import preprocess_batched
 from dbmr_ros.data.preprocess import (clean_point_cloud, preprocess, square_padding,
                                       to_input_size)
 from dbmr_ros.model.dbmrnet import DBMRNet
@@ -35,7 +35,7 @@ class AnomalyResult:
     is_anomalous: bool            # score > threshold (False when there is no threshold)
     map_2d: np.ndarray            # (H, W) float32 the paper's RGB-only map
     map_3d: np.ndarray            # (H, W) float32 the paper's geometry-only map
-    paper_map: np.ndarray         # (H, W) float32 the paper's fused map
+    paper_map: np.ndarray         # (H, W) float32 the paper's map (2D x 3D)
     paper_score: float            # its image score
     scoring: str = 'learned'      # which scoring `score` and `anomaly_map` come from
     threshold: Optional[float] = None
@@ -57,16 +57,16 @@ class Detector:
     resolution; a list (or a 4-D array) of pairs is scored as one batch.
 
     `scoring` picks the map and image score the result carries: 'learned' (the scoring head)
-    or 'paper' (the DBMRNet paper's); None takes the checkpoint's. The other one's fused map
+    or 'paper' (the DBMRNet paper's); None takes the checkpoint's. The other one's map
     and score come along for evaluation. The threshold is the checkpoint's for that scoring,
     refused (CalibrationError) when it was fitted for another score definition.
 
-    `preprocessing`: 'numpy' (OpenCV / SciPy on the CPU), 'torch' (on the model's device: a
-    call's frames of one size in fixed shapes, `preprocess_batched`, replayed as a CUDA graph,
-    the frames it flags redone step by step by `preprocess_torch`) or 'auto': torch on CUDA,
-    numpy on the CPU, where it is about ten times faster than the fixed shapes ('torch' on the
-    CPU runs the GPU's code, for checking it). Frames given with `cleaned_xyz` (a cache) take
-    the numpy resize.
+    `preprocessing`: 'numpy' (`data.preprocess`: OpenCV / SciPy on the CPU, the reference) or
+    'torch' (on the model's device: a call's frames of one size in fixed shapes,
+    `preprocess_batched`, replayed as a CUDA graph; the frames it flags as beyond its bounds,
+    frames of several sizes in one call and frames given with `cleaned_xyz`, a cache, take the
+    reference) or 'auto': torch on CUDA, numpy on the CPU, where it is about ten times faster
+    than the fixed shapes ('torch' on the CPU runs the GPU's code, for checking it).
 
     `cuda_graphs` (CUDA only): the preprocessing, and grouping, network and scoring, are
     recorded as two CUDA graphs at the first call of each batch size and replayed after
@@ -155,8 +155,7 @@ class Detector:
             maps = self._score_on_device(rgbs, xyzs, watch)
         else:
             prepared = self._preprocess_all(rgbs, xyzs, cleaned)
-            stack = torch.stack if self.preprocess_on_device else np.stack
-            rgb_s, xyz_s = stack([p[0] for p in prepared]), stack([p[1] for p in prepared])
+            rgb_s, xyz_s = np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared])
             watch.lap('preprocess')
             maps = self._score_checked(rgb_s, xyz_s, watch, self.preprocess_on_device)
         full = self._input_resolution_maps(maps, [image.shape[:2] for image in rgbs])
@@ -172,8 +171,7 @@ class Detector:
         is read back, so the host launches the network while the GPU still preprocesses. Then
         one read-back of the preprocessing's flags and point counts: a cloud with too few points
         is refused as `require_points` does (the network saw a stand-in for it), and frames
-        flagged as not exact are redone step by step (`preprocess_torch`) and the batch scored
-        again."""
+        flagged as not exact are redone by the numpy reference and the batch scored again."""
         rgb_t, xyz_t = (stack_on_device(frames, dtype, self.device) for frames, dtype in (
             (rgbs, np.uint8), (xyzs, np.float32)))
         rgb_s, xyz_s, exact, counts = self._preprocess_batch(rgb_t, xyz_t)
@@ -189,8 +187,8 @@ class Detector:
         # Copies: a replayed graph overwrites its outputs at the next replay.
         rgb_s, xyz_s = rgb_s.clone(), xyz_s.clone()
         for i in (i for i, flag in enumerate(exact) if not flag):
-            rgb_s[i], xyz_s[i] = preprocess_torch.preprocess(rgb_t[i], xyz_t[i],
-                                                             self.meta.preprocess)
+            rgb_s[i], xyz_s[i] = (torch.from_numpy(a).to(self.device) for a in preprocess(
+                rgbs[i], xyzs[i], self.meta.preprocess))
         watch.lap('preprocess')
         return self._score_checked(rgb_s, xyz_s, watch, on_device=True)
 
@@ -207,26 +205,16 @@ class Detector:
         return rgb_s, torch.where(enough, xyz_s, stand_in), exact, counts
 
     def _preprocess_all(self, rgbs, xyzs, cleaned) -> list:
-        """Every pair of a call. The numpy path preprocesses a batch's frames on parallel
-        threads (NumPy, SciPy and OpenCV release the GIL in their heavy work, and none of it is
-        torch); the torch path queues its kernels from this thread."""
+        """Every pair of a call by the numpy reference -> model-size arrays, a batch's frames on
+        parallel threads (NumPy, SciPy and OpenCV release the GIL in their heavy work, and none
+        of it is torch)."""
         jobs = list(zip(rgbs, xyzs, cleaned))
-        if self.preprocess_on_device or len(jobs) == 1:
-            return [self._preprocess(*job) for job in jobs]
+        if len(jobs) == 1:
+            return [preprocess(*jobs[0][:2], self.meta.preprocess, jobs[0][2])]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(os.cpu_count() or 1, 'dbmr-preprocess')
-        return list(self._pool.map(lambda job: self._preprocess(*job), jobs))
-
-    def _preprocess(self, rgb: np.ndarray, xyz: np.ndarray, cleaned_xyz=None):
-        """One raw pair -> model-size arrays (numpy), or tensors on the device."""
-        if not self.preprocess_on_device:
-            return preprocess(rgb, xyz, self.meta.preprocess, cleaned_xyz)
-        if cleaned_xyz is not None:  # cached: only the resize is left
-            return tuple(torch.from_numpy(a).to(self.device) for a in preprocess(
-                rgb, xyz, self.meta.preprocess, cleaned_xyz))
-        return preprocess_torch.preprocess(
-            torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device),
-            torch.from_numpy(np.ascontiguousarray(xyz)).to(self.device), self.meta.preprocess)
+        return list(self._pool.map(
+            lambda job: preprocess(job[0], job[1], self.meta.preprocess, job[2]), jobs))
 
     def clean(self, xyz: np.ndarray) -> np.ndarray:
         """The background removal step alone (cacheable by callers)."""
@@ -325,7 +313,7 @@ class Detector:
     def _input_resolution_maps(self, maps: AnomalyMaps, shapes) -> list:
         """Each frame's (4, H, W) float32 maps at its input size (anomaly, 2D, 3D, paper): on
         the device, a batch of one input size in one resize and one copy back."""
-        stacked = torch.stack([maps.anomaly, maps.map_2d, maps.map_3d, maps.paper], 1)
+        stacked = torch.stack([maps.anomaly_map, maps.map_2d, maps.map_3d, maps.paper_map], 1)
         if self.preprocess_on_device and len(set(shapes)) == 1:
             return list(self.to_input_resolution(stacked, shapes[0]))
         return [self.to_input_resolution(frame, shape) for frame, shape in zip(stacked, shapes)]

@@ -1,7 +1,7 @@
 """dbmr-infer: score every rgb/xyz pair in a folder with a checkpoint.
 
 Pairs are found as MVTec 3D-AD style `<dir>/rgb/NAME.png` + `<dir>/xyz/NAME.tiff` (recursively)
-or as `NAME.png` + `NAME.tiff` side by side. For each pair it writes `<NAME>_map.npy` (fused map
+or as `NAME.png` + `NAME.tiff` side by side. For each pair it writes `<NAME>_map.npy` (anomaly map
 at the input resolution, float32) and `<NAME>_heatmap.png`, and `scores.csv` for all of them.
 """
 import argparse

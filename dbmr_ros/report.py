@@ -13,9 +13,9 @@ from dbmr_ros.files import atomic_write
 from dbmr_ros.visualize import report_panel
 
 METRIC_KEYS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1', 'aupro@0.05', 'aupro@0.01')
-# 'fused' is the scoring in use (learned head or paper); the others are the paper's maps, so
-# every table shows what the learned head adds and what each modality contributes.
-MAP_VARIANTS = (('fused', 'RGB+3D'), ('paper', 'RGB+3D, paper scoring'),
+# 'anomaly_map' is the scoring in use (learned head or paper); the others are the paper's maps,
+# so every table shows what the learned head adds and what each modality contributes.
+MAP_VARIANTS = (('anomaly_map', 'RGB+3D'), ('paper', 'RGB+3D, paper scoring'),
                 ('2d', 'RGB only, paper scoring'), ('3d', '3D only, paper scoring'))
 
 
@@ -31,19 +31,20 @@ class CategoryResults:
     gts: List[np.ndarray] = field(default_factory=list)
     kinds: List[str] = field(default_factory=list)   # the defect's kind ('' for good samples)
 
-    def add(self, label: int, gt: np.ndarray, fused, map_2d, map_3d, score: float,
+    def add(self, label: int, gt: np.ndarray, anomaly_map, map_2d, map_3d, score: float,
             paper=None, paper_score: Optional[float] = None, kind: str = '') -> None:
-        """map_2d / map_3d / paper may be None (a results bag holds the fused map only); gt
+        """map_2d / map_3d / paper may be None (a results bag holds the anomaly map only); gt
         None for a good sample without a mask file (validation/good's): nothing anomalous."""
         if gt is None:
             if label:
                 raise ValueError('a defective sample needs its ground-truth mask')
-            gt = np.zeros(np.shape(fused), bool)
+            gt = np.zeros(np.shape(anomaly_map), bool)
         self.labels.append(int(label))
         self.kinds.append(kind if label else '')
         self.gts.append(np.asarray(gt) > 0)
-        scores = {'fused': score, 'paper': paper_score}
-        for key, value in (('fused', fused), ('paper', paper), ('2d', map_2d), ('3d', map_3d)):
+        scores = {'anomaly_map': score, 'paper': paper_score}
+        for key, value in (('anomaly_map', anomaly_map), ('paper', paper), ('2d', map_2d),
+                           ('3d', map_3d)):
             if value is not None:
                 self.maps[key].append(value.astype(np.float32))
                 given = scores.get(key)
@@ -51,7 +52,7 @@ class CategoryResults:
 
     def compute(self, variants: Optional[Sequence[str]] = None) -> dict:
         """{'i_auroc': .., ..., 'paper': {...}, '2d': {...}, '3d': {...}} (None where
-        undefined). `variants`: the map variants to compute ('fused', 'paper', '2d', '3d';
+        undefined). `variants`: the map variants to compute ('anomaly_map', 'paper', '2d', '3d';
         default all); the others are left None (each costs a PRO curve)."""
         out = {}
         for key, _ in MAP_VARIANTS:
@@ -59,7 +60,7 @@ class CategoryResults:
             wanted = variants is None or key in variants
             if wanted and len(self.maps[key]) == len(self.labels):
                 values = _safe(self.labels, self.scores[key], self.gts, self.maps[key])
-            if key == 'fused':
+            if key == 'anomaly_map':
                 out.update(values)
             else:
                 out[key] = values
@@ -112,7 +113,7 @@ def mean_over(per_category: Dict[str, dict]) -> dict:
 def variant_labels(scoring: str) -> Dict[str, str]:
     """Row labels; the first names the scoring in use."""
     labels = dict(MAP_VARIANTS)
-    labels['fused'] = f'RGB+3D, {scoring} scoring'
+    labels['anomaly_map'] = f'RGB+3D, {scoring} scoring'
     return labels
 
 
@@ -127,7 +128,7 @@ def markdown_table(per_category: Dict[str, dict], title: str = '',
     lines += [header, '|' + '---|' * (len(classes) + 2)]
     for variant, label in variant_labels(scoring).items():
         def value(row, key):
-            return row.get(key) if variant == 'fused' else row[variant].get(key)
+            return row.get(key) if variant == 'anomaly_map' else row[variant].get(key)
 
         if all(value(per_category[c], k) is None for c in classes for k in METRIC_KEYS):
             continue
@@ -190,7 +191,7 @@ def write_evaluation(output: Path, collected: Dict[str, CategoryResults], extra:
 
 def defect_table(per_category: Dict[str, dict], scoring: str) -> str:
     """Per defect type (its samples and every good one of the category): I-AUROC, P-AUROC and
-    AUPRO@0.3 of the scoring in use and of the paper's fused map; '' without defect types."""
+    AUPRO@0.3 of the scoring in use and of the paper's map; '' without defect types."""
     rows = []
     for name, values in per_category.items():
         for defect, row in values.get('by_defect', {}).items():

@@ -25,7 +25,7 @@ def test_profile_detector_on_the_cpu():
 def test_bench_preprocess_prints_every_stage_on_the_cpu():
     out = _run(str(BENCHMARKS / 'bench_preprocess.py'), '--calls', '1')
     for stage in ('raw frames to the device, one thread', 'support plane', 'grid components',
-                  'near cluster', 'all stages, one graph', 'numpy, per frame'):
+                  'near cluster', 'all stages, one graph', 'numpy reference, per frame'):
         assert f'| {stage}' in out, out
 
 

@@ -2,7 +2,7 @@
 
 Stated tolerance: a replayed Detector's scores and maps (probabilities) are within 0.01 of the
 same Detector run eagerly in float32 and within 0.05 in bf16 (the GPU-vs-CPU tolerances of
-`test_preprocess_torch`): the computation is the same, but the library may pick other kernels
+`test_preprocess_batched`): the computation is the same, but the library may pick other kernels
 for the recorded shapes (all pixels where eager code takes the valid ones). On the CPU the
 recorded form gives the eager maps within 1e-6.
 """
@@ -127,7 +127,7 @@ def test_detector_graph_refuses_a_cloud_without_enough_points_and_goes_on(mvtec_
         detector.score_prepared(rgb_s, sparse)
     again = detector.score_prepared(rgb_s, xyz_s)
     assert detector._graphed.usable and len(detector._graphed._graphs) == 1
-    assert torch.equal(again.anomaly, first.anomaly)
+    assert torch.equal(again.anomaly_map, first.anomaly_map)
 
 
 @needs_cuda

@@ -17,6 +17,13 @@ CLUSTER_METHODS = ('grid', 'dbscan')
 _GRID_OFFSETS = ((0, 1), (1, 0), (1, 1), (1, -1))
 
 
+def grid_pairs(height: int, width: int):
+    """Per grid offset: the two slices of an (H, W) grid it pairs (numpy and torch alike)."""
+    for dy, dx in _GRID_OFFSETS:
+        yield ((slice(0, height - dy), slice(max(0, -dx), width - max(0, dx))),
+               (slice(dy, height), slice(max(0, dx), width + min(0, dx))))
+
+
 def largest_cluster_mask(xyz: np.ndarray, valid: np.ndarray, eps: float, min_points: int,
                          stride: int = 1, method: str = 'dbscan') -> np.ndarray:
     """(H, W) bool: the largest cluster of the `valid` points of xyz (H, W, 3), DBSCAN's
@@ -64,9 +71,7 @@ def largest_grid_cluster(xyz: np.ndarray, valid: np.ndarray, eps: float) -> np.n
     height, width = valid.shape
     index = np.arange(height * width).reshape(height, width)
     sources, targets = [], []
-    for dy, dx in _GRID_OFFSETS:
-        here = (slice(0, height - dy), slice(max(0, -dx), width - max(0, dx)))
-        there = (slice(dy, height), slice(max(0, dx), width + min(0, dx)))
+    for here, there in grid_pairs(height, width):
         step = xyz[here] - xyz[there]
         linked = valid[here] & valid[there] & (np.einsum('ijk,ijk->ij', step, step) < eps ** 2)
         sources.append(index[here][linked])

@@ -1,11 +1,10 @@
 """`preprocess` for a batch of same-size frames in fixed shapes, for a CUDA graph to replay.
 
-`preprocess_torch` follows the numpy reference step by step, and so reads values back (point
-counts, the best RANSAC hypothesis, convergence of the components, which components join):
-about 30 read-backs and 230 kernel launches per frame, and a batch is preprocessed frame by
-frame. Here nothing depends on the values: every tensor's shape follows from (batch, height,
-width) and the config alone, so one CUDA graph per batch shape records the whole step and a
-replay launches it at once. What changes to get there, and what it costs in agreement:
+The numpy reference (`preprocess`) reads values as it goes (point counts, the best RANSAC
+hypothesis, convergence of the components, which components join). Here nothing depends on the
+values: every tensor's shape follows from (batch, height, width) and the config alone, so one
+CUDA graph per batch shape records the whole step and a replay launches it at once. What
+changes to get there, and what it costs in agreement:
 
 - The plane: as many RANSAC hypotheses of as many points, drawn as fixed seeded uniform numbers
   mapped onto each frame's valid border points (the reference draws indices with numpy for the
@@ -21,7 +20,7 @@ replay launches it at once. What changes to get there, and what it costs in agre
 Each frame comes with an `exact` flag, False where one of these bounds may have cut the
 reference short: the components had not converged by the last round, one more joining wave
 would still add a component, or the point spacing asks for a finer stride than the configured
-one (`clustering._max_stride`). The Detector redoes such frames with `preprocess_torch`. The
+one (`clustering._max_stride`). The Detector redoes such frames with the numpy reference. The
 agreement with the numpy reference is stated and tested in `test/test_preprocess_batched.py`.
 """
 import functools
@@ -32,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from dbmr_ros.data import window_search
+from dbmr_ros.data.clustering import grid_pairs
 from dbmr_ros.data.preprocess import PreprocessConfig, RANSAC_SEED, square_padding
-from dbmr_ros.data.preprocess_torch import grid_pairs, nearest_sources
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.symmetric3 import smallest_axis
 
@@ -271,3 +270,13 @@ def _resize_points(xyz: torch.Tensor, cfg: PreprocessConfig) -> torch.Tensor:
     padded = _pad_square(xyz, cfg).permute(0, 2, 3, 1)
     rows, cols = (nearest_sources(n, cfg.image_size, xyz.device) for n in padded.shape[1:3])
     return padded[:, rows[:, None], cols[None, :]]
+
+
+def nearest_sources(source: int, target: int, device) -> torch.Tensor:
+    """(target,) source indices of OpenCV's INTER_NEAREST, floor(i * source / target) in
+    double precision (torch's 'nearest' computes the scale in float32 and picks a different
+    pixel where the product is an integer). Built on the device (no copy from the host, so a
+    CUDA graph can record it); the same IEEE products as numpy's."""
+    scale = 1.0 / (target / source)
+    index = (torch.arange(target, dtype=torch.float64, device=device) * scale).floor()
+    return index.long().clamp_max(source - 1)

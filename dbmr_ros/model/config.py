@@ -29,7 +29,7 @@ class DBMRConfig:
     loss_weight_cross: float = 0.5    # weight of the cross-modal loss
     smoothing_sigma: float = 4.0  # Gaussian smoothing of the maps, pixels at image_size
     # The map and image score a Detector uses unless told otherwise: 'learned' (the scoring
-    # head) or 'paper' (the paper's fused reconstruction distances); both are always computed.
+    # head) or 'paper' (the paper's reconstruction distances, 2D x 3D); both are always computed.
     scoring: str = 'learned'
     head_widths: Tuple[int, ...] = (16, 32, 64, 128)  # scoring head U-Net, one per level
     # Entries of the shape prior (nearest training FPFH patch descriptor), which the head reads

@@ -25,9 +25,9 @@ SCORINGS = ('learned', 'paper')
 
 
 class AnomalyMaps(NamedTuple):
-    anomaly: torch.Tensor      # (B, S, S) the map of the scoring in use
-    score: torch.Tensor        # (B,) its image score (max of `anomaly`)
-    paper: torch.Tensor        # (B, S, S) the paper's fused map
+    anomaly_map: torch.Tensor  # (B, S, S) the map of the scoring in use
+    score: torch.Tensor        # (B,) its image score (max of `anomaly_map`)
+    paper_map: torch.Tensor    # (B, S, S) the paper's map (its 2D and 3D maps' product)
     paper_score: torch.Tensor  # (B,)
     map_2d: torch.Tensor       # (B, S, S) the paper's RGB-only map
     map_3d: torch.Tensor       # (B, S, S) the paper's geometry-only map
@@ -52,7 +52,7 @@ def normalised(raw_2d: torch.Tensor, raw_3d: torch.Tensor, stats: Optional[dict]
 
 
 def paper_maps(map_2d: torch.Tensor, map_3d: torch.Tensor, valid: torch.Tensor, sigma: float):
-    """Normalised (B, S, S) maps -> the paper's (fused, map_2d, map_3d): product, each smoothed,
+    """Normalised (B, S, S) maps -> the paper's (map, map_2d, map_3d): product, each smoothed,
     background re-zeroed."""
     stacked = torch.stack([map_2d * map_3d, map_2d, map_3d])                 # (3, B, S, S)
     smoothed = gaussian_blur(stacked.flatten(0, 1), sigma).view_as(stacked)
@@ -111,7 +111,7 @@ def head_features(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: Token
 def anomaly_maps(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: TokenScores,
                  stats: Optional[dict], scoring: str = 'learned',
                  shape_map: Optional[torch.Tensor] = None) -> AnomalyMaps:
-    """Both scorings' maps (B, S, S) and image scores from `model.score_tokens`; `anomaly` is
+    """Both scorings' maps (B, S, S) and image scores from `model.score_tokens`; `anomaly_map` is
     `scoring`'s (`shape_map` as in `head_features`)."""
     if scoring not in SCORINGS:
         raise ValueError(f'scoring must be one of {SCORINGS}, got {scoring!r}')
@@ -121,10 +121,10 @@ def anomaly_maps(model: DBMRNet, inp: ModelInput, groups: Groups, tokens: TokenS
         map_2d, map_3d = features.map_2d, features.map_3d
     else:  # the head's inputs are not needed
         map_2d, map_3d = normalised(*raw_maps(tokens, inp, groups), stats)
-    paper, paper_2d, paper_3d = paper_maps(map_2d, map_3d, inp.valid, sigma)
-    anomaly = paper
+    paper_map, paper_2d, paper_3d = paper_maps(map_2d, map_3d, inp.valid, sigma)
+    anomaly_map = paper_map
     if scoring == 'learned':
         logits = model.scoring_head(features.inputs, features.context)
-        anomaly = learned_map(logits, inp.valid, sigma, model.cfg.map_margin)
-    return AnomalyMaps(anomaly, image_scores(anomaly), paper, image_scores(paper), paper_2d,
-                       paper_3d)
+        anomaly_map = learned_map(logits, inp.valid, sigma, model.cfg.map_margin)
+    return AnomalyMaps(anomaly_map, image_scores(anomaly_map), paper_map,
+                       image_scores(paper_map), paper_2d, paper_3d)

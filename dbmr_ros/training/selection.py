@@ -42,7 +42,8 @@ def evaluate_and_calibrate(model, meta: CheckpointMeta, device, val, cfg: TrainC
         unseen = calibration.unseen_results(scorer, *val, seed=cfg.seed + 2,
                                             copies=unseen_copies)
         # A scoring is left out where the validation parts were too small for every kind.
-        selection.update(_both_scorings('unseen', unseen.compute(variants=('fused', 'paper'))))
+        selection.update(_both_scorings('unseen', unseen.compute(
+            variants=('anomaly_map', 'paper'))))
         selection.update(_per_kind('unseen_learned', unseen))
     return dataclasses.replace(meta, calibration=fitted), selection
 
@@ -51,7 +52,7 @@ def _per_kind(prefix: str, results) -> dict:
     """CategoryResults -> {'<prefix>_<kind>': the learned map's I-AUROC and AUPRO@0.3 on that
     kind of defect against all good samples}."""
     return {f'{prefix}_{kind}': {k: values[k] for k in ('i_auroc', 'aupro@0.3')}
-            for kind, values in results.compute_by_kind(variants=('fused',)).items()}
+            for kind, values in results.compute_by_kind(variants=('anomaly_map',)).items()}
 
 
 def _both_scorings(prefix: str, figures: dict) -> dict:
@@ -72,7 +73,7 @@ def real_selection(model, meta: CheckpointMeta, device, dataset, root, category,
     metrics}. Real defects judge a recipe better than synthetic ones can (docs/results.md)."""
     return _both_scorings('real', evaluate_category(
         Detector(model, meta, device), dataset, root, category, cache, log=lambda *_: None,
-        split='validation').compute(variants=('fused', 'paper')))
+        split='validation').compute(variants=('anomaly_map', 'paper')))
 
 
 TABLE_METRICS = ('i_auroc', 'p_auroc', 'aupro@0.3', 'aupro@0.1')
@@ -101,9 +102,9 @@ def selection_table(sets: dict) -> str:
     lines = ['| set, scoring | I-AUROC | P-AUROC | AUPRO@0.3 | AUPRO@0.1 |',
              '|---|---|---|---|---|']
     for name, results in sets.items():
-        pooled = results.compute(variants=('fused', 'paper'))
+        pooled = results.compute(variants=('anomaly_map', 'paper'))
         lines += [row(f'{name}, learned', pooled), row(f'{name}, paper', pooled['paper'])]
     for name, results in sets.items():
-        for kind, values in results.compute_by_kind(variants=('fused',)).items():
+        for kind, values in results.compute_by_kind(variants=('anomaly_map',)).items():
             lines.append(row(f'{name}: {kind}, learned', values))
     return '\n'.join(lines) + '\n'
