@@ -31,7 +31,8 @@ from scipy.ndimage import gaussian_filter
 from scipy.spatial import cKDTree
 
 from dbmr_ros.data import open_dataset, preprocess, PreprocessConfig
-from dbmr_ros.data.preprocess import PreprocessCache, to_input_size
+from dbmr_ros.data.preprocess import to_input_size
+from dbmr_ros.data.preprocess_cache import PreprocessCache
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.model.local_shape import BINS, pair_bins
 from dbmr_ros.report import CategoryResults

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from dbmr_ros.data.prepared import load_split
-from dbmr_ros.data.preprocess import PreprocessCache
-from dbmr_ros.detector import resolve_device
+from dbmr_ros.data.preprocess_cache import PreprocessCache
+from dbmr_ros.devices import resolve_device
 from dbmr_ros.model import DBMRNet
 from dbmr_ros.resources import share_dir
 from dbmr_ros.training.optim import build_optimizers, stage_network

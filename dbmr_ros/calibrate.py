@@ -20,8 +20,10 @@ from dbmr_ros.command import run_command
 from dbmr_ros.data.anomalies import AnomalyConfig
 from dbmr_ros.data.datasets import DATASETS
 from dbmr_ros.data.io import read_rgb, read_xyz
-from dbmr_ros.data.preprocess import preprocess, PreprocessCache
-from dbmr_ros.detector import Detector, resolve_device
+from dbmr_ros.data.preprocess import preprocess
+from dbmr_ros.data.preprocess_cache import PreprocessCache
+from dbmr_ros.detector import Detector
+from dbmr_ros.devices import resolve_device
 from dbmr_ros.files import refuse_existing_output
 from dbmr_ros.infer import find_pairs
 from dbmr_ros.model.config import INFERENCE_FIELDS, parse_inference_setting

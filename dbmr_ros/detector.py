@@ -7,47 +7,25 @@ import dataclasses
 import functools
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dbmr_ros.checkpoint import build_model, CheckpointMeta
 from dbmr_ros.cuda_graphs import GraphedFunction, run_beside
 from dbmr_ros.data import preprocess_batched
-from dbmr_ros.data.preprocess import (clean_point_cloud, preprocess, square_padding,
-                                      to_input_size)
-from dbmr_ros.model.dbmrnet import DBMRNet
+from dbmr_ros.data.preprocess import clean_point_cloud, preprocess
 from dbmr_ros.data.sample import valid_mask
-from dbmr_ros.host_transfer import stack_on_device, to_host
+from dbmr_ros.devices import resolve_device
+from dbmr_ros.host_transfer import stack_on_device
+from dbmr_ros.model.dbmrnet import DBMRNet
 from dbmr_ros.model.inputs import group_points, prepare, require_counts, require_points
 from dbmr_ros.model.scoring import (anomaly_maps, AnomalyMaps, raw_maps, SCORINGS,
                                     shape_prior_map)
+from dbmr_ros.result import (AnomalyResult, check_pair, input_resolution_maps,
+                             with_model_total)
 from dbmr_ros.stopwatch import Stopwatch
-
-
-@dataclass
-class AnomalyResult:
-    score: float                  # image score of the scoring in use: max of `anomaly_map`
-    anomaly_map: np.ndarray       # (H, W) float32 map of the scoring in use, input resolution
-    is_anomalous: bool            # score > threshold (False when there is no threshold)
-    map_2d: np.ndarray            # (H, W) float32 the paper's RGB-only map
-    map_3d: np.ndarray            # (H, W) float32 the paper's geometry-only map
-    paper_map: np.ndarray         # (H, W) float32 the paper's map (2D x 3D)
-    paper_score: float            # its image score
-    scoring: str = 'learned'      # which scoring `score` and `anomaly_map` come from
-    threshold: Optional[float] = None
-    timings_ms: Dict[str, float] = field(default_factory=dict)
-
-
-def resolve_device(device: str = 'auto') -> torch.device:
-    if device == 'auto':
-        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise ValueError(f'device {device!r} requested but CUDA is not available')
-    return torch.device(device)
 
 
 class Detector:
@@ -148,7 +126,7 @@ class Detector:
         if len(rgbs) != len(xyzs):
             raise ValueError(f'{len(rgbs)} images but {len(xyzs)} point clouds')
         for image, cloud in zip(rgbs, xyzs):
-            self._check(image, cloud)
+            check_pair(image, cloud)
         watch = Stopwatch(self.device)
         if (self.preprocess_on_device and cleaned_xyz is None
                 and len({image.shape for image in rgbs}) == 1):
@@ -158,9 +136,10 @@ class Detector:
             rgb_s, xyz_s = np.stack([p[0] for p in prepared]), np.stack([p[1] for p in prepared])
             watch.lap('preprocess')
             maps = self._score_checked(rgb_s, xyz_s, watch, self.preprocess_on_device)
-        full = self._input_resolution_maps(maps, [image.shape[:2] for image in rgbs])
+        full = input_resolution_maps(maps, [image.shape[:2] for image in rgbs],
+                                     self.meta.preprocess, self.preprocess_on_device)
         scores, paper_scores = maps.score.tolist(), maps.paper_score.tolist()  # one read-back
-        timings = _with_model_total(watch.times_ms())
+        timings = with_model_total(watch.times_ms())
         results = [self._result(scores[i], paper_scores[i], full[i], timings)
                    for i in range(len(rgbs))]
         return results if batched else results[0]
@@ -231,7 +210,7 @@ class Detector:
         watch = Stopwatch(self.device)
         maps = self._score_checked(rgb_s, xyz_s, watch, on_device)
         if timings is not None:
-            timings.update(_with_model_total(watch.times_ms()))
+            timings.update(with_model_total(watch.times_ms()))
         return maps
 
     def _score_checked(self, rgb_s, xyz_s, watch: Stopwatch, on_device: bool) -> AnomalyMaps:
@@ -298,45 +277,6 @@ class Detector:
         inp = prepare(rgb_t, xyz_t, cfg.num_points, cfg.group_size)
         return inp, group_points(inp, cfg.num_groups, cfg.group_size)
 
-    # --- helpers -------------------------------------------------------------------------
-
-    @staticmethod
-    def _check(rgb: np.ndarray, xyz: np.ndarray) -> None:
-        rgb, xyz = np.asarray(rgb), np.asarray(xyz)
-        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
-            raise ValueError(f'rgb must be (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}')
-        if xyz.ndim != 3 or xyz.shape[2] != 3 or not np.issubdtype(xyz.dtype, np.floating):
-            raise ValueError(f'xyz must be (H, W, 3) float, got {xyz.shape} {xyz.dtype}')
-        if rgb.shape[:2] != xyz.shape[:2]:
-            raise ValueError(f'rgb {rgb.shape[:2]} and xyz {xyz.shape[:2]} sizes differ')
-
-    def _input_resolution_maps(self, maps: AnomalyMaps, shapes) -> list:
-        """Each frame's (4, H, W) float32 maps at its input size (anomaly, 2D, 3D, paper): on
-        the device, a batch of one input size in one resize and one copy back."""
-        stacked = torch.stack([maps.anomaly_map, maps.map_2d, maps.map_3d, maps.paper_map], 1)
-        if self.preprocess_on_device and len(set(shapes)) == 1:
-            return list(self.to_input_resolution(stacked, shapes[0]))
-        return [self.to_input_resolution(frame, shape) for frame, shape in zip(stacked, shapes)]
-
-    def to_input_resolution(self, model_maps: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
-        """(C, S, S) maps -> (C, H, W) float32 numpy (or (B, C, S, S) -> (B, C, H, W) on the
-        device): undo the resize and the square padding (bilinear, the same half-pixel rule:
-        torch on the model's device when the Detector preprocesses there, else OpenCV)."""
-        if not self.preprocess_on_device:
-            channels_last = np.ascontiguousarray(model_maps.permute(1, 2, 0).numpy())
-            full = to_input_size(channels_last, shape, self.meta.preprocess)
-            return np.ascontiguousarray(full.transpose(2, 0, 1))
-        height, width = shape
-        pads = ((0, 0), (0, 0))
-        if self.meta.preprocess.pad_to_square:
-            pads = square_padding(height, width)
-        (top, bottom), (left, right) = pads
-        size = (height + top + bottom, width + left + right)
-        batch = model_maps if model_maps.dim() == 4 else model_maps[None]
-        full = F.interpolate(batch, size=size, mode='bilinear', align_corners=False)
-        full = to_host(full[..., top:top + height, left:left + width])
-        return full if model_maps.dim() == 4 else full[0]
-
     def _result(self, score: float, paper_score: float, full_maps: np.ndarray,
                 timings) -> AnomalyResult:
         anomaly, map_2d, map_3d, paper = full_maps
@@ -346,12 +286,6 @@ class Detector:
                              map_2d=map_2d, map_3d=map_3d, paper_map=paper,
                              paper_score=paper_score, scoring=self.scoring,
                              threshold=threshold, timings_ms=dict(timings))
-
-
-def _with_model_total(times: Dict[str, float]) -> Dict[str, float]:
-    """Stage times with 'model' as the sum of its parts where the network ran eagerly."""
-    parts = [times[stage] for stage in ('grouping', 'network', 'scoring') if stage in times]
-    return {**times, 'model': times.get('model', 0.0) + sum(parts)}
 
 
 @functools.lru_cache(maxsize=4)

@@ -16,7 +16,7 @@ from pathlib import Path
 from dbmr_ros.command import run_command
 from dbmr_ros.data.anomalies import AnomalyConfig
 from dbmr_ros.data.datasets import DATASETS
-from dbmr_ros.data.preprocess import PreprocessCache
+from dbmr_ros.data.preprocess_cache import PreprocessCache
 from dbmr_ros.detector import Detector
 from dbmr_ros.evaluation import evaluate_category
 from dbmr_ros.files import prepare_output

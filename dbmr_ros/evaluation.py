@@ -3,7 +3,7 @@ from pathlib import Path
 from typing import Optional
 
 from dbmr_ros.data.datasets import open_dataset
-from dbmr_ros.data.preprocess import PreprocessCache
+from dbmr_ros.data.preprocess_cache import PreprocessCache
 from dbmr_ros.detector import Detector
 from dbmr_ros.report import CategoryResults, overlay_indices, write_overlay
 from dbmr_ros.visualize import display_range

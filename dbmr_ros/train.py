@@ -26,8 +26,9 @@ from dbmr_ros.checkpoint import CheckpointMeta, save_checkpoint
 from dbmr_ros.command import run_command
 from dbmr_ros.data.datasets import DATASETS
 from dbmr_ros.data.prepared import labelled_defects, load_split
-from dbmr_ros.data.preprocess import PreprocessCache
-from dbmr_ros.detector import Detector, resolve_device
+from dbmr_ros.data.preprocess_cache import PreprocessCache
+from dbmr_ros.detector import Detector
+from dbmr_ros.devices import resolve_device
 from dbmr_ros.files import refuse_existing_output
 from dbmr_ros.model import DBMRNet, PRESETS
 from dbmr_ros.resources import share_dir

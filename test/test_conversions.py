@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import Image, PointCloud2, PointField
 
-from dbmr_ros.detector import AnomalyResult
+from dbmr_ros.result import AnomalyResult
 from dbmr_ros.report import overlay_indices
 from dbmr_ros.ros import result_message
 from dbmr_ros.ros.conversions import (cloud_from_arrays, cloud_to_xyz, ConversionError,

@@ -15,8 +15,9 @@ from dbmr_ros.data.datasets import DatasetError, eyescandies_depth_to_xyz
 from dbmr_ros.data.io import read_xyz
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.clustering import _near_cluster, largest_cluster_mask, largest_grid_cluster
-from dbmr_ros.data.preprocess import (clean_point_cloud, fit_plane_ransac, PreprocessCache,
-                                      resize_mask, square_padding, support_plane_mask)
+from dbmr_ros.data.preprocess import (clean_point_cloud, fit_plane_ransac, resize_mask,
+                                      square_padding, support_plane_mask)
+from dbmr_ros.data.preprocess_cache import PreprocessCache
 from dbmr_ros.data.sample import invalid_to_zero, valid_mask
 from dbmr_ros.data.synthetic import DEFECTS, render_sample, write_dataset
 
@@ -150,8 +151,8 @@ def test_cache_is_recomputed_when_the_cleaning_code_changes(mvtec_root, tmp_path
     ref = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'validation')[0]
     cache = PreprocessCache(PreprocessConfig(), tmp_path)
     cache.cleaned(ref.xyz_path, read_xyz(ref.xyz_path))
-    # The module itself: the package's name `preprocess` is the function.
-    monkeypatch.setattr(sys.modules['dbmr_ros.data.preprocess'], 'CLEANING_CODE', 'another one')
+    monkeypatch.setattr(sys.modules['dbmr_ros.data.preprocess_cache'], 'CLEANING_CODE',
+                        'another one')
     cache.cleaned(ref.xyz_path, read_xyz(ref.xyz_path))
     assert len(list(tmp_path.glob('*.npy'))) == 2
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from dbmr_ros.data.prepared import load_split
-from dbmr_ros.data.preprocess import PreprocessCache, PreprocessConfig
+from dbmr_ros.data.preprocess import PreprocessConfig
+from dbmr_ros.data.preprocess_cache import PreprocessCache
 from dbmr_ros.data.sample import valid_mask
 from dbmr_ros.data.unseen_defects import (KINDS, MIN_PIXELS, MIN_VISIBLE, unseen_copies,
                                           unseen_defect)

@@ -3,7 +3,8 @@ reads it (arrays in memory; the background removal cached, never written into th
 import numpy as np
 
 from dbmr_ros.data.datasets import DatasetError, open_dataset
-from dbmr_ros.data.preprocess import preprocess, PreprocessCache, PreprocessConfig
+from dbmr_ros.data.preprocess import preprocess, PreprocessConfig
+from dbmr_ros.data.preprocess_cache import PreprocessCache
 
 
 def load_split(kind, root, category, split, pcfg: PreprocessConfig, cache: PreprocessCache):

@@ -8,7 +8,7 @@ from dbmr_ros import calibration
 from dbmr_ros.checkpoint import CheckpointMeta
 from dbmr_ros.data.anomalies import AnomalyConfig
 from dbmr_ros.data.prepared import labelled_defects, load_split
-from dbmr_ros.data.preprocess import PreprocessCache
+from dbmr_ros.data.preprocess_cache import PreprocessCache
 from dbmr_ros.detector import Detector
 from dbmr_ros.evaluation import evaluate_category
 from dbmr_ros.training.config import TrainConfig
