@@ -187,13 +187,13 @@ class Detector:
         """Every pair of a call by the numpy reference -> model-size arrays, a batch's frames on
         parallel threads (NumPy, SciPy and OpenCV release the GIL in their heavy work, and none
         of it is torch)."""
-        jobs = list(zip(rgbs, xyzs, cleaned))
+        jobs = [(rgb, xyz, self.meta.preprocess, clean)
+                for rgb, xyz, clean in zip(rgbs, xyzs, cleaned)]
         if len(jobs) == 1:
-            return [preprocess(*jobs[0][:2], self.meta.preprocess, jobs[0][2])]
+            return [preprocess(*jobs[0])]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(os.cpu_count() or 1, 'dbmr-preprocess')
-        return list(self._pool.map(
-            lambda job: preprocess(job[0], job[1], self.meta.preprocess, job[2]), jobs))
+        return list(self._pool.map(lambda job: preprocess(*job), jobs))
 
     def clean(self, xyz: np.ndarray) -> np.ndarray:
         """The background removal step alone (cacheable by callers)."""
