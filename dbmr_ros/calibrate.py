@@ -84,15 +84,11 @@ def _uncalibrated(path, device, settings: dict) -> Detector:
 
 
 def one_inference_setting(text: str):
-    """argparse type of a single NAME=VALUE inference setting (--set): -> (NAME, typed
-    VALUE)."""
+    """argparse type of a NAME=VALUE inference setting (--set): -> (NAME, typed VALUE)."""
     try:
-        name, values = parse_inference_setting(text)
+        return parse_inference_setting(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    if len(values) != 1:
-        raise argparse.ArgumentTypeError(f'one value expected, got {text!r}')
-    return name, values[0]
 
 
 def build_parser() -> argparse.ArgumentParser:

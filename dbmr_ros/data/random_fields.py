@@ -69,13 +69,7 @@ def perlin(size: int, cells: torch.Tensor, angle: torch.Tensor, shift: torch.Ten
 def perlin_draws(size: int, cells: Tuple[int, int], draw: Draws) -> torch.Tensor:
     """Perlin noise with a random (log-uniform) cell count, rotation and offset per sample."""
     count = draw.log_uniform(cells[0], cells[1]).round()
-    return perlin_with_cells(size, count, cells[1] + 2, draw)
-
-
-def perlin_with_cells(size: int, count: torch.Tensor, lattice: int,
-                      draw: Draws) -> torch.Tensor:
-    """Perlin noise with `count` (B,) cells across the image (at most lattice - 2) and a
-    random rotation and offset per sample."""
+    lattice = cells[1] + 2
     return perlin(size, count, draw.uniform(0, math.pi), draw.uniform(0, lattice, (2,)),
                   draw.uniform(0, 2 * math.pi, (lattice, lattice)))
 

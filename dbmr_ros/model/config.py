@@ -104,18 +104,18 @@ REMOVED_OPTIONS = {'mlp_ratio': 4.0, 'head_context': True, 'score_passes': 1,
 INFERENCE_FIELDS = ('smoothing_sigma', 'map_margin')
 
 
-def parse_inference_setting(text: str) -> Tuple[str, list]:
-    """'NAME=V1,V2,...' -> (NAME, [typed values]), NAME one of INFERENCE_FIELDS; ValueError
+def parse_inference_setting(text: str) -> Tuple[str, object]:
+    """'NAME=VALUE' -> (NAME, typed VALUE), NAME one of INFERENCE_FIELDS; ValueError
     otherwise."""
-    name, _, values = text.partition('=')
-    if name not in INFERENCE_FIELDS or not values:
-        raise ValueError(f'expected NAME=VALUE[,VALUE...] with NAME one of {INFERENCE_FIELDS}, '
+    name, _, value = text.partition('=')
+    if name not in INFERENCE_FIELDS or not value:
+        raise ValueError(f'expected NAME=VALUE with NAME one of {INFERENCE_FIELDS}, '
                          f'got {text!r}')
     kind = type(getattr(DBMRConfig(), name))
     try:
-        return name, [kind(v) for v in values.split(',')]
+        return name, kind(value)
     except ValueError:
-        raise ValueError(f'{name} takes {kind.__name__} values, got {values!r}') from None
+        raise ValueError(f'{name} takes one {kind.__name__} value, got {value!r}') from None
 
 
 PRESETS = {
