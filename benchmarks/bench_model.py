@@ -2,8 +2,9 @@
 
 Prints, per preset: the valid points at the model's input size and how many of them are
 grouped, parameters, FLOPs per frame (network and scoring head), median latency per call split
-into preprocessing and model (grouping + network + scoring, both scorings' maps, the head
-included; its three parts where they run eagerly, '-' where a CUDA graph replays them as one),
+into preprocessing and model (grouping + shape prior + network + scoring, both scorings' maps,
+the head included; its parts where they run eagerly, '-' where a CUDA graph replays them as
+one; on CUDA the shape prior runs beside the network and its part is about 0),
 the whole call's median (total, frames/s), and peak resident memory. Input: a real MVTec 3D-AD
 cable_gland test frame (400x400 organized cloud with all its points; background removal at that
 resolution is part of preprocessing) from ../shared, or a synthetic 400x400 frame where
@@ -43,9 +44,10 @@ from dbmr_ros.model.dbmrnet import count_parameters
 from dbmr_ros.model.inputs import group_points, prepare
 from dbmr_ros.model.scoring import anomaly_maps
 from dbmr_ros.resources import share_dir
+from dbmr_ros.result import MODEL_PARTS
 from dbmr_ros.training.config import TrainConfig
 
-STAGES = ('preprocess', 'model', 'grouping', 'network', 'scoring', 'total')
+STAGES = ('preprocess', 'model') + MODEL_PARTS + ('total',)
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'mvtec3d'
 
 
@@ -154,11 +156,12 @@ def main(argv=None) -> int:
                   args.preprocessing, not args.no_cuda_graphs)
             for p in args.presets]
     print('| preset | valid / grouped points | params (M) | GFLOPs/frame | preprocess ms | '
-          'model ms (grouping / network / scoring) | total ms | frames/s | peak RSS MB |')
+          'model ms (grouping / shape prior / network / scoring) | total ms | frames/s | '
+          'peak RSS MB |')
     print('|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         parts = ' / '.join('-' if r[k] is None else f'{r[k]:.1f}'
-                           for k in ('grouping', 'network', 'scoring'))
+                           for k in MODEL_PARTS)
         print(f'| {r["preset"]} | {r["valid_points"]} / {r["grouped_points"]} | '
               f'{r["params_m"]:.2f} | {r["gflops"]:.2f} | {r["preprocess"]:.1f} | '
               f'{r["model"]:.1f} ({parts}) | {r["total"]:.1f} | {r["fps"]:.1f} | '

@@ -7,12 +7,19 @@ set where ../shared is absent), after one warm-up epoch, and prints images per s
 stage 1 (anomaly-aware masked reconstruction) and stage 2 (scoring head, network frozen).
 
     .venv/bin/python benchmarks/bench_train.py [--presets tiny base] [--device cuda]
-        [--batch-size N] [--steps 20] [--float32]
+        [--batch-size N] [--steps 20] [--float32] [--profile]
+
+--profile also prints where each stage's timed steps spend their time: the parts the engine
+marks (`record_function`: synthesis, grouping, forward, backward, optimizer; the head stage's
+frozen network, shape prior and head inputs), milliseconds per batch and share of the wall
+time (host time of each part; on CUDA, work still queued when a part ends counts where the
+host next waits). The profiler costs a few per cent, so its rates are a little lower.
 
 The training time of a whole run follows: (epochs / stage-1 rate + head_epochs / stage-2 rate)
 x samples, plus calibration (about a second per validation sample on two CPU cores).
 """
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -20,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.profiler import profile, ProfilerActivity
 
 from dbmr_ros.data.prepared import load_split
 from dbmr_ros.data.preprocess_cache import PreprocessCache
@@ -31,6 +39,10 @@ from dbmr_ros.training import engine
 from dbmr_ros.training.config import TrainConfig
 
 SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'mvtec3d'
+# The parts `dbmr_ros.training.engine` marks, per stage, in the order a step runs them.
+PARTS = {'reconstruction': ('synthesis', 'grouping', 'forward', 'backward', 'optimizer'),
+         'head': ('synthesis', 'grouping', 'frozen network', 'shape prior', 'head inputs',
+                  'forward', 'backward', 'optimizer')}
 
 
 def training_samples(cfg: TrainConfig):
@@ -51,7 +63,15 @@ def training_samples(cfg: TrainConfig):
     return (torch.from_numpy(rgb), torch.from_numpy(xyz)), name
 
 
-def bench(preset: str, device, batch_size, steps: int, float32: bool = False) -> dict:
+def part_times(prof, stage: str, batches: int) -> dict:
+    """{part: ms per batch} of the engine's marked parts in a profile of one stage."""
+    totals = {event.key: event.cpu_time_total for event in prof.key_averages()
+              if event.key in PARTS[stage]}
+    return {part: totals.get(part, 0.0) / 1e3 / batches for part in PARTS[stage]}
+
+
+def bench(preset: str, device, batch_size, steps: int, float32: bool = False,
+          profiled: bool = False) -> dict:
     cfg = TrainConfig.load(share_dir() / 'config' / f'train_{preset}.yaml')
     cfg.batch_size = batch_size or cfg.batch_size
     cfg.mixed_precision = cfg.mixed_precision and not float32
@@ -65,7 +85,7 @@ def bench(preset: str, device, batch_size, steps: int, float32: bool = False) ->
     stats = {'mean_2d': 1.0, 'mean_3d': 1.0}
     order = torch.randperm(steps * cfg.batch_size, generator=generator) % len(data[0])
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    rates = {}
+    rates, parts = {}, {}
     for stage, epoch in (('reconstruction', engine.reconstruction_epoch),
                          ('head', engine.head_epoch)):
         net = stage_network(model, stage == 'head', 1)
@@ -75,13 +95,21 @@ def bench(preset: str, device, batch_size, steps: int, float32: bool = False) ->
             chosen = batches[:2] if run == 'warm-up' else batches
             if device.type == 'cuda':
                 torch.cuda.synchronize(device)
-            start = time.perf_counter()
-            epoch(net, model, data, chosen, optimizers[index], schedulers[index], cfg, *extra,
-                  generator, device, stage, False)
-            if device.type == 'cuda':
-                torch.cuda.synchronize(device)
-            rates[stage] = len(chosen) * cfg.batch_size / (time.perf_counter() - start)
+            activities = [ProfilerActivity.CPU]
+            with profile(activities=activities) if profiled and run == 'timed' else (
+                    contextlib.nullcontext()) as prof:
+                start = time.perf_counter()
+                epoch(net, model, data, chosen, optimizers[index], schedulers[index], cfg,
+                      *extra, generator, device, stage, False)
+                if device.type == 'cuda':
+                    torch.cuda.synchronize(device)
+                elapsed = time.perf_counter() - start
+            rates[stage] = len(chosen) * cfg.batch_size / elapsed
+            if prof is not None:
+                parts[stage] = {**part_times(prof, stage, len(chosen)),
+                                'wall': elapsed * 1e3 / len(chosen)}
     return {'preset': preset, 'batch_size': cfg.batch_size, 'source': source, **rates,
+            'parts': parts,
             'precision': 'bf16' if cfg.mixed_precision and device.type == 'cuda' else 'float32',
             'peak_cuda_mb': (torch.cuda.max_memory_allocated(device) / 2 ** 20
                              if device.type == 'cuda' else float('nan'))}
@@ -93,13 +121,16 @@ def main(argv=None) -> int:
     parser.add_argument('--device', default='auto')
     parser.add_argument('--batch-size', type=int, help='default: the preset config\'s')
     parser.add_argument('--steps', type=int, default=20, help='timed optimizer steps per stage')
+    parser.add_argument('--profile', action='store_true',
+                        help="also print each stage's time per marked part")
     parser.add_argument('--float32', action='store_true',
                         help='no bf16 autocast on CUDA, whatever the config says')
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else (
         f'CPU, {torch.get_num_threads()} torch threads')
-    rows = [bench(p, device, args.batch_size, args.steps, args.float32) for p in args.presets]
+    rows = [bench(p, device, args.batch_size, args.steps, args.float32, args.profile)
+            for p in args.presets]
     print(f'device {device} ({name}); data: {rows[0]["source"]}; {args.steps} steps per stage')
     print('| preset | batch | precision | stage 1 images/s | stage 2 images/s | peak CUDA MB |')
     print('|---|---|---|---|---|---|')
@@ -108,6 +139,15 @@ def main(argv=None) -> int:
         print(f'| {r["preset"]} | {r["batch_size"]} | {r["precision"]} | '
               f'{r["reconstruction"]:.1f} | '
               f'{r["head"]:.1f} | {peak} |')
+    for r in rows:
+        for stage, times in r['parts'].items():
+            print(f'\n{r["preset"]}, stage {1 if stage == "reconstruction" else 2} ({stage}), '
+                  f'batch {r["batch_size"]}: ms per batch (share of {times["wall"]:.0f} ms)')
+            print('| ' + ' | '.join(PARTS[stage]) + ' | other |')
+            print('|' + '---|' * (len(PARTS[stage]) + 1))
+            other = times['wall'] - sum(times[part] for part in PARTS[stage])
+            print('| ' + ' | '.join(f'{ms:.0f} ({100 * ms / times["wall"]:.0f} %)' for ms in
+                                    [times[part] for part in PARTS[stage]] + [other]) + ' |')
     return 0
 
 

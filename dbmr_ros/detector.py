@@ -205,8 +205,8 @@ class Detector:
         """Model-size arrays or tensors (B, S, S, 3) -> AnomalyMaps (model size, float32, on
         the CPU or, with `on_device`, on the model's device).
 
-        timings gets 'model' (grouping, network and scoring, ms) and, when run eagerly, its
-        parts 'grouping', 'network' and 'scoring'; a replayed graph has no parts."""
+        timings gets 'model' (ms) and, when run eagerly, its parts (`MODEL_PARTS`); a
+        replayed graph has no parts."""
         watch = Stopwatch(self.device)
         maps = self._score_checked(rgb_s, xyz_s, watch, on_device)
         if timings is not None:
@@ -239,7 +239,7 @@ class Detector:
                     lap: Callable[[str], None] = lambda stage: None) -> AnomalyMaps:
         """Model-size tensors (B, S, S, 3) on the device -> AnomalyMaps on the device: grouping,
         network and scoring, with nothing read back (so a CUDA graph can record it; the caller
-        checks the point counts). lap(stage) is called after each of the three."""
+        checks the point counts). lap(stage) is called after each part (`MODEL_PARTS`)."""
         inp, groups = self._network_input(rgb_t, xyz_t)
         lap('grouping')
         # No autocast cache: a cast weight freed when the context exits would be a dangling
@@ -250,6 +250,8 @@ class Detector:
             # side stream beside the network's, which at small batches leave the GPU idle.
             shape_map, join = (run_beside(self.device, shape_prior_map, self.model, inp)
                                if self.scoring == 'learned' else (None, lambda: None))
+            if shape_map is not None:
+                lap('shape_prior')
             tokens = self.model.score_tokens(inp.images, groups)
             lap('network')
             join()

@@ -69,7 +69,12 @@ def to_input_resolution(model_maps: torch.Tensor, shape: Sequence[int], cfg: Pre
     return full if model_maps.dim() == 4 else full[0]
 
 
+# The parts of the model's time where it runs eagerly ('shape_prior' only for a model with a
+# prior and the learned scoring; on CUDA it runs beside the network and its lap is ~0).
+MODEL_PARTS = ('grouping', 'shape_prior', 'network', 'scoring')
+
+
 def with_model_total(times: Dict[str, float]) -> Dict[str, float]:
     """Stage times with 'model' as the sum of its parts where the network ran eagerly."""
-    parts = [times[stage] for stage in ('grouping', 'network', 'scoring') if stage in times]
+    parts = [times[stage] for stage in MODEL_PARTS if stage in times]
     return {**times, 'model': times.get('model', 0.0) + sum(parts)}

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 from dbmr_ros.resources import share_dir
 
@@ -55,3 +56,34 @@ def test_compare_weights_tells_identical_from_one_changed_tensor(tmp_path):
     out = _run(str(BENCHMARKS / 'compare_weights.py'), str(shipped), str(changed))
     assert out.splitlines()[-1] == 'different' and ' 1 differ' in out
     assert f'{name}: max |A - B| 0.25' in out
+
+
+def _table_row(out: str, header: str) -> list:
+    """The cells of the row under the Markdown table whose header line is `header`."""
+    lines = out.splitlines()
+    row = lines[lines.index(header) + 2]
+    return [cell.strip() for cell in row.strip('|').split('|')]
+
+
+def test_bench_model_times_each_part_of_the_model_on_the_cpu():
+    out = _run(str(BENCHMARKS / 'bench_model.py'), '--presets', 'tiny', '--frames', '1')
+    header = next(line for line in out.splitlines() if line.startswith('| preset |'))
+    assert 'model ms (grouping / shape prior / network / scoring)' in header, out
+    cells = _table_row(out, header)
+    total, parts = cells[5].split(' (')
+    parts = [float(ms) for ms in parts.rstrip(')').split(' / ')]
+    assert len(parts) == 4 and all(ms > 0 for ms in parts), out   # tiny has a shape prior
+    assert sum(parts) == pytest.approx(float(total), abs=0.3), out
+
+
+def test_bench_train_profiles_the_parts_of_each_stage():
+    out = _run(str(BENCHMARKS / 'bench_train.py'), '--presets', 'tiny', '--steps', '1',
+               '--profile')
+    for stage, parts in (('stage 1 (reconstruction)',
+                          'synthesis | grouping | forward | backward | optimizer'),
+                         ('stage 2 (head)', 'synthesis | grouping | frozen network | shape '
+                          'prior | head inputs | forward | backward | optimizer')):
+        assert f'tiny, {stage}, batch 8' in out, out
+        cells = _table_row(out, f'| {parts} | other |')
+        times = [float(cell.split(' (')[0]) for cell in cells]
+        assert all(ms > 0 for ms in times[:-1]), out   # every part the engine marks ran

@@ -64,7 +64,8 @@ def test_token_shapes_for_odd_sizes(image_size, patch, points, groups, k):
     assert out.pred_groups.shape == (3, groups, k, 3)
     model.eval()
     scores = model.score_tokens(inp.images, grp)
-    assert scores.patch.shape == (3, grid * grid) and scores.group.shape == (3, groups)
+    assert scores.group.shape == (3, groups)
+    assert scores.features_2d.shape == (3, grid * grid, cfg.decoder_dim)
     assert scores.reconstruction.shape == inp.images.shape
 
 
@@ -318,7 +319,11 @@ def test_detector_any_resolution_batch_and_bad_input():
     assert result.map_2d.shape == result.map_3d.shape == (100, 120)
     assert result.score == pytest.approx(float(result.anomaly_map.max()), rel=0.05)
     assert result.is_anomalous == (result.score > 2.0)
-    assert set(result.timings_ms) == {'preprocess', 'grouping', 'network', 'scoring', 'model'}
+    parts = {'grouping', 'network', 'scoring'} | (
+        {'shape_prior'} if detector.model.shape_prior is not None else set())
+    assert set(result.timings_ms) == {'preprocess', 'model'} | parts
+    assert result.timings_ms['model'] == pytest.approx(
+        sum(result.timings_ms[part] for part in parts))
     batch = detector([rgb, s.rgb], [xyz, s.xyz])
     assert batch[0].score == pytest.approx(result.score, abs=1e-5)
     assert batch[1].anomaly_map.shape == (128, 128)

@@ -124,9 +124,9 @@ def test_smallest_axis_agrees_with_eigh(device):
 
 
 def test_patch_descriptors_do_not_depend_on_the_batch():
-    """Only a box around the batch's parts is computed; a part's descriptors are the whole
-    image's whatever else the batch holds (a flat synthetic surface sits on bin edges, so
-    any difference in what is summed shows)."""
+    """Only a box around the batch's parts is computed (the GPU's way; the CPU's takes a box per
+    sample); a part's descriptors are the whole image's whatever else the batch holds (a flat
+    synthetic surface sits on bin edges, so any difference in what is summed shows)."""
     clouds, masks = [], []
     for centre in ((35, 35), (75, 70)):
         xyz, _ = surface(bump(centre=centre), tilt=0.0)
@@ -134,9 +134,10 @@ def test_patch_descriptors_do_not_depend_on_the_batch():
         inside = ((v - centre[0]) ** 2 + (u - centre[1]) ** 2 < 20 ** 2)[None]
         clouds.append(xyz * inside[..., None])
         masks.append(inside)
-    both = patch_descriptors(torch.cat(clouds), torch.cat(masks), 4)
+    both = local_shape.descriptors_in_box(torch.cat(clouds), torch.cat(masks), 4)
     alone = torch.cat([patch_descriptors(c, m, 4) for c, m in zip(clouds, masks)])
     assert torch.equal(both, alone)
+    assert torch.equal(patch_descriptors(torch.cat(clouds), torch.cat(masks), 4), alone)
     # ... and the same as computing the whole image (no box at all).
     whole = fpfh_whole_image(clouds[0], masks[0], 4)
     assert torch.equal(alone[:1], whole)

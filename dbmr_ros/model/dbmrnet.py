@@ -11,9 +11,10 @@ with synthetic defects and asks for the clean part (`Targets`), on hidden and vi
 alike, so the network learns to repair what it sees.
 
 Inference (b): both modalities are reconstructed by one unmasked repairing pass; the input and
-its reconstruction pass through the frozen network unmasked, and per-token
-distances of the 2D and 3D decoder features are the paper's anomaly scores. The scoring head
-(`model.head`) reads these with the input and its reconstruction and gives the learned map.
+its reconstruction pass through the frozen network unmasked, and the per-group distance of the
+3D decoder features, with the pixels' reconstruction error, gives the paper's anomaly maps. The
+scoring head (`model.head`) reads these with the input and its reconstruction and gives the
+learned map.
 """
 from typing import Dict, NamedTuple
 
@@ -40,7 +41,6 @@ class TrainOutput(NamedTuple):
 
 
 class TokenScores(NamedTuple):
-    patch: torch.Tensor                 # (B, L) feature distance per image patch
     group: torch.Tensor                 # (B, G) feature distance per point group
     reconstruction: torch.Tensor        # (B, 3, S, S) reconstructed image (normalised)
     reconstructed_groups: torch.Tensor  # (B, G, k, 3) reconstructed neighbourhoods
@@ -152,10 +152,11 @@ class DBMRNet(nn.Module):
         return x[:, :visible_2d.shape[1]], x[:, visible_2d.shape[1]:]
 
     def decode(self, encoded_2d: torch.Tensor, encoded_3d: torch.Tensor, groups: Groups,
-               masking_2d: Masking, masking_3d: Masking):
+               masking_2d: Masking, masking_3d: Masking, decode_2d: bool = True):
         """Shared decoder over visible tokens + mask tokens, then the modality decoders.
 
-        Returns decoder features F_2D (B, L, Dd) and F_3D (B, G, Dd), in original token order.
+        Returns decoder features F_2D (B, L, Dd) and F_3D (B, G, Dd), in original token order;
+        F_2D is None with decode_2d=False (the 3D decoder does not read the 2D one).
         """
         def with_mask_tokens(visible, token, masking):
             hidden = token.expand(visible.shape[0], masking.restore.shape[1] - visible.shape[1],
@@ -170,11 +171,14 @@ class DBMRNet(nn.Module):
         for block in self.shared_decoder:
             x = block(x)
         x_2d, x_3d = x[:, :full_2d.shape[1]], x[:, full_2d.shape[1]:]
-        memory_2d, memory_3d = self.memory_2d(encoded_2d), self.memory_3d(encoded_3d)
-        for block in self.decoder_2d:
-            x_2d = block(x_2d, memory=memory_2d)
+        memory_3d = self.memory_3d(encoded_3d)
         for block in self.decoder_3d:
             x_3d = block(x_3d, memory=memory_3d)
+        if not decode_2d:
+            return None, self.norm_3d(x_3d)
+        memory_2d = self.memory_2d(encoded_2d)
+        for block in self.decoder_2d:
+            x_2d = block(x_2d, memory=memory_2d)
         return self.norm_2d(x_2d), self.norm_3d(x_3d)
 
     def predict(self, features_2d: torch.Tensor, features_3d: torch.Tensor):
@@ -235,13 +239,14 @@ class DBMRNet(nn.Module):
         return self.unpatchify(pred_patches), pred_groups.to(groups.neighborhoods.dtype)
 
     @torch.no_grad()
-    def features(self, embedded: 'Embedded', groups: Groups):
-        """Unmasked pass through the frozen network: F_2D (B, L, Dd), F_3D (B, G, Dd)."""
+    def features(self, embedded: 'Embedded', groups: Groups, decode_2d: bool = True):
+        """Unmasked pass through the frozen network: F_2D (B, L, Dd) (None with
+        decode_2d=False), F_3D (B, G, Dd)."""
         batch, device = embedded.tokens_2d.shape[0], embedded.tokens_2d.device
         masking_2d = no_masking(batch, self.cfg.num_patches, device)
         masking_3d = no_masking(batch, self.cfg.num_groups, device)
         return self.decode(*self.encode(embedded, groups, masking_2d, masking_3d), groups,
-                           masking_2d, masking_3d)
+                           masking_2d, masking_3d, decode_2d)
 
     @torch.no_grad()
     def score_tokens(self, images: torch.Tensor, groups: Groups) -> TokenScores:
@@ -253,11 +258,11 @@ class DBMRNet(nn.Module):
         rec_images = self.unpatchify(pred_patches)
         rec_points = rec_points.to(groups.neighborhoods.dtype)
         rec_groups = groups._replace(neighborhoods=rec_points)
-        rec_2d, rec_3d = self.features(self.embed(rec_images, rec_groups), rec_groups)
-        patch = (input_2d - rec_2d).norm(dim=-1)
+        # The maps read the 3D features' distance alone: the 2D decoder is not run again.
+        _, rec_3d = self.features(self.embed(rec_images, rec_groups), rec_groups,
+                                  decode_2d=False)
         group = (input_3d - rec_3d).norm(dim=-1)
-        return TokenScores(patch.float(), group.float(), rec_images, rec_points, input_2d,
-                           input_3d)
+        return TokenScores(group.float(), rec_images, rec_points, input_2d, input_3d)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -210,9 +210,21 @@ def patch_descriptors(xyz: torch.Tensor, valid: torch.Tensor, patch: int, stride
     """(B, S, S, 3) cloud (metres) -> (B, 33, S / patch, S / patch): PCA normals and FPFH of
     every `stride`-th pixel (windows as above), 3 x 3 averaged, then averaged per patch of
     `patch` pixels (BTF's pooling: 3 x 3, then 28 x 28 patches at 224 px), background zero."""
-    # Only the patches around the part are computed (the background's descriptor is zero):
-    # a patch-aligned box around every valid pixel of the batch; the same descriptors as the
-    # whole image's, whatever else is in the batch (tested).
+    # The CPU's time follows the area computed, so there each sample gets its own box (the
+    # union of a batch's rotated training samples is far larger); a GPU's follows the kernels
+    # launched, so it takes the batch's. The same descriptors either way (tested).
+    if xyz.device.type == 'cpu':
+        return torch.cat([descriptors_in_box(xyz[i:i + 1], valid[i:i + 1], patch, stride,
+                                             radius, neighbours) for i in range(len(xyz))])
+    return descriptors_in_box(xyz, valid, patch, stride, radius, neighbours)
+
+
+def descriptors_in_box(xyz: torch.Tensor, valid: torch.Tensor, patch: int, stride: int = 2,
+                       radius: int = 2, neighbours: int = 0) -> torch.Tensor:
+    """`patch_descriptors` of a batch in one box: only the patches around the parts are
+    computed (the background's descriptor is zero), a patch-aligned box around every valid
+    pixel of the batch; the same descriptors as the whole image's, whatever else is in the
+    batch (tested)."""
     batch, size = valid.shape[:2]
     out = torch.zeros(batch, FPFH_DIM, size // patch, size // patch, dtype=xyz.dtype,
                       device=xyz.device)

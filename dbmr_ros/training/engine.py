@@ -14,6 +14,7 @@ import time
 from typing import Dict, NamedTuple
 
 import torch
+from torch.profiler import record_function
 from tqdm import tqdm
 
 from dbmr_ros.data.anomalies import AnomalyConfig, synthesize
@@ -51,13 +52,16 @@ def make_batch(rgb: torch.Tensor, xyz: torch.Tensor, model_cfg, anomalies: Anoma
                device) -> TrainBatch:
     """Model-size good samples (B, S, S, 3) -> augmented, corrupted, grouped, with targets."""
     rgb, xyz = rgb.to(device), xyz.to(device)
-    if augmentation:
-        rgb, xyz = augment(rgb, xyz, generator, brightness_jitter)
-    corrupted = synthesize(rgb, xyz, anomalies, generator)
-    inp = prepare(corrupted.rgb, corrupted.xyz, model_cfg.num_points, model_cfg.group_size,
-                  generator=generator)
-    groups = group_points(inp, model_cfg.num_groups, model_cfg.group_size)
-    return TrainBatch(inp, groups, clean_targets(inp, groups, rgb, xyz), corrupted.mask)
+    with record_function('synthesis'):
+        if augmentation:
+            rgb, xyz = augment(rgb, xyz, generator, brightness_jitter)
+        corrupted = synthesize(rgb, xyz, anomalies, generator)
+    with record_function('grouping'):
+        inp = prepare(corrupted.rgb, corrupted.xyz, model_cfg.num_points, model_cfg.group_size,
+                      generator=generator)
+        groups = group_points(inp, model_cfg.num_groups, model_cfg.group_size)
+        targets = clean_targets(inp, groups, rgb, xyz)
+    return TrainBatch(inp, groups, targets, corrupted.mask)
 
 
 class EpochRunner:
@@ -124,16 +128,23 @@ def reconstruction_epoch(net, model: DBMRNet, data, batches, optimizer, schedule
         batch = make_batch(data[0][index], data[1][index], model.cfg, anomalies,
                            generator, cfg.augment, cfg.brightness_jitter, device)
         masked = not unmasked_step(scheduler.last_epoch)
-        with autocast(cfg, device):
+        with autocast(cfg, device), record_function('forward'):
             out = net(batch.inp.images, batch.groups, generator, batch.targets, masked)
         optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
+        with record_function('backward'):
+            out.loss.backward()
+        optimizer_step(model.parameters(), optimizer, scheduler, cfg.grad_clip)
         runner.record({'loss': out.loss, **out.losses}, len(index))
     return runner.means()
+
+
+def optimizer_step(parameters, optimizer, scheduler, grad_clip: float) -> None:
+    """Clip the gradients' norm (0: off), step the optimizer and the schedule."""
+    with record_function('optimizer'):
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(parameters, grad_clip)
+        optimizer.step()
+        scheduler.step()
 
 
 def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cfg, stats: dict,
@@ -150,20 +161,21 @@ def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cf
                            generator, cfg.augment, cfg.brightness_jitter, device)
         with autocast(cfg, device):
             with torch.no_grad():
-                tokens = model.score_tokens(batch.inp.images, batch.groups)
+                with record_function('frozen network'):
+                    tokens = model.score_tokens(batch.inp.images, batch.groups)
                 # The prior sees each training part as it sees an unseen one (it leaves the
                 # part's own entries out).
-                shape_map = shape_prior_map(model, batch.inp, parts=index)
-                features = head_features(model, batch.inp, batch.groups, tokens, stats,
-                                         shape_map)
-            logits = head_net(features.inputs, features.context)
-            loss = focal_loss(logits, batch.mask)
-            losses = {'focal': loss}
+                with record_function('shape prior'):
+                    shape_map = shape_prior_map(model, batch.inp, parts=index)
+                with record_function('head inputs'):
+                    features = head_features(model, batch.inp, batch.groups, tokens, stats,
+                                             shape_map)
+            with record_function('forward'):
+                logits = head_net(features.inputs, features.context)
+                loss = focal_loss(logits, batch.mask)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.scoring_head.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        runner.record({'loss': loss, **losses}, len(index))
+        with record_function('backward'):
+            loss.backward()
+        optimizer_step(model.scoring_head.parameters(), optimizer, scheduler, cfg.grad_clip)
+        runner.record({'loss': loss, 'focal': loss}, len(index))
     return runner.means()
