@@ -7,7 +7,8 @@ Stage 2, scoring head: the network is frozen; on freshly corrupted samples the h
 input, its reconstruction and the paper's maps, and learns the anomaly masks (focal loss).
 
 Every step runs on the model's device; random numbers come from the CPU generator (see
-`dbmr_ros.data.anomalies`), so a seed gives the same run on any device.
+`dbmr_ros.data.anomalies`), so a seed gives the same run on any device. A step's parts are
+marked for the profiler (`record_function`; `benchmarks/bench_train.py --profile` prints them).
 """
 import math
 import time
