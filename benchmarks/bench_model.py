@@ -2,9 +2,8 @@
 
 Prints, per preset: the valid points at the model's input size and how many of them are
 grouped, parameters, FLOPs per frame (network and scoring head), median latency per call split
-into preprocessing and model (grouping + shape prior + network + scoring, both scorings' maps,
-the head included; its parts where they run eagerly, '-' where a CUDA graph replays them as
-one; on CUDA the shape prior runs beside the network and its part is about 0),
+into preprocessing and model (its parts where they run eagerly, '-' where a CUDA graph
+replays them as one; on CUDA the shape prior runs beside the network, its part about 0),
 the whole call's median (total, frames/s), and peak resident memory. Input: a real MVTec 3D-AD
 cable_gland test frame (400x400 organized cloud with all its points; background removal at that
 resolution is part of preprocessing) from ../shared, or a synthetic 400x400 frame where

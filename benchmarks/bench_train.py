@@ -1,19 +1,15 @@
 """Training throughput of each stage per preset on this machine (not a test).
 
-Runs the training engine's own epochs (`dbmr_ros.training.engine`: augmentation, anomaly
-synthesis, grouping, forward, backward, optimizer step, on the chosen device) over the
-preprocessed good training samples of the real cable_gland class from ../shared (a synthetic
-set where ../shared is absent), after one warm-up epoch, and prints images per second for
-stage 1 (anomaly-aware masked reconstruction) and stage 2 (scoring head, network frozen).
+Runs the training engine's own steps (`dbmr_ros.training.engine`, on the chosen device) over
+the good training samples of the real cable_gland class from ../shared (synthetic ones where it
+is absent), after a warm-up, and prints images per second of stage 1 (anomaly-aware masked
+reconstruction) and stage 2 (scoring head, network frozen).
 
     .venv/bin/python benchmarks/bench_train.py [--presets tiny base] [--device cuda]
         [--batch-size N] [--steps 20] [--float32] [--profile]
 
---profile also prints where each stage's timed steps spend their time: the parts the engine
-marks (`record_function`: synthesis, grouping, forward, backward, optimizer; the head stage's
-frozen network, shape prior and head inputs), milliseconds per batch and share of the wall
-time (host time of each part; on CUDA, work still queued when a part ends counts where the
-host next waits). The profiler costs a few per cent, so its rates are a little lower.
+--profile also prints, per stage, the host time per batch of each part the engine marks (on
+CUDA, queued work counts where the host next waits); the profiler costs a few per cent.
 
 The training time of a whole run follows: (epochs / stage-1 rate + head_epochs / stage-2 rate)
 x samples, plus calibration (about a second per validation sample on two CPU cores).
@@ -63,13 +59,6 @@ def training_samples(cfg: TrainConfig):
     return (torch.from_numpy(rgb), torch.from_numpy(xyz)), name
 
 
-def part_times(prof, stage: str, batches: int) -> dict:
-    """{part: ms per batch} of the engine's marked parts in a profile of one stage."""
-    totals = {event.key: event.cpu_time_total for event in prof.key_averages()
-              if event.key in PARTS[stage]}
-    return {part: totals.get(part, 0.0) / 1e3 / batches for part in PARTS[stage]}
-
-
 def bench(preset: str, device, batch_size, steps: int, float32: bool = False,
           profiled: bool = False) -> dict:
     cfg = TrainConfig.load(share_dir() / 'config' / f'train_{preset}.yaml')
@@ -82,22 +71,19 @@ def bench(preset: str, device, batch_size, steps: int, float32: bool = False,
     optimizers, schedulers = build_optimizers(model, cfg, math.ceil(len(data[0]) /
                                                                     cfg.batch_size))
     generator = torch.Generator().manual_seed(cfg.seed)
-    stats = {'mean_2d': 1.0, 'mean_3d': 1.0}
     order = torch.randperm(steps * cfg.batch_size, generator=generator) % len(data[0])
     batches = [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
     rates, parts = {}, {}
     for stage, epoch in (('reconstruction', engine.reconstruction_epoch),
                          ('head', engine.head_epoch)):
         net = stage_network(model, stage == 'head', 1)
-        index = 1 if stage == 'head' else 0
-        extra = (stats,) if stage == 'head' else ()
+        index, extra = (1, ({'mean_2d': 1.0, 'mean_3d': 1.0},)) if stage == 'head' else (0, ())
         for run in ('warm-up', 'timed'):
             chosen = batches[:2] if run == 'warm-up' else batches
             if device.type == 'cuda':
                 torch.cuda.synchronize(device)
-            activities = [ProfilerActivity.CPU]
-            with profile(activities=activities) if profiled and run == 'timed' else (
-                    contextlib.nullcontext()) as prof:
+            with profile(activities=[ProfilerActivity.CPU]) if profiled and run == 'timed' \
+                    else contextlib.nullcontext() as prof:
                 start = time.perf_counter()
                 epoch(net, model, data, chosen, optimizers[index], schedulers[index], cfg,
                       *extra, generator, device, stage, False)
@@ -105,9 +91,11 @@ def bench(preset: str, device, batch_size, steps: int, float32: bool = False,
                     torch.cuda.synchronize(device)
                 elapsed = time.perf_counter() - start
             rates[stage] = len(chosen) * cfg.batch_size / elapsed
-            if prof is not None:
-                parts[stage] = {**part_times(prof, stage, len(chosen)),
-                                'wall': elapsed * 1e3 / len(chosen)}
+            if prof is not None:   # ms per batch of each marked part and of the whole step
+                per_batch = {e.key: e.cpu_time_total / 1e3 / len(chosen)
+                             for e in prof.key_averages()}
+                parts[stage] = {part: per_batch.get(part, 0.0) for part in PARTS[stage]}
+                parts[stage]['wall'] = elapsed * 1e3 / len(chosen)
     return {'preset': preset, 'batch_size': cfg.batch_size, 'source': source, **rates,
             'parts': parts,
             'precision': 'bf16' if cfg.mixed_precision and device.type == 'cuda' else 'float32',
@@ -137,17 +125,15 @@ def main(argv=None) -> int:
     for r in rows:
         peak = '-' if math.isnan(r['peak_cuda_mb']) else f'{r["peak_cuda_mb"]:.0f}'
         print(f'| {r["preset"]} | {r["batch_size"]} | {r["precision"]} | '
-              f'{r["reconstruction"]:.1f} | '
-              f'{r["head"]:.1f} | {peak} |')
+              f'{r["reconstruction"]:.1f} | {r["head"]:.1f} | {peak} |')
     for r in rows:
         for stage, times in r['parts'].items():
+            cells = [f'{times[p]:.0f} ({100 * times[p] / times["wall"]:.0f} %)'
+                     for p in PARTS[stage]]
             print(f'\n{r["preset"]}, stage {1 if stage == "reconstruction" else 2} ({stage}), '
-                  f'batch {r["batch_size"]}: ms per batch (share of {times["wall"]:.0f} ms)')
-            print('| ' + ' | '.join(PARTS[stage]) + ' | other |')
-            print('|' + '---|' * (len(PARTS[stage]) + 1))
-            other = times['wall'] - sum(times[part] for part in PARTS[stage])
-            print('| ' + ' | '.join(f'{ms:.0f} ({100 * ms / times["wall"]:.0f} %)' for ms in
-                                    [times[part] for part in PARTS[stage]] + [other]) + ' |')
+                  f'batch {r["batch_size"]}: ms per batch (share of {times["wall"]:.0f} ms)\n| '
+                  + ' | '.join(PARTS[stage]) + ' |\n|' + '---|' * len(PARTS[stage])
+                  + '\n| ' + ' | '.join(cells) + ' |')
     return 0
 
 

@@ -84,6 +84,5 @@ def test_bench_train_profiles_the_parts_of_each_stage():
                          ('stage 2 (head)', 'synthesis | grouping | frozen network | shape '
                           'prior | head inputs | forward | backward | optimizer')):
         assert f'tiny, {stage}, batch 8' in out, out
-        cells = _table_row(out, f'| {parts} | other |')
-        times = [float(cell.split(' (')[0]) for cell in cells]
-        assert all(ms > 0 for ms in times[:-1]), out   # every part the engine marks ran
+        cells = _table_row(out, f'| {parts} |')
+        assert all(float(cell.split(' (')[0]) > 0 for cell in cells), out   # every part ran
