@@ -213,7 +213,7 @@ def patch_descriptors(xyz: torch.Tensor, valid: torch.Tensor, patch: int, stride
     # The CPU's time follows the area computed, so there each sample gets its own box (the
     # union of a batch's rotated training samples is far larger); a GPU's follows the kernels
     # launched, so it takes the batch's. The same descriptors either way (tested).
-    if xyz.device.type == 'cpu':
+    if xyz.device.type == 'cpu' and len(xyz) > 1:
         return torch.cat([descriptors_in_box(xyz[i:i + 1], valid[i:i + 1], patch, stride,
                                              radius, neighbours) for i in range(len(xyz))])
     return descriptors_in_box(xyz, valid, patch, stride, radius, neighbours)
