@@ -8,12 +8,12 @@ reconstruction) and stage 2 (scoring head, network frozen).
     .venv/bin/python benchmarks/bench_train.py [--presets tiny base] [--device cuda]
         [--batch-size N] [--steps 20] [--float32] [--profile]
 
---profile also prints, per stage, the host time per batch of each part the engine marks (on
-CUDA, queued work counts where the host next waits); the profiler costs a few per cent.
+--profile: each stage's host time per batch of each part the engine marks (on CUDA, queued
+work counts where the host next waits); the profiler costs a few per cent.
 
-The training time of a whole run follows: (epochs / stage-1 rate + head_epochs / stage-2 rate)
-x samples, plus calibration (about a second per validation sample on two CPU cores).
-"""
+A run takes at most (epochs / stage-1 rate + head_epochs / stage-2 rate) x samples + calibration
+(~1 s per validation sample on 2 CPU cores): dbmr-train's CPU head stage speeds up as it goes
+(`training.shape_prior.PriorMaps`)."""
 import argparse
 import contextlib
 import math

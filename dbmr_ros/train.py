@@ -36,7 +36,7 @@ from dbmr_ros.training import engine, progress
 from dbmr_ros.training.config import TrainConfig
 from dbmr_ros.training.optim import build_optimizers, stage_network
 from dbmr_ros.training.selection import evaluate_and_calibrate, real_selection
-from dbmr_ros.training.shape_prior import fit_shape_prior
+from dbmr_ros.training.shape_prior import fit_shape_prior, PriorMaps
 from dbmr_ros.training.util import (atomic_torch_save, broadcast_buffers, distributed, LOG,
                                     rng_state, set_rng_state, setup_logging, weights_digest)
 
@@ -138,6 +138,7 @@ def train(args) -> Path:
     if model.shape_prior is not None and start_epoch == 0:
         summary = fit_shape_prior(model.shape_prior, train_data[1], device)
         LOG.info('shape prior fitted on the training parts: %s', summary)
+    prior_maps = None if model.shape_prior is None else PriorMaps(model.shape_prior)
 
     writer = None
     if rank == 0:
@@ -160,7 +161,7 @@ def train(args) -> Path:
         if head_stage:
             means = engine.head_epoch(net, model, data, batches, optimizers[1], schedulers[1],
                                       cfg, meta.calibration.stats, generator, device,
-                                      description, rank == 0)
+                                      description, rank == 0, prior_maps)
         else:
             means = engine.reconstruction_epoch(net, model, data, batches, optimizers[0],
                                                 schedulers[0], cfg, generator, device,

@@ -9,6 +9,7 @@ from scipy.ndimage import gaussian_filter1d
 from dbmr_ros.data.anomalies import (AnomalyConfig, anomalous_copies, DISPLACED, KIND_NAMES,
                                      NONE, REMOVED, RGB, RGB_DISPLACED, RGB_REMOVED,
                                      synthesize)
+from dbmr_ros.data import random_fields
 from dbmr_ros.data.random_fields import perlin
 from dbmr_ros.model.grid import dilate, gaussian_blur, surface_normals
 from parts import model_size_parts
@@ -194,3 +195,40 @@ def test_gaussian_blur_first_used_in_inference_mode_still_trains():
     gaussian_blur(maps, 2.5).sum().backward()
     # Each output's weights sum to 1, so each input's gradient sums to the pixel count.
     assert abs(float(maps.grad.sum()) - 37 * 37) < 1e-3
+
+
+def test_synthesis_of_the_needed_samples_only_equals_every_sample_bit_for_bit(
+        mvtec_root, monkeypatch):
+    """On the CPU the synthesis computes the noise, textures and bumps of the samples that read
+    them only (`random_fields.for_samples`): on real cable_gland parts, with the training's
+    probability and kinds, every output is bit for bit what computing every sample gives."""
+    from dbmr_ros.data import surface_anomalies
+    from dbmr_ros.data.prepared import load_split
+    from dbmr_ros.data.preprocess import PreprocessConfig
+    from dbmr_ros.data.preprocess_cache import PreprocessCache
+    config = PreprocessConfig(image_size=112)
+    rgb, xyz = (torch.from_numpy(a[:8]) for a in load_split(
+        'mvtec3d', mvtec_root, 'cable_gland', 'validation', config, PreprocessCache(config)))
+
+    def batches():
+        generator = torch.Generator().manual_seed(4)
+        return [synthesize(rgb, xyz, AnomalyConfig(), generator) for _ in range(4)]
+
+    needed_only = batches()
+    for module in (random_fields, surface_anomalies):
+        monkeypatch.setattr(module, 'for_samples', lambda needed, compute, *x: compute(*x))
+    every = batches()
+    kinds = torch.cat([b.kind for b in every])
+    assert {DISPLACED, RGB, NONE} <= set(kinds.tolist())   # bumps, textures and neither
+    for ours, theirs in zip(needed_only, every):
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a.view(torch.int32) if a.is_floating_point() else a,
+                               b.view(torch.int32) if b.is_floating_point() else b)
+
+
+def test_for_samples_computes_the_needed_samples_as_the_whole_batch_would():
+    x = torch.randn(5, 4, 3)
+    needed = torch.tensor([True, False, True, False, False])
+    out = random_fields.for_samples(needed, lambda t: t.exp() * 2, x)
+    assert torch.equal(out[needed], (x.exp() * 2)[needed]) and not out[~needed].any()
+    assert torch.equal(random_fields.for_samples(None, torch.exp, x), x.exp())

@@ -76,7 +76,7 @@ def test_training_step_draws_every_random_number_from_the_generator(good_parts):
 def test_synthesis_augmentation_and_masking_keep_to_the_data_device(good_parts):
     rgb, xyz = (t.to('meta') for t in good_parts)
     generator = torch.Generator().manual_seed(0)
-    rgb, xyz = augment(rgb, xyz, generator, brightness_jitter=0.2)
+    rgb, xyz, _ = augment(rgb, xyz, generator, brightness_jitter=0.2)
     out = synthesize(rgb, xyz, AnomalyConfig(), generator)
     assert {t.device.type for t in out} == {'meta'}
     masking = random_masking(3, 64, 0.75, torch.device('meta'), generator)

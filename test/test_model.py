@@ -1,4 +1,5 @@
 """DBMRNet: shapes, masking, local alignment, losses, point ops, checkpoints, Detector."""
+import copy
 import dataclasses
 import json
 
@@ -372,21 +373,27 @@ def test_scoring_head_any_size_with_token_context():
     assert not torch.allclose(head(x, torch.zeros(1, 6, 8, 8)), head(x, torch.ones(1, 6, 8, 8)))
 
 
-def test_scoring_head_inference_layout_gives_the_training_layouts_logits():
-    """On the CPU the head infers on channels-last pixels (faster); its logits equal those of
-    the layout it trains with."""
+def test_scoring_head_runs_channels_last_on_the_cpu_within_rounding():
+    """On the CPU the head trains and infers on channels-last pixels (oneDNN's faster layout):
+    its logits and gradients follow the same head in float64 to float32's rounding."""
+    torch.manual_seed(0)
     head = ScoringHead((8, 16, 32), context_dim=6)
-    head(torch.randn(4, NUM_INPUTS, 48, 48), torch.randn(4, 6, 6, 6))  # running statistics
-    head.eval()
-    x, context = torch.randn(2, NUM_INPUTS, 48, 48), torch.randn(2, 6, 6, 6)
-    with torch.no_grad():
-        inferred = head(x, context)
-        head.train()   # the training layout, with the running statistics of eval mode
-        for module in head.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.eval()
-        trained_layout = head(x, context)
-    assert torch.allclose(inferred, trained_layout, atol=1e-5)
+    reference = copy.deepcopy(head).double()
+    layouts = []
+    head.stem[0][0].register_forward_pre_hook(lambda module, args: layouts.append(
+        args[0].is_contiguous(memory_format=torch.channels_last)))
+    x, context = torch.randn(4, NUM_INPUTS, 48, 48), torch.randn(4, 6, 6, 6)
+    for training in (True, False):
+        head.train(training)
+        reference.train(training)
+        logits, expected = head(x, context), reference(x.double(), context.double())
+        assert torch.allclose(logits.double(), expected, atol=1e-4)
+        if training:
+            logits.square().mean().backward()
+            expected.square().mean().backward()
+            for ours, theirs in zip(head.parameters(), reference.parameters()):
+                assert torch.allclose(ours.grad.double(), theirs.grad, rtol=1e-3, atol=1e-5)
+    assert layouts == [True, True]
 
 
 def test_point_pooling_without_autograd_equals_the_training_pooling():

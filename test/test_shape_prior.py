@@ -277,3 +277,34 @@ def test_model_with_a_shape_prior_and_its_score_definition():
                               patch_descriptors(xyz, valid, 8, radius=3))
     with pytest.raises(ValueError, match='shape_prior_radius'):
         DBMRConfig(shape_prior_radius=0)
+
+
+def test_training_prior_maps_remember_unchanged_parts_bit_for_bit(mvtec_root):
+    """The head stage's remembered prior maps (`PriorMaps`) equal the prior computed afresh, bit
+    for bit, on real cable_gland parts under the training's augmentation and anomalies; a part
+    is remembered per pose, and only where its batch left its geometry alone."""
+    from dbmr_ros.data.anomalies import AnomalyConfig, NONE, RGB
+    from dbmr_ros.model.scoring import shape_prior_map
+    from dbmr_ros.training.engine import make_batch
+    from dbmr_ros.training.shape_prior import PriorMaps
+    refs = open_dataset('mvtec3d', mvtec_root, 'cable_gland', 'validation')[:6]
+    pairs = [preprocess(s.rgb, s.xyz, PreprocessConfig()) for s in (r.load() for r in refs)]
+    rgb, xyz = (torch.from_numpy(np.stack([p[i] for p in pairs])) for i in (0, 1))
+    cfg = DBMRConfig(shape_prior_components=64, shape_prior_radius=3)
+    model = DBMRNet(cfg).eval()
+    fit_shape_prior(model.shape_prior, xyz.numpy(), device='cpu')
+    maps = PriorMaps(model.shape_prior)
+    generator = torch.Generator().manual_seed(1)
+    hits = 0
+    for step in range(8):   # the first three unaugmented: parts come back in the same pose
+        parts = torch.randperm(6, generator=generator)[:4]
+        batch = make_batch(rgb[parts], xyz[parts], cfg, AnomalyConfig(), generator, step > 2,
+                           0.15, 'cpu')
+        known = {key for key in maps.scores}
+        remembered = maps(batch.inp, parts, batch.kind, batch.pose)
+        assert torch.equal(remembered, shape_prior_map(model, batch.inp, parts))
+        for part, kind in zip(parts.tolist(), batch.kind.tolist()):
+            key = (part, batch.pose)
+            hits += key in known and kind in (NONE, RGB)
+            assert (key in maps.scores) == (key in known or kind in (NONE, RGB))
+    assert hits > 0

@@ -106,12 +106,12 @@ def synthesize(rgb: torch.Tensor, xyz: torch.Tensor, cfg: AnomalyConfig,
     anomalous = draw.uniform() < p
     modality = draw.choice(cfg.modality_weights)                     # 0 rgb, 1 3D, 2 both
     removed = draw.uniform() < cfg.removal_share
-    region = random_region(valid, cfg, draw)                         # (B, S, S) bool
+    region = random_region(valid, cfg, draw, anomalous)              # (B, S, S) bool
     mask = region & anomalous[:, None, None]
     has_rgb = mask & (modality != 1)[:, None, None]
     has_3d = mask & (modality != 0)[:, None, None]
 
-    texture = foreign_texture(rgb, cfg, draw)
+    texture = foreign_texture(rgb, cfg, draw, anomalous & (modality != 1))
     opacity = draw.uniform(*cfg.opacity)[:, None, None, None]
     blended = rgb.float() * (1 - opacity) + texture * opacity
     out_rgb = torch.where(has_rgb[..., None], blended.round().clamp(0, 255).to(torch.uint8), rgb)
@@ -133,9 +133,11 @@ def synthesize(rgb: torch.Tensor, xyz: torch.Tensor, cfg: AnomalyConfig,
     return SyntheticBatch(out_rgb, out_xyz, mask, kind)
 
 
-def random_region(valid: torch.Tensor, cfg: AnomalyConfig, draw: Draws) -> torch.Tensor:
+def random_region(valid: torch.Tensor, cfg: AnomalyConfig, draw: Draws,
+                  needed: torch.Tensor = None) -> torch.Tensor:
     """(B, S, S) bool region on the object: Perlin shape inside an ellipse centred on a random
-    valid pixel; the whole ellipse (on the object) where the Perlin shape leaves too little."""
+    valid pixel; the whole ellipse (on the object) where the Perlin shape leaves too little.
+    `needed` (B,) bool: the samples whose region is read (the draws are the same)."""
     batch, size = valid.shape[:2]
     # A random valid pixel by inverse CDF over the valid pixels in raster order.
     counts = valid.flatten(1).sum(1)
@@ -150,7 +152,7 @@ def random_region(valid: torch.Tensor, cfg: AnomalyConfig, draw: Draws) -> torch
     ellipse = ((along / semi_major[:, None, None]) ** 2
                + (across / semi_minor[:, None, None]) ** 2 <= 1) & valid
 
-    noise = perlin_draws(size, cfg.perlin_cells, draw)
+    noise = perlin_draws(size, cfg.perlin_cells, draw, needed)
     threshold = draw.uniform(*cfg.perlin_threshold)[:, None, None]
     shaped = ellipse & (noise > threshold)
     enough = shaped.flatten(1).sum(1) >= cfg.min_pixels
@@ -168,8 +170,10 @@ def _rotated_offsets(size: int, centre_row: torch.Tensor, centre_col: torch.Tens
     return cos * d_col + sin * d_row, -sin * d_col + cos * d_row
 
 
-def foreign_texture(rgb: torch.Tensor, cfg: AnomalyConfig, draw: Draws) -> torch.Tensor:
-    """(B, S, S, 3) float texture per sample from one of three sources (see module doc)."""
+def foreign_texture(rgb: torch.Tensor, cfg: AnomalyConfig, draw: Draws,
+                    needed: torch.Tensor = None) -> torch.Tensor:
+    """(B, S, S, 3) float texture per sample from one of three sources (see module doc);
+    `needed` (B,) bool: the samples whose texture is read (the draws are the same)."""
     batch, size = rgb.shape[:2]
     device = rgb.device
     source = draw.choice(cfg.texture_weights)
@@ -193,7 +197,8 @@ def foreign_texture(rgb: torch.Tensor, cfg: AnomalyConfig, draw: Draws) -> torch
 
     # Two random colours mixed by Perlin noise.
     colours = draw.uniform(0, 255, (2, 3))
-    weight = (perlin_draws(size, (4, 64), draw)[..., None] + 1) / 2
+    procedural_needed = None if needed is None else needed & (source == 2)
+    weight = (perlin_draws(size, (4, 64), draw, procedural_needed)[..., None] + 1) / 2
     procedural = colours[:, None, None, 0] * (1 - weight) + colours[:, None, None, 1] * weight
 
     choice = source[:, None, None, None]

@@ -1,7 +1,8 @@
 """Random fields for the synthetic anomalies: one batch's random numbers, drawn on a CPU
 generator whatever the data's device, and the Perlin noise and shifts built from them."""
+import functools
 import math
-from typing import Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -66,12 +67,31 @@ def perlin(size: int, cells: torch.Tensor, angle: torch.Tensor, shift: torch.Ten
     return math.sqrt(2.0) * torch.lerp(top, bottom, fade_v)
 
 
-def perlin_draws(size: int, cells: Tuple[int, int], draw: Draws) -> torch.Tensor:
-    """Perlin noise with a random (log-uniform) cell count, rotation and offset per sample."""
+def perlin_draws(size: int, cells: Tuple[int, int], draw: Draws,
+                 needed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Perlin noise with a random (log-uniform) cell count, rotation and offset per sample;
+    `needed` (B,) bool: the samples whose noise is read (`for_samples`; all drawn alike)."""
     count = draw.log_uniform(cells[0], cells[1]).round()
     lattice = cells[1] + 2
-    return perlin(size, count, draw.uniform(0, math.pi), draw.uniform(0, lattice, (2,)),
-                  draw.uniform(0, 2 * math.pi, (lattice, lattice)))
+    angle, shift = draw.uniform(0, math.pi), draw.uniform(0, lattice, (2,))
+    gradients = draw.uniform(0, 2 * math.pi, (lattice, lattice))
+    return for_samples(needed, functools.partial(perlin, size), count, angle, shift, gradients)
+
+
+def for_samples(needed: Optional[torch.Tensor], compute: Callable[..., torch.Tensor],
+                *batched: torch.Tensor) -> torch.Tensor:
+    """compute(*batched), each of them (B, ...), where the (B,) bool `needed` holds (None: all);
+    the other samples' values are zero or compute's, and must not be read. compute works per
+    sample, so a sample's values do not depend on the others. On the CPU, whose time follows
+    the samples computed, only the needed ones are; a GPU's follows the kernels launched, and
+    selecting them would read `needed` back: it computes them all."""
+    if needed is None or needed.device.type != 'cpu' or bool(needed.all()):
+        return compute(*batched)
+    rows = needed.nonzero()[:, 0]
+    part = compute(*(x[rows] for x in batched))
+    out = part.new_zeros((len(needed), *part.shape[1:]))
+    out[rows] = part
+    return out
 
 
 def shifted(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

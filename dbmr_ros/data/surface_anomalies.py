@@ -4,7 +4,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from dbmr_ros.data.random_fields import Draws
+from dbmr_ros.data.random_fields import Draws, for_samples
 from dbmr_ros.model.grid import gaussian_blur, surface_normals
 
 if TYPE_CHECKING:   # anomalies.py imports this module
@@ -17,14 +17,22 @@ def displaced(xyz: torch.Tensor, valid: torch.Tensor, region: torch.Tensor, cfg:
     height a random fraction of the object's RMS radius, its edge Gaussian (cfg.smoothing)."""
     along_normal = draw.uniform() < 0.5
     sign = torch.where(draw.uniform() < 0.5, -1.0, 1.0)
+    # Of the whole batch: a sum over one sample's points rounds by the batch's shape.
     height = draw.uniform(*cfg.displacement) * sign * rms_radius(xyz, valid)
-    profile = edge_profile(region, cfg.smoothing)
-    normals = surface_normals(xyz, valid)
-    rays = xyz / xyz.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-    # Positive height moves towards the camera: against the ray, along the (facing) normal.
-    direction = torch.where(along_normal[:, None, None, None], normals, -rays)
-    offset = (height[:, None, None] * profile * valid)[..., None] * direction
-    return xyz + offset
+
+    def bump(xyz, valid, region, along_normal, height):
+        profile = edge_profile(region, cfg.smoothing)
+        normals = surface_normals(xyz, valid)
+        rays = xyz / xyz.norm(dim=-1, keepdim=True).clamp_min(1e-9)
+        # Positive height moves towards the camera: against the ray, along the (facing) normal.
+        direction = torch.where(along_normal[:, None, None, None], normals, -rays)
+        offset = (height[:, None, None] * profile * valid)[..., None] * direction
+        return xyz + offset
+
+    # Only the samples with a region move (the others' offset would be zero).
+    moving = region.flatten(1).any(1)
+    moved = for_samples(moving, bump, xyz, valid, region, along_normal, height)
+    return torch.where(moving[:, None, None, None], moved, xyz)
 
 
 def edge_profile(region: torch.Tensor, smoothing: float) -> torch.Tensor:

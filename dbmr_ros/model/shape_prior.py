@@ -57,8 +57,11 @@ class ShapePrior(nn.Module):
         """`parts` (B,) long: which training part each sample is, during the head's training
         (the prior then leaves that part's own entries out, so that a training part looks as
         unfamiliar as an unseen good one); None at inference."""
-        scores = self.patch_scores(xyz, valid, parts)
-        size = valid.shape[1]
+        return self.to_pixels(self.patch_scores(xyz, valid, parts), valid.shape[1])
+
+    @staticmethod
+    def to_pixels(scores: torch.Tensor, size: int) -> torch.Tensor:
+        """(B, g, g) patch scores -> (B, size, size), bilinear."""
         return F.interpolate(scores[:, None], size=(size, size), mode='bilinear',
                              align_corners=False)[:, 0]
 

@@ -12,7 +12,7 @@ marked for the profiler (`record_function`; `benchmarks/bench_train.py --profile
 """
 import math
 import time
-from typing import Dict, NamedTuple
+from typing import Dict, NamedTuple, Optional
 
 import torch
 from torch.profiler import record_function
@@ -24,6 +24,7 @@ from dbmr_ros.model.head import focal_loss
 from dbmr_ros.model.inputs import clean_targets, Groups, group_points, ModelInput, prepare, \
     Targets
 from dbmr_ros.model.scoring import head_features, shape_prior_map
+from dbmr_ros.training.shape_prior import PriorMaps
 
 
 class TrainBatch(NamedTuple):
@@ -31,12 +32,15 @@ class TrainBatch(NamedTuple):
     groups: Groups
     targets: Targets    # the clean sample
     mask: torch.Tensor  # (B, S, S) bool, synthetic anomalies
+    kind: torch.Tensor  # (B,) long, each sample's kind of anomaly (`anomalies.KIND_NAMES`)
+    pose: tuple         # (quarter turns, flipped) of the whole batch's augmentation
 
 
 def augment(rgb: torch.Tensor, xyz: torch.Tensor, generator: torch.Generator,
             brightness_jitter: float = 0.0):
     """The same random flip / 90-degree rotation of the registered grids (points unchanged), and
-    a random brightness factor per image in [1 - jitter, 1 + jitter] (lighting changes)."""
+    a random brightness factor per image in [1 - jitter, 1 + jitter] (lighting changes).
+    Returns rgb, xyz and the pose (quarter turns, flipped)."""
     k, flip = torch.randint(0, 4, (2,), generator=generator).tolist()
     rgb, xyz = torch.rot90(rgb, k, (1, 2)), torch.rot90(xyz, k, (1, 2))
     if flip % 2:
@@ -45,7 +49,7 @@ def augment(rgb: torch.Tensor, xyz: torch.Tensor, generator: torch.Generator,
         factor = 1 + brightness_jitter * (2 * torch.rand(len(rgb), 1, 1, 1,
                                                          generator=generator) - 1)
         rgb = (rgb.float() * factor.to(rgb.device)).round().clamp(0, 255).to(torch.uint8)
-    return rgb.contiguous(), xyz.contiguous()
+    return rgb.contiguous(), xyz.contiguous(), (k, flip % 2)
 
 
 def make_batch(rgb: torch.Tensor, xyz: torch.Tensor, model_cfg, anomalies: AnomalyConfig,
@@ -53,16 +57,17 @@ def make_batch(rgb: torch.Tensor, xyz: torch.Tensor, model_cfg, anomalies: Anoma
                device) -> TrainBatch:
     """Model-size good samples (B, S, S, 3) -> augmented, corrupted, grouped, with targets."""
     rgb, xyz = rgb.to(device), xyz.to(device)
+    pose = (0, 0)
     with record_function('synthesis'):
         if augmentation:
-            rgb, xyz = augment(rgb, xyz, generator, brightness_jitter)
+            rgb, xyz, pose = augment(rgb, xyz, generator, brightness_jitter)
         corrupted = synthesize(rgb, xyz, anomalies, generator)
     with record_function('grouping'):
         inp = prepare(corrupted.rgb, corrupted.xyz, model_cfg.num_points, model_cfg.group_size,
                       generator=generator)
         groups = group_points(inp, model_cfg.num_groups, model_cfg.group_size)
         targets = clean_targets(inp, groups, rgb, xyz)
-    return TrainBatch(inp, groups, targets, corrupted.mask)
+    return TrainBatch(inp, groups, targets, corrupted.mask, corrupted.kind, pose)
 
 
 class EpochRunner:
@@ -149,10 +154,11 @@ def optimizer_step(parameters, optimizer, scheduler, grad_clip: float) -> None:
 
 
 def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cfg, stats: dict,
-               generator: torch.Generator, device, description: str,
-               progress: bool) -> Dict[str, float]:
+               generator: torch.Generator, device, description: str, progress: bool,
+               prior_maps: Optional[PriorMaps] = None) -> Dict[str, float]:
     """Stage 2: the scoring head on synthetic anomalies, the network frozen.
-    head_net: model.scoring_head or its DistributedDataParallel wrapper."""
+    head_net: model.scoring_head or its DistributedDataParallel wrapper. prior_maps: the run's
+    remembered shape-prior maps (the same maps, fewer computed); None computes each."""
     model.eval()
     model.scoring_head.train()
     anomalies = cfg.anomaly_config()
@@ -167,7 +173,9 @@ def head_epoch(head_net, model: DBMRNet, data, batches, optimizer, scheduler, cf
                 # The prior sees each training part as it sees an unseen one (it leaves the
                 # part's own entries out).
                 with record_function('shape prior'):
-                    shape_map = shape_prior_map(model, batch.inp, parts=index)
+                    shape_map = (shape_prior_map(model, batch.inp, parts=index)
+                                 if prior_maps is None else
+                                 prior_maps(batch.inp, index, batch.kind, batch.pose))
                 with record_function('head inputs'):
                     features = head_features(model, batch.inp, batch.groups, tokens, stats,
                                              shape_map)

@@ -10,7 +10,9 @@ model's buffers, so inference needs torch only.
 import numpy as np
 import torch
 
+from dbmr_ros.data.anomalies import NONE, RGB
 from dbmr_ros.data.sample import valid_mask
+from dbmr_ros.model.inputs import metric_xyz, ModelInput
 from dbmr_ros.model.local_shape import patch_descriptors
 from dbmr_ros.model.shape_prior import ShapePrior
 
@@ -89,3 +91,41 @@ def standardise(prior: ShapePrior, raw: np.ndarray):
     prior.nll_centre.fill_(float(centre))
     prior.nll_spread.fill_(float(max(high - low, 1e-3)))
     return float(centre), float(high - low)
+
+
+class PriorMaps:
+    """The shape prior's maps in the head stage, remembered per training part and pose while the
+    part's geometry is unchanged.
+
+    The prior reads the cloud alone, and a sample that drew no anomaly or a colour-only one has
+    its part's cloud in the batch's flip and rotation: its scores are the same each time that
+    part comes back in that pose (the descriptors and the nearest entries do not depend on the
+    rest of the batch), so they are computed once; about two samples in three keep their
+    geometry. On the CPU only: there the prior costs per sample; a GPU's cost follows the
+    kernels launched, and the bookkeeping would read the batch's kinds back at every step."""
+
+    def __init__(self, prior: ShapePrior):
+        self.prior = prior
+        self.scores = {}   # (part, pose) -> (g, g) patch scores
+
+    @torch.no_grad()
+    def __call__(self, inp: ModelInput, parts: torch.Tensor, kind: torch.Tensor,
+                 pose: tuple) -> torch.Tensor:
+        """A head-stage batch (`engine.TrainBatch`: its input, kinds and pose; `parts` (B,) the
+        training part of each sample) -> (B, S, S) `scoring.shape_prior_map(model, inp, parts)`,
+        bit for bit."""
+        xyz, size = metric_xyz(inp), inp.valid.shape[1]
+        if xyz.device.type != 'cpu':
+            return self.prior(xyz, inp.valid, parts)
+        keys = [(part, pose) for part in parts.tolist()]
+        kept = [k in (NONE, RGB) for k in kind.tolist()]
+        todo = [i for i, key in enumerate(keys) if not (kept[i] and key in self.scores)]
+        scores = [self.scores.get(key) for key in keys]
+        if todo:
+            rows = torch.tensor(todo)
+            for i, fresh in zip(todo, self.prior.patch_scores(xyz[rows], inp.valid[rows],
+                                                              parts[rows])):
+                scores[i] = fresh
+                if kept[i]:
+                    self.scores[keys[i]] = fresh.clone()
+        return self.prior.to_pixels(torch.stack(scores), size)
